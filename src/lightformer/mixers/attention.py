@@ -1,0 +1,135 @@
+"""Shared machinery of the exact-attention mixers (``softmax``, ``tiled_softmax``, ``sliding_window``): the fused
+QKV projection with multi-/grouped-query heads, RoPE or ALiBi, and KV-cache decoding. The mixers differ only in
+``attend`` (how the attention op is computed), so their parameters are identical and a state dict saved from one
+loads into any other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from ..nn.kv_cache import KVCache
+from ..nn.positions import Rotary, alibi_slopes
+from ..ops.softmax.bias import dense_bias
+from ..ops.softmax import naive
+from .base import Mixer, MixerConfig
+
+
+@dataclass(frozen=True)
+class AttentionConfig(MixerConfig):
+    """Multi-head attention options.
+
+    Attributes:
+        num_kv_heads: key/value heads; ``None`` = ``num_heads`` (multi-head), 1 = multi-query, else grouped-query
+            (Shazeer 2019, "Fast Transformer Decoding: One Write-Head is All You Need"; Ainslie et al. 2023, GQA).
+            Must divide ``num_heads``.
+        bias: use biases in the QKV and output projections.
+        rope_base: RoPE frequency base (used when ``position="rope"``).
+        split_kv_size: during decoding, caches longer than this are attended in chunks of this many keys whose
+            partial results are merged (split-KV / flash-decoding); exact either way.
+    """
+
+    num_kv_heads: int | None = None
+    bias: bool = False
+    rope_base: float = 10000.0
+    split_kv_size: int = 2048
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        kv = self.kv_heads
+        if not isinstance(kv, int) or kv <= 0 or self.num_heads % kv:
+            raise ValueError(f"num_kv_heads={self.num_kv_heads!r} must be a positive divisor of "
+                             f"num_heads={self.num_heads}")
+        if self.split_kv_size <= 0:
+            raise ValueError(f"split_kv_size must be positive, got {self.split_kv_size}")
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_heads if self.num_kv_heads is None else self.num_kv_heads
+
+
+def repeat_kv(x: Tensor, num_heads: int) -> Tensor:
+    """Expand ``[B, H_kv, T, d]`` keys/values to ``[B, H, T, d]`` for grouped-query attention (no copy if equal)."""
+    groups = num_heads // x.shape[1]
+    return x if groups == 1 else x.repeat_interleave(groups, dim=1)
+
+
+class AttentionMixer(Mixer):
+    """Base of the softmax-attention mixers; subclasses implement ``attend``."""
+
+    config_class = AttentionConfig
+    config: AttentionConfig
+
+    def __init__(self, config: AttentionConfig) -> None:
+        super().__init__(config)
+        h, hkv, d = config.num_heads, config.kv_heads, config.head_dim
+        self.qkv = nn.Linear(config.dim, (h + 2 * hkv) * d, bias=config.bias)
+        self.out = nn.Linear(h * d, config.dim, bias=config.bias)
+        self.rotary = Rotary(d, config.rope_base) if config.position == "rope" else None
+        slopes = alibi_slopes(h) if config.position == "alibi" else None
+        self.register_buffer("alibi_slopes", slopes, persistent=False)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None) -> Tensor:
+        """q ``[B, H, T, d]``, k/v ``[B, H_kv, T, d]`` (RoPE already applied) -> ``[B, H, T, d]``."""
+        raise NotImplementedError
+
+    # -- shared -------------------------------------------------------------------------------------------------
+    def project(self, x: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x ``[B, T, D]`` -> q ``[B, H, T, d]``, k, v ``[B, H_kv, T, d]`` with RoPE at ``positions`` ``[T]``."""
+        cfg = self.config
+        h, hkv = cfg.num_heads, cfg.kv_heads
+        qkv = rearrange(self.qkv(x), "b t (n d) -> b n t d", d=cfg.head_dim)
+        q, k, v = qkv.split([h, hkv, hkv], dim=1)
+        if self.rotary is not None:
+            q, k = self.rotary(q, positions), self.rotary(k, positions)
+        return q, k, v
+
+    def _forward(self, x: Tensor, key_padding_mask: Tensor | None) -> Tensor:
+        q, k, v = self.project(x, torch.arange(x.shape[1], device=x.device))
+        o = self.attend(q, k, v, key_padding_mask)
+        return self.out(rearrange(o, "b h t d -> b t (h d)"))
+
+    def window_bounds(self) -> tuple[int, int] | None:
+        """Keys each query may see as ``(left, right)`` offsets (``None`` = all); sliding-window mixers override."""
+        return None
+
+    def _oracle(self, x: Tensor, key_padding_mask: Tensor | None) -> Tensor:
+        q, k, v = self.project(x, torch.arange(x.shape[1], device=x.device))
+        h = self.config.num_heads
+        o = naive.attention(q, repeat_kv(k, h), repeat_kv(v, h), causal=self.config.causal,
+                            key_padding_mask=key_padding_mask, alibi_slopes=self.alibi_slopes,
+                            window=self.window_bounds())
+        return self.out(rearrange(o, "b h t d -> b t (h d)"))
+
+    def decode_window(self) -> int | None:
+        """Keys a decoding step needs to keep (``None`` = all); sliding-window mixers override."""
+        return None
+
+    def _init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> KVCache:
+        return KVCache.empty(batch_size, self.config.kv_heads, self.config.head_dim, device=device, dtype=dtype,
+                             max_keep=self.decode_window())
+
+    def _step(self, x_t: Tensor, state: KVCache) -> tuple[Tensor, KVCache]:
+        if not isinstance(state, KVCache):
+            raise TypeError(f"state must be the KVCache from init_state, got {type(state).__name__}")
+        pos = torch.tensor([state.length], device=x_t.device)
+        q, k, v = self.project(x_t[:, None, :], pos)
+        keys, values = state.append(k, v)
+        slopes = self.alibi_slopes
+        if keys.shape[2] > self.config.split_kv_size:
+            h = self.config.num_heads
+            from ..ops.softmax import split_kv  # TEMP-LAZY until ops/softmax/split_kv.py lands
+            o = split_kv.split_kv_attention(q, repeat_kv(keys, h), repeat_kv(values, h), alibi_slopes=slopes,
+                                   split_size=self.config.split_kv_size, causal=True)
+        else:
+            # one query sees every kept key, so only ALiBi needs a bias
+            bias = None if slopes is None else dense_bias(1, keys.shape[2], alibi_slopes=slopes, dtype=q.dtype,
+                                                          device=q.device)
+            o = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=bias,
+                                               enable_gqa=keys.shape[1] != q.shape[1])
+        return self.out(rearrange(o, "b h t d -> b (t h d)")), state

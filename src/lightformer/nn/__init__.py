@@ -1,0 +1,1 @@
+"""Shared building blocks: norms, feed-forward networks, position schemes, KV cache."""

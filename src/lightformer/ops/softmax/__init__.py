@@ -1,0 +1,1 @@
+"""Exact softmax attention: the oracle (``naive``) and its fast paths (``tiled``, ``split_kv``)."""

@@ -1,0 +1,61 @@
+"""Oracle for exact softmax attention (Vaswani et al. 2017, "Attention Is All You Need", Eq. 1).
+
+    Attention(Q, K, V) = softmax(Q Kᵀ · scale + bias + mask) V
+
+written for reading: the whole ``[Tq, Tk]`` score matrix is materialised. Every fast path in ``ops/softmax`` and
+every exact mixer is tested against this function (run it in float64 for a reference).
+
+Conventions shared by all attention ops:
+    q: ``[B, H, Tq, d]``; k, v: ``[B, H, Tk, d]``; output ``[B, H, Tq, d]`` in the dtype of ``q``.
+    Query i sits at absolute position ``Tk - Tq + i`` (queries are the *last* Tq positions, as in decoding with a
+    cache); key j at position j.
+    causal: query at position p sees keys at positions <= p.
+    key_padding_mask: ``[B, Tk]`` bool, True = real key; masked keys get weight 0.
+    alibi_slopes: ``[H]``; adds ``-slope_h · |p_q - p_k|`` to the scores (ALiBi, Press et al. 2022, "Train Short,
+        Test Long", Sec. 3); in the causal case this is ``-slope_h · (p_q - p_k)``.
+    A query that sees no key at all outputs zeros.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .bias import dense_bias
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, key_padding_mask: Tensor | None = None,
+              alibi_slopes: Tensor | None = None, scale: float | None = None,
+              window: tuple[int, int] | None = None) -> Tensor:
+    """Dense softmax attention, see the module docstring for shapes and conventions.
+
+    Args:
+        scale: score scale, default ``1/sqrt(d)``.
+        window: optional ``(left, right)`` key window around each query (for the sliding-window oracle).
+
+    Returns:
+        ``[B, H, Tq, d]``, dtype of ``q``.
+    """
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scores = torch.einsum("bhqd,bhkd->bhqk", q, k) * scale
+    bias = dense_bias(q.shape[-2], k.shape[-2], causal=causal, key_padding_mask=key_padding_mask,
+                      alibi_slopes=alibi_slopes, window=window, dtype=scores.dtype, device=q.device)
+    scores = scores + bias
+    # rows that see no key: softmax of all -inf is NaN; define their output as 0
+    empty = torch.isinf(scores).all(dim=-1, keepdim=True) & (scores < 0).all(dim=-1, keepdim=True)
+    weights = torch.softmax(scores.masked_fill(empty, 0.0), dim=-1).masked_fill(empty, 0.0)
+    return torch.einsum("bhqk,bhkd->bhqd", weights, v).to(q.dtype)
+
+
+def log_sum_exp(q: Tensor, k: Tensor, *, causal: bool = False, key_padding_mask: Tensor | None = None,
+                alibi_slopes: Tensor | None = None, scale: float | None = None,
+                window: tuple[int, int] | None = None) -> Tensor:
+    """``logsumexp`` of each query's biased scores ``[B, H, Tq]`` (``-inf`` for a query that sees no key);
+    what FlashAttention stores for its backward pass."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scores = torch.einsum("bhqd,bhkd->bhqk", q, k) * scale
+    scores = scores + dense_bias(q.shape[-2], k.shape[-2], causal=causal, key_padding_mask=key_padding_mask,
+                                 alibi_slopes=alibi_slopes, window=window, dtype=scores.dtype, device=q.device)
+    return torch.logsumexp(scores, dim=-1)
