@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from ..nn.kv_cache import KVCache
 from ..nn.positions import Rotary, alibi_slopes
 from ..ops.softmax.bias import dense_bias
-from ..ops.softmax import naive
+from ..ops.softmax import naive, split_kv
 from .base import Mixer, MixerConfig
 
 
@@ -123,7 +123,6 @@ class AttentionMixer(Mixer):
         slopes = self.alibi_slopes
         if keys.shape[2] > self.config.split_kv_size:
             h = self.config.num_heads
-            from ..ops.softmax import split_kv  # TEMP-LAZY until ops/softmax/split_kv.py lands
             o = split_kv.split_kv_attention(q, repeat_kv(keys, h), repeat_kv(values, h), alibi_slopes=slopes,
                                    split_size=self.config.split_kv_size, causal=True)
         else:

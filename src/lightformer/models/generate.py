@@ -46,6 +46,10 @@ def generate(model: "LanguageModel", idx: Tensor, max_new_tokens: int, *, temper
         raise ValueError(f"top_k must be positive, got {top_k}")
     if idx.dim() != 2 or idx.shape[1] == 0:
         raise ValueError(f"idx must be a non-empty prompt [B, T0], got shape {tuple(idx.shape)}")
+    cfg = model.config
+    if cfg.position in ("learned", "sinusoidal") and idx.shape[1] + max_new_tokens > cfg.max_len:
+        raise ValueError(f"max_new_tokens={max_new_tokens}: prompt ({idx.shape[1]}) + new tokens exceed "
+                         f"max_len={cfg.max_len} of the model's {cfg.position} positions")
     was_training = model.training
     model.eval()
     try:

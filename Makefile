@@ -1,0 +1,28 @@
+# Set-up and the two entry points of the README. Everything installs into .venv from scratch.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install run test bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# the CPU build of torch first: an unpinned `torch` resolves to a multi-GB CUDA build
+	$(PY) -m pip install --quiet "torch==2.13.0"
+	$(PY) -m pip install --quiet -e ".[dev,peers]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## the main job on the built-in data (the Python standard library's source)
+run: $(STAMP)
+	$(VENV)/bin/lightformer train --preset stdlib-small
+
+## the test suite
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,205 @@
+"""``lightformer`` command line: thin — it parses, calls the library, prints.
+
+    lightformer list                      mixers and their capabilities
+    lightformer train [--preset P] [--config run.toml] [--model.mixer=sliding_window --model.mixer_options.window=64]
+    lightformer eval --checkpoint DIR     validation loss / bpc of a checkpoint
+    lightformer sample --checkpoint DIR   generate text
+    lightformer bench | report | advise | compare   measure and choose (see `lightformer <cmd> --help`)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+import torch
+
+from . import MIXERS
+from .train.config import PRESETS, build_run_config, parse_value
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    rows = []
+    for name in MIXERS.names(args.pattern):
+        caps = MIXERS.get(name).capabilities
+        rows.append({"name": name, "exact": caps.exact, "causal": caps.causal, "non_causal": caps.non_causal,
+                     "padding_mask": caps.padding_mask, "decode": caps.decode, "complexity": caps.complexity,
+                     "max_len": caps.max_len, "positions": sorted(caps.positions),
+                     "options": {k: v for k, v in MIXERS.options(name).items()
+                                 if k not in ("dim", "num_heads", "causal", "dropout", "position")}})
+    if args.json:
+        print(json.dumps(rows, default=str))
+        return 0
+    yes = {True: "yes", False: "-"}
+    print(f"{'mixer':<16} {'exact':<6} {'causal':<7} {'bidir':<6} {'mask':<5} {'decode':<7} {'complexity':<16} positions")
+    for r in rows:
+        print(f"{r['name']:<16} {yes[r['exact']]:<6} {yes[r['causal']]:<7} {yes[r['non_causal']]:<6} "
+              f"{yes[r['padding_mask']]:<5} {yes[r['decode']]:<7} {r['complexity']:<16} {','.join(r['positions'])}")
+    return 0
+
+
+def parse_overrides(extra: list[str]) -> list[tuple[str, Any]]:
+    """``--model.x=1 --train.y 2`` -> ``[("model.x", 1), ("train.y", 2)]``; anything else is an error."""
+    out, i = [], 0
+    while i < len(extra):
+        arg = extra[i]
+        if not arg.startswith("--") or not arg[2:].startswith(("model.", "train.")):
+            raise SystemExit(f"error: unrecognized argument {arg!r} (overrides look like --model.dim=256)")
+        if "=" in arg:
+            key, value = arg[2:].split("=", 1)
+            i += 1
+        elif i + 1 < len(extra):
+            key, value = arg[2:], extra[i + 1]
+            i += 2
+        else:
+            raise SystemExit(f"error: override {arg!r} needs a value")
+        out.append((key, parse_value(value)))
+    return out
+
+
+def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
+    from .train import Trainer
+
+    overrides = parse_overrides(extra)
+    shortcuts = {"data": "train.data", "tokenizer": "train.tokenizer", "max_steps": "train.max_steps",
+                 "max_time": "train.max_time", "out": "train.out_dir", "mixer": "model.mixer", "seed": "train.seed",
+                 "threads": "train.threads"}
+    for attr, key in shortcuts.items():
+        value = getattr(args, attr)
+        if value is not None:
+            overrides.append((key, value))
+    if args.bf16 is not None:
+        overrides.append(("train.bf16", args.bf16))
+    if args.max_time is not None and args.max_steps is None:
+        overrides.append(("train.max_steps", None))  # a time budget alone: no step cap from the preset
+    config = build_run_config(args.preset, args.config, overrides)
+    trainer = Trainer(config)
+    print(f"data: {trainer.corpus.describe()}", file=sys.stderr)
+    print(f"model: {sum(p.numel() for p in trainer.model.parameters()):,} parameters, mixer "
+          f"{config.model.mixer} {config.model.mixer_options or ''}", file=sys.stderr)
+    if args.resume:
+        trainer.resume(args.resume)
+    result = trainer.fit(progress_bar=not args.no_progress)
+    unit = "char" if result.tokenizer == "char" else "byte"
+    print(f"validation: loss {result.val_loss:.4f} nats/{unit}, {result.val_bpc:.4f} bits/{unit} "
+          f"after {result.steps} steps, {result.tokens:,} tokens, {result.seconds:.1f} s")
+    if args.json:
+        print(json.dumps(result.summary()))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .tasks.text import Corpus
+    from .train import Trainer
+    from .train.checkpoint import load_trained
+
+    model, tokenizer, config, state = load_trained(args.checkpoint)
+    data = args.data or config.train.data
+    corpus = Corpus.load(data, tokenizer=tokenizer)
+    trainer = Trainer(config, corpus=corpus)
+    trainer.model.load_state_dict(model.state_dict())
+    val = trainer.evaluate("val", args.iters)
+    summary = {"val_loss": val, "val_bpc": val / 0.6931471805599453, "steps": state["step"],
+               "tokens": state["tokens"], "seconds": state["elapsed"], "data": corpus.name}
+    print(f"validation on {corpus.name}: loss {val:.4f} nats, {summary['val_bpc']:.4f} bits per "
+          f"{tokenizer.kind} (checkpoint at step {state['step']})")
+    if args.json:
+        print(json.dumps(summary))
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from .train.checkpoint import load_trained
+
+    model, tokenizer, config, _ = load_trained(args.checkpoint)
+    prompt = args.prompt if args.prompt else "\n"
+    idx = torch.tensor([tokenizer.encode(prompt)], dtype=torch.int64)
+    if args.max_new_tokens is None:  # as many as the model's absolute positions allow
+        bounded = config.model.position in ("learned", "sinusoidal")
+        args.max_new_tokens = config.model.max_len - idx.shape[1] if bounded else 500
+    gen = torch.Generator().manual_seed(args.seed)
+    out = model.generate(idx, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                         use_cache=not args.no_cache, generator=gen)
+    print(tokenizer.decode(out[0].tolist()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lightformer", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="registered mixers and their capabilities")
+    p.add_argument("pattern", nargs="?", default=None, help="shell-style filter, e.g. '*softmax*'")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("train", help="train a language model (TOML config, preset and dotted overrides)",
+                       epilog="Any field can be overridden: --model.mixer=sliding_window "
+                              "--model.mixer_options.window=64 --train.lr=3e-4. Presets: " + ", ".join(PRESETS))
+    p.add_argument("--preset", default=None, choices=sorted(PRESETS), help="named preset (default: stdlib-small "
+                   "when no --config is given)")
+    p.add_argument("--config", default=None, help="TOML file with [model] and [train] tables")
+    p.add_argument("--data", default=None, help="'stdlib' (built-in) or a text file")
+    p.add_argument("--tokenizer", default=None, choices=["byte", "char"])
+    p.add_argument("--mixer", default=None, help="registered mixer name (see `lightformer list`)")
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--max-time", default=None, help="wall-clock budget such as 90s, 10m, 1h")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast")
+    p.add_argument("--out", default=None, help="checkpoint folder")
+    p.add_argument("--resume", default=None, help="continue from this checkpoint folder")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", action="store_true", help="last line: one JSON object with the results")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_train, takes_extra=True)
+
+    p = sub.add_parser("eval", help="validation loss and bpc of a checkpoint")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", default=None, help="another file to evaluate on (default: the training data)")
+    p.add_argument("--iters", type=int, default=None, help="validation batches (default: the run's eval_iters)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("sample", help="generate text from a checkpoint")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--prompt", default="")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="default: up to the model's max_len with absolute positions, else 500")
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-cache", action="store_true", help="re-run the whole sequence per token")
+    p.set_defaults(func=cmd_sample)
+
+    try:
+        from .bench import cli as bench_cli
+    except ImportError:  # the bench package is optional while it is being built
+        bench_cli = None
+    if bench_cli is not None:
+        for name in ("add_bench_parser", "add_report_parser", "add_advise_parser", "add_compare_parser"):
+            if hasattr(bench_cli, name):
+                getattr(bench_cli, name)(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    try:
+        if getattr(args, "takes_extra", False):
+            if args.preset is None and args.config is None:
+                args.preset = "stdlib-small"
+            return args.func(args, extra)
+        if extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        return args.func(args)
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        print(f"lightformer {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

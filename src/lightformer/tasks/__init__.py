@@ -1,0 +1,1 @@
+"""Real data: text corpora (``text``) and task generators."""
