@@ -33,10 +33,11 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(json.dumps(rows, default=str))
         return 0
     yes = {True: "yes", False: "-"}
-    print(f"{'mixer':<16} {'exact':<6} {'causal':<7} {'bidir':<6} {'mask':<5} {'decode':<7} {'complexity':<16} positions")
+    print(f"{'mixer':<16} {'exact':<6} {'causal':<7} {'bidir':<6} {'mask':<5} {'decode':<7} {'positions':<16} "
+          "complexity")
     for r in rows:
         print(f"{r['name']:<16} {yes[r['exact']]:<6} {yes[r['causal']]:<7} {yes[r['non_causal']]:<6} "
-              f"{yes[r['padding_mask']]:<5} {yes[r['decode']]:<7} {r['complexity']:<16} {','.join(r['positions'])}")
+              f"{yes[r['padding_mask']]:<5} {yes[r['decode']]:<7} {','.join(r['positions']):<16} {r['complexity']}")
     return 0
 
 

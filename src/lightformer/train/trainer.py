@@ -180,7 +180,7 @@ class Trainer:
     def _time_left(self) -> float:
         tc = self.config.train
         p = self.progress()
-        return self.elapsed * (1 - p) / p if p > 0 else float("nan")
+        return max(0.0, self.elapsed * (1 - p) / p) if p > 0 else float("nan")
 
     def _record(self, train_loss: float) -> float:
         val = self.evaluate("val")

@@ -1,0 +1,211 @@
+"""``lightformer advise``: which mixer fits a sequence length, a memory and a latency budget, measured.
+
+Candidates are the lightformer mixers (``impl == "lightformer"``) seen in the bench records plus every registered
+mixer, each distinct (mixer, options) separately. For each one:
+
+1. Capabilities (registry): ``causal`` requested -> ``capabilities.causal``; ``decode`` requested ->
+   ``capabilities.decode``. Unregistered mixers are judged by their records alone.
+2. Measurement: the records of ``mode`` / ``dtype`` / ``causal`` (and batch/dim/heads when given) at the nearest
+   measured T >= ``seq_len``; if several match (e.g. different batch), the slowest is used (conservative). A
+   non-ok status there (oom, timeout, gate_failed ...) rejects the mixer. With no record at T >= ``seq_len`` the
+   largest measured T is extrapolated, time and memory scaled by (T/T_m)² for mixers whose complexity has a T²
+   term and by T/T_m otherwise; the output says so. No ok record at all = ``unmeasured``.
+3. Budget: time_ms <= ``max_latency_ms`` and mem_mib <= ``max_memory_mib`` (``None`` = no limit).
+4. Quality: the latest ``kind == "quality"`` record with the same mixer and options, else the latest of the same
+   mixer (noted ``options differ``).
+
+Accepted mixers are ranked by val_bpc (lower first; those without quality after those with), then time, then
+memory, then name. The Pareto front is taken over (val_bpc, time, memory), all minimised, a missing val_bpc
+counting as worse than any measured one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from .grid import LIGHTFORMER
+from .results import bench_records, quality_records
+
+
+@dataclass
+class Candidate:
+    """One (mixer, options) judged by ``advise``; times in ms, memory in MiB, T in tokens."""
+
+    mixer: str
+    options: dict[str, Any]
+    name: str
+    time_ms: float | None = None
+    mem_mib: float | None = None
+    measured_len: int | None = None
+    extrapolated: bool = False
+    val_bpc: float | None = None
+    quality_note: str = ""
+    pareto: bool = False
+    reason: str = ""
+
+    def quality_key(self) -> float:
+        return self.val_bpc if self.val_bpc is not None else float("inf")
+
+
+@dataclass
+class Advice:
+    """Result of ``advise``: ``picks`` ranked best first, ``rejected`` with their reasons."""
+
+    seq_len: int
+    max_memory_mib: float | None
+    max_latency_ms: float | None
+    causal: bool
+    decode: bool
+    mode: str
+    dtype: str
+    picks: list[Candidate] = field(default_factory=list)
+    rejected: list[Candidate] = field(default_factory=list)
+
+    def format(self) -> str:
+        """Human-readable advice: the request, one line per pick, one line per rejected mixer."""
+        budget = [f"T={self.seq_len}",
+                  f"memory <= {self.max_memory_mib:g} MiB" if self.max_memory_mib is not None else "any memory",
+                  f"latency <= {self.max_latency_ms:g} ms" if self.max_latency_ms is not None else "any latency",
+                  "causal" if self.causal else "non-causal", *(["decode"] if self.decode else []),
+                  f"mode {self.mode}", f"dtype {self.dtype}"]
+        lines = ["advise: " + ", ".join(budget)]
+        lines.append("Recommended (best first):" if self.picks else "Recommended: none fits the request.")
+        for i, c in enumerate(self.picks, 1):
+            where = f"at T={c.measured_len}" if not c.extrapolated else \
+                f"at T={self.seq_len} (extrapolated from T={c.measured_len})"
+            if c.measured_len is not None and c.measured_len != self.seq_len and not c.extrapolated:
+                where += f" (nearest measured T >= {self.seq_len})"
+            quality = f"val_bpc {c.val_bpc:.3g}{c.quality_note}" if c.val_bpc is not None else "no quality measured"
+            lines.append(f"  {i}. {c.name}: {c.time_ms:.4g} ms, {c.mem_mib:.4g} MiB {where} ({self.mode}, "
+                         f"{self.dtype}), {quality}; {'Pareto-optimal' if c.pareto else 'dominated'}")
+        if self.rejected:
+            lines.append("Rejected:")
+            lines += [f"  {c.name}: {c.reason}" for c in self.rejected]
+        return "\n".join(lines)
+
+
+def _name(mixer: str, options: dict[str, Any], several: bool) -> str:
+    if not several or not options:
+        return mixer
+    return f"{mixer} [{', '.join(f'{k}={v}' for k, v in sorted(options.items()))}]"
+
+
+def _scaling(mixer: str) -> int:
+    from lightformer import MIXERS
+    if mixer in MIXERS:
+        return 1 if MIXERS.get(mixer).capabilities.linear_in_length else 2
+    return 2  # unknown complexity: assume the worst
+
+
+def _judge(c: Candidate, recs: list[dict[str, Any]], seq_len: int) -> None:
+    """Fill time/memory/measured_len or ``reason`` from the candidate's records at the request's shape."""
+    if not recs:
+        c.reason = "unmeasured (no record at this mode/dtype/causal; run bench or advise --measure)"
+        return
+    at_or_above = sorted({r["seq_len"] for r in recs if r["seq_len"] >= seq_len})
+    if at_or_above:
+        t = at_or_above[0]
+        here = [r for r in recs if r["seq_len"] == t]
+        ok = [r for r in here if r["status"] == "ok"]
+        if not ok:
+            r = here[-1]
+            c.reason = f"{r['status']} at T={t}" + (f" ({str(r.get('reason'))[:120]})" if r.get("reason") else "")
+            return
+        worst = max(ok, key=lambda r: r["time_ms"])
+        c.time_ms, c.mem_mib, c.measured_len = worst["time_ms"], worst["mem_mib"], t
+        return
+    ok = [r for r in recs if r["status"] == "ok"]
+    if not ok:
+        r = max(recs, key=lambda r: r["seq_len"])
+        c.reason = f"{r['status']} at T={r['seq_len']}; unmeasured at T >= {seq_len}"
+        return
+    t = max(r["seq_len"] for r in ok)
+    worst = max((r for r in ok if r["seq_len"] == t), key=lambda r: r["time_ms"])
+    scale = (seq_len / t) ** _scaling(c.mixer)
+    c.time_ms, c.mem_mib = worst["time_ms"] * scale, worst["mem_mib"] * scale
+    c.measured_len, c.extrapolated = t, True
+
+
+def _pareto(cands: list[Candidate]) -> None:
+    def vec(c: Candidate) -> tuple[float, float, float]:
+        return c.quality_key(), c.time_ms or 0.0, c.mem_mib or 0.0
+
+    for c in cands:
+        v = vec(c)
+        c.pareto = not any(all(a <= b for a, b in zip(vec(o), v)) and vec(o) != v for o in cands if o is not c)
+
+
+def advise(records: Iterable[dict[str, Any]], *, seq_len: int, max_memory_mib: float | None = None,
+           max_latency_ms: float | None = None, causal: bool = False, decode: bool = False, mode: str = "fwd+bwd",
+           dtype: str = "fp32", batch: int | None = None, dim: int | None = None,
+           heads: int | None = None) -> Advice:
+    """Recommend mixers for ``seq_len`` tokens within ``max_memory_mib`` (MiB) and ``max_latency_ms`` (ms).
+
+    Args:
+        records: bench and quality records (e.g. ``load_records("results/bench.jsonl")``).
+        causal / decode: required capabilities. mode / dtype: which measurements to read
+            (``fwd | fwd+bwd | decode``). batch / dim / heads: optional filters on the measurements.
+
+    Returns:
+        ``Advice``; see the module docstring for the rules.
+
+    Raises:
+        ValueError: ``seq_len`` not positive or a negative budget.
+    """
+    from lightformer import MIXERS
+
+    if seq_len <= 0:
+        raise ValueError(f"seq_len must be positive, got {seq_len}")
+    for what, v in (("max_memory_mib", max_memory_mib), ("max_latency_ms", max_latency_ms)):
+        if v is not None and v < 0:
+            raise ValueError(f"{what} must be non-negative, got {v}")
+    records = list(records)
+    bench = [r for r in bench_records(records) if r.get("impl") == LIGHTFORMER]
+    quality = quality_records(records)
+    keys: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in bench:
+        keys.setdefault((r["mixer"], json.dumps(r.get("options") or {}, sort_keys=True)), r.get("options") or {})
+    for m in MIXERS.names():
+        if not any(k[0] == m for k in keys):
+            keys[(m, "{}")] = {}
+    advice = Advice(seq_len, max_memory_mib, max_latency_ms, causal, decode, mode, dtype)
+    accepted = []
+    for (mixer, okey), options in sorted(keys.items()):
+        several = sum(1 for k in keys if k[0] == mixer) > 1
+        c = Candidate(mixer, options, _name(mixer, options, several))
+        caps = MIXERS.get(mixer).capabilities if mixer in MIXERS else None
+        if causal and caps is not None and not caps.causal:
+            c.reason = "not causal (capabilities.causal=False)"
+        elif not causal and caps is not None and not caps.non_causal:
+            c.reason = "causal-only (capabilities.non_causal=False)"
+        elif decode and caps is not None and not caps.decode:
+            c.reason = "no decode path (capabilities.decode=False)"
+        if c.reason:
+            advice.rejected.append(c)
+            continue
+        recs = [r for r in bench if r["mixer"] == mixer and json.dumps(r.get("options") or {}, sort_keys=True) ==
+                okey and r["mode"] == mode and r["dtype"] == dtype and bool(r["causal"]) == bool(causal)
+                and (batch is None or r["batch"] == batch) and (dim is None or r["dim"] == dim)
+                and (heads is None or r["heads"] == heads)]
+        _judge(c, recs, seq_len)
+        if not c.reason and max_memory_mib is not None and c.mem_mib > max_memory_mib:
+            c.reason = f"over memory ({c.mem_mib:.4g} MiB > {max_memory_mib:g} MiB at T={c.measured_len}" + \
+                (", extrapolated)" if c.extrapolated else ")")
+        if not c.reason and max_latency_ms is not None and c.time_ms > max_latency_ms:
+            c.reason = f"over latency ({c.time_ms:.4g} ms > {max_latency_ms:g} ms at T={c.measured_len}" + \
+                (", extrapolated)" if c.extrapolated else ")")
+        if c.reason:
+            advice.rejected.append(c)
+            continue
+        q = [r for r in quality if r.get("mixer") == mixer and r.get("val_bpc") is not None]
+        exact = [r for r in q if json.dumps(r.get("options") or {}, sort_keys=True) == okey]
+        if exact or q:
+            c.val_bpc = float((exact or q)[-1]["val_bpc"])
+            c.quality_note = "" if exact else " (options differ)"
+        accepted.append(c)
+    _pareto(accepted)
+    advice.picks = sorted(accepted, key=lambda c: (c.val_bpc is None, c.quality_key(), c.time_ms, c.mem_mib,
+                                                   c.name))
+    return advice

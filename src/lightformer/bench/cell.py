@@ -1,0 +1,315 @@
+"""One bench cell in a fresh process: ``python -m lightformer.bench.cell '<Cell JSON>'``.
+
+Prints one line ``LIGHTFORMER_RECORD {json}`` (the schema of ``lightformer.bench.results``) on stdout, in order:
+
+1. Import torch and lightformer, import plugins, ``torch.set_num_threads(cell.threads)``; with
+   ``cell.max_memory_mib`` set ``RLIMIT_AS`` to the current virtual size + that many MiB, so allocations beyond
+   it fail (-> ``oom``).
+2. Correctness gate, before any timing. A lightformer mixer is built in float64 at T_gate = min(T, gate_len)
+   (retried at 4× and 8× gate_len if the small T raises ValueError, e.g. a projection longer than T) and its
+   ``forward`` is compared with its ``oracle`` on the same parameters: max |forward - oracle| must be <= gate_tol
+   and finite, else ``gate_failed`` with no speed. A peer has no oracle: its first (warm-up) output at the full
+   shape must be finite and ``[B, T, D]``.
+3. Memory baseline: a preflight run at T <= 128 in the cell's dtype and mode absorbs one-time costs (lazy
+   imports, thread pools, kernel JIT); gate and preflight objects are freed, the kernel's RSS high-water mark is
+   reset (``5`` written to ``/proc/self/clear_refs``; ``rss_reset`` records whether that was allowed) and
+   ``ru_maxrss`` is read.
+4. Build the module at the cell's options and dtype, make the inputs, run ``warmup`` untimed and ``repeats`` timed
+   runs (``fwd`` under ``no_grad``; ``fwd+bwd`` = forward and ``backward`` of a fixed random output gradient, input
+   and parameter gradients cleared between runs; ``decode`` = ``init_state`` then T ``step`` calls).
+   ``time_ms`` = median run; ``mem_mib`` = (``ru_maxrss`` after the timed runs − the baseline of step 3) / 1024,
+   i.e. the peak RSS growth caused by the module, its inputs, activations, gradients and any workspace.
+
+``MemoryError`` or a RuntimeError about allocation -> ``oom``; a ValueError from building at the full shape ->
+``unsupported``; anything else -> ``error`` with the exception text.
+
+Test hook: ``LIGHTFORMER_BENCH_HOOK`` = ``sleep:<s>`` (sleep before timing), ``memory_error`` (raise MemoryError
+in the timed region) or ``sigkill`` (the process kills itself, like the kernel OOM killer). Not for normal use.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import resource
+import signal
+import statistics
+import sys
+import time
+import traceback
+from typing import Any, Callable
+
+from .defaults import resolve_options
+from .flops import cell_flops
+from .grid import LIGHTFORMER, Cell
+from .machine import machine_info
+from .plan import capability_reason, load_plugins
+from .results import base_record
+
+RECORD_PREFIX = "LIGHTFORMER_RECORD "
+HOOK_ENV = "LIGHTFORMER_BENCH_HOOK"
+TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "fp64": "float64"}
+
+
+def is_oom(exc: BaseException) -> bool:
+    """MemoryError, or a RuntimeError whose message says an allocation failed."""
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(
+        s in text for s in ("allocate", "out of memory", "bad_alloc", "cannot allocate"))
+
+
+def _limit_address_space(extra_mib: float) -> None:
+    with open("/proc/self/statm") as fh:
+        vm_bytes = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    limit = vm_bytes + int(extra_mib * 2**20)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _hook(point: str) -> None:
+    hook = os.environ.get(HOOK_ENV, "")
+    if point != "timed" or not hook:
+        return
+    if hook.startswith("sleep:"):
+        time.sleep(float(hook.split(":", 1)[1]))
+    elif hook == "memory_error":
+        raise MemoryError("injected by LIGHTFORMER_BENCH_HOOK=memory_error")
+    elif hook == "sigkill":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def oracle_gate(cell: Cell) -> dict[str, Any]:
+    """Float64 forward vs oracle of a lightformer mixer; ``passed`` is None when every gate length raised
+    ValueError (the caller then decides between unsupported and gate_failed)."""
+    import torch
+    from lightformer import create_mixer
+
+    base = min(cell.seq_len, cell.gate_len)
+    lengths = list(dict.fromkeys(min(cell.seq_len, n * base) for n in (1, 4, 8)))
+    last = None
+    for t in lengths:
+        torch.manual_seed(0)
+        try:
+            m = create_mixer(cell.mixer, dim=cell.dim, num_heads=cell.heads, causal=cell.causal,
+                             **resolve_options(cell.options, t)).double().eval()
+            x = torch.randn(2, t, cell.dim, dtype=torch.float64)
+            with torch.no_grad():
+                y = m(x)
+                ref = m.oracle(x)
+        except ValueError as exc:
+            last = exc
+            continue
+        except NotImplementedError as exc:
+            return {"kind": "oracle", "seq_len": t, "max_abs_err": None, "tol": cell.gate_tol, "passed": False,
+                    "reason": f"no oracle to check against: {exc}"}
+        if y.shape != ref.shape:
+            return {"kind": "oracle", "seq_len": t, "max_abs_err": None, "tol": cell.gate_tol, "passed": False,
+                    "reason": f"forward shape {tuple(y.shape)} != oracle shape {tuple(ref.shape)}"}
+        err = (y - ref).abs().max().item()
+        ok = err == err and err <= cell.gate_tol  # err == err: not NaN
+        return {"kind": "oracle", "seq_len": t, "max_abs_err": err, "tol": cell.gate_tol, "passed": ok,
+                "reason": None if ok else f"max |forward - oracle| = {err:.3g} > tol {cell.gate_tol:g} "
+                                          f"at T={t} in float64"}
+    return {"kind": "oracle", "seq_len": lengths[-1], "max_abs_err": None, "tol": cell.gate_tol, "passed": None,
+            "reason": f"ValueError at every gate length {lengths}: {last}"}
+
+
+def build(cell: Cell) -> tuple[Any, str | None]:
+    """The module of ``cell`` (train mode off) and its complexity string (``None`` for peers)."""
+    from lightformer import MIXERS, create_mixer
+    from .peers import get_peer
+
+    if cell.impl == LIGHTFORMER:
+        m = create_mixer(cell.mixer, dim=cell.dim, num_heads=cell.heads, causal=cell.causal,
+                         **resolve_options(cell.options, cell.seq_len))
+        return m, m.capabilities.complexity
+    complexity = MIXERS.get(cell.mixer).capabilities.complexity if cell.mixer in MIXERS else None
+    m = get_peer(cell.impl).build(resolve_options(cell.options, cell.seq_len), cell.seq_len, cell.dim, cell.heads,
+                                  cell.causal)
+    return m, complexity
+
+
+def _runner(cell: Cell, module: Any, x: Any) -> Callable[[int | None], Any]:
+    import torch
+
+    if cell.mode == "fwd":
+        module.eval()
+
+        def run(steps: int | None = None) -> Any:
+            with torch.no_grad():
+                return module(x)
+        return run
+    if cell.mode == "fwd+bwd":
+        module.train()
+        x.requires_grad_(True)
+        grad = torch.randn(x.shape, dtype=x.dtype)
+
+        def run(steps: int | None = None) -> Any:
+            x.grad = None
+            for p in module.parameters():
+                p.grad = None
+            y = module(x)
+            y.backward(grad)
+            return y.detach()
+        return run
+    module.eval()
+
+    def run(steps: int | None = None) -> Any:
+        n = cell.seq_len if steps is None else min(steps, cell.seq_len)
+        with torch.no_grad():
+            state = module.init_state(cell.batch, device="cpu", dtype=x.dtype)
+            ys = []
+            for t in range(n):
+                y, state = module.step(x[:, t], state)
+                ys.append(y)
+        return torch.stack(ys, dim=1)
+    return run
+
+
+def measure(cell: Cell) -> dict[str, Any]:
+    """Run ``cell`` in this process and return its record (see the module docstring)."""
+    import torch
+    import lightformer  # noqa: F401  (registers the mixers)
+
+    load_plugins(cell.plugins)
+    torch.set_num_threads(cell.threads)
+    rec = base_record(cell, machine_info(), status="ok", threads=torch.get_num_threads())
+    reason = capability_reason(cell)
+    if reason:
+        rec.update(status="unsupported", reason=reason)
+        return rec
+    if cell.max_memory_mib is not None:
+        _limit_address_space(cell.max_memory_mib)
+    try:
+        return _measure(cell, rec)
+    except Exception as exc:  # noqa: BLE001  (every failure becomes a record; the sweep goes on)
+        if is_oom(exc):
+            rec.update(status="oom", reason=f"{type(exc).__name__}: {exc}"[:500])
+        else:
+            rec.update(status="error", reason=f"{type(exc).__name__}: {exc}"[:500] + "\n" +
+                       "".join(traceback.format_exc(limit=-3))[-1500:])
+        return rec
+
+
+def effective_options(cell: Cell) -> dict[str, Any]:
+    """The mixer's config defaults overridden by the cell's options ("T" resolved): what the FLOP formula reads,
+    for the mixer and for its peers alike."""
+    import dataclasses
+
+    from lightformer import MIXERS
+
+    base = {}
+    if cell.mixer in MIXERS:
+        base = {k: v for k, v in MIXERS.options(cell.mixer).items() if v is not dataclasses.MISSING}
+    return {**base, **resolve_options(cell.options, cell.seq_len)}
+
+
+def _preflight(cell: Cell) -> None:
+    """Run the implementation once at a small T (<= 128) in the cell's dtype and mode, before the memory
+    baseline, so one-time costs (lazy imports, thread pools, kernel JIT and caches) are not counted as the
+    cell's memory. Failures here are ignored: the full-shape run reports them."""
+    import dataclasses
+
+    import torch
+
+    small = dataclasses.replace(cell, seq_len=min(cell.seq_len, 128))
+    try:
+        module, _ = build(small)
+        dtype = getattr(torch, TORCH_DTYPES[cell.dtype])
+        module = module.to(dtype)
+        x = torch.randn(small.batch, small.seq_len, small.dim).to(dtype)
+        _runner(small, module, x)(4)
+    except MemoryError:
+        raise
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def _measure(cell: Cell, rec: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    if cell.impl == LIGHTFORMER:
+        gate = oracle_gate(cell)
+        rec["gate"] = {k: v for k, v in gate.items() if k != "reason"}
+        if gate["passed"] is False:
+            rec.update(status="gate_failed", reason=gate["reason"])
+            return rec
+        gc.collect()
+    _preflight(cell)
+    gc.collect()
+    rec["rss_reset"] = _reset_peak_rss()
+    before_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    torch.manual_seed(0)
+    try:
+        module, complexity = build(cell)
+    except ValueError as exc:
+        rec.update(status="unsupported", reason=f"ValueError: {exc}")
+        return rec
+    if rec["gate"] is not None and rec["gate"]["passed"] is None:
+        rec.update(status="gate_failed", reason=gate["reason"])
+        return rec
+    limit = getattr(module, "max_len", None) if cell.impl == LIGHTFORMER else None
+    reason = capability_reason(cell, max_len=limit if isinstance(limit, int) else None)
+    if reason:
+        rec.update(status="unsupported", reason=reason)
+        return rec
+    dtype = getattr(torch, TORCH_DTYPES[cell.dtype])
+    module = module.to(dtype)
+    x = torch.randn(cell.batch, cell.seq_len, cell.dim).to(dtype)
+    run = _runner(cell, module, x)
+    # the first untimed run is also the peers' gate (and a sanity check of every mixer at full size)
+    y = run(8 if cell.mode == "decode" else None)
+    want = (cell.batch, min(8, cell.seq_len) if cell.mode == "decode" else cell.seq_len, cell.dim)
+    finite = bool(torch.isfinite(y).all()) if isinstance(y, torch.Tensor) else False
+    if not isinstance(y, torch.Tensor) or tuple(y.shape) != want or not finite:
+        got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+        rec.update(status="gate_failed", reason=f"output {got} (finite={finite}), expected finite {want}")
+        if cell.impl != LIGHTFORMER:
+            rec["gate"] = {"kind": "finite", "seq_len": cell.seq_len, "max_abs_err": None, "tol": None,
+                           "passed": False}
+        return rec
+    if cell.impl != LIGHTFORMER:
+        rec["gate"] = {"kind": "finite", "seq_len": cell.seq_len, "max_abs_err": None, "tol": None, "passed": True}
+    del y
+    for _ in range(max(0, cell.warmup - 1)):
+        run(None)
+    _hook("timed")
+    times = []
+    for _ in range(cell.repeats):
+        t0 = time.perf_counter()
+        run(None)
+        times.append((time.perf_counter() - t0) * 1e3)
+    after_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    time_ms = statistics.median(times)
+    flops, family = cell_flops(effective_options(cell), cell.seq_len, cell.batch, cell.dim, cell.heads,
+                               cell.causal, cell.mode, complexity)
+    rec.update(time_ms=time_ms, times_ms=times, mem_mib=(after_kib - before_kib) / 1024.0, flops=flops,
+               flops_family=family, gflops=flops / (time_ms * 1e-3) / 1e9,
+               tokens_per_s=cell.batch * cell.seq_len / (time_ms * 1e-3))
+    return rec
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m lightformer.bench.cell '<Cell JSON>'", file=sys.stderr)
+        return 2
+    record = measure(Cell.from_json(argv[0]))
+    sys.stdout.write(RECORD_PREFIX + json.dumps(record) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,241 @@
+"""Subcommands ``bench``, ``report`` and ``advise`` for ``lightformer.cli`` (argparse).
+
+Each ``add_*_parser(subparsers)`` adds its subcommand with ``set_defaults(func=...)``; ``func(args) -> int`` is the
+exit code (0 = success; 1 = a regression found by ``--compare-to`` or no mixer fits for ``advise``; 2 = bad input).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from .grid import DTYPES, MODES, Grid, parse_option
+from .units import parse_size_mib
+
+DEFAULT_RESULTS = "results/bench.jsonl"
+
+
+def _csv(kind: type) -> Any:
+    def parse(text: str) -> list:
+        try:
+            return [kind(v.strip()) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {kind.__name__}, got {text!r}")
+    return parse
+
+
+def _size(text: str) -> float:
+    try:
+        return parse_size_mib(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc))
+
+
+def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """``lightformer bench``: run a grid, or ``--report`` a results file, or ``--compare-to`` a baseline."""
+    p = subparsers.add_parser("bench", help="measure mixers and peers (time ms, memory MiB) in subprocesses",
+                              description="Each cell runs in a fresh subprocess after a correctness gate; records "
+                                          "are appended to --out (JSON lines) and measured cells are skipped on "
+                                          "re-runs unless --force.")
+    g = p.add_argument_group("grid (flags override --grid)")
+    g.add_argument("--grid", help="TOML grid file (see lightformer.bench.grid)")
+    g.add_argument("--mixers", type=_csv(str), help="comma-separated mixer names (default: every registered)")
+    g.add_argument("--seq-lens", type=_csv(int), help="sequence lengths T in tokens, e.g. 512,1024")
+    g.add_argument("--batch", type=_csv(int), help="batch sizes (default 1)")
+    g.add_argument("--dim", type=int, help="model width D (default 512)")
+    g.add_argument("--heads", type=int, help="attention heads H (default 8)")
+    g.add_argument("--dtype", type=_csv(str), help=f"dtypes among {','.join(DTYPES)} (default fp32)")
+    g.add_argument("--modes", type=_csv(str), help=f"modes among {','.join(MODES)} (default fwd+bwd)")
+    g.add_argument("--causal", action="store_true", default=None, help="causal cells (default non-causal)")
+    g.add_argument("--option", action="append", default=[], metavar="MIXER.KEY=VALUE",
+                   help="mixer option override, repeatable, e.g. sliding_window.window=256")
+    g.add_argument("--peers", help="all | none | comma-separated peer names (default all)")
+    g.add_argument("--threads", type=int, help="torch threads per cell (default: all cores)")
+    g.add_argument("--warmup", type=int, help="untimed runs per cell (default 1)")
+    g.add_argument("--repeats", type=int, help="timed runs per cell; time = median (default 3)")
+    g.add_argument("--timeout", type=float, help="seconds per cell before status timeout (default 600)")
+    g.add_argument("--max-memory", type=_size, help="address-space cap per cell, e.g. 4GiB (status oom)")
+    g.add_argument("--gate-len", type=int, help="T of the correctness gate (default 64)")
+    g.add_argument("--gate-tol", type=float, help="max abs error of forward vs float64 oracle (default 1e-6)")
+    g.add_argument("--plugin", action="append", default=[], help="module to import first (registers mixers)")
+    p.add_argument("--out", default=DEFAULT_RESULTS, help=f"results JSON-lines file (default {DEFAULT_RESULTS})")
+    p.add_argument("--force", action="store_true", help="re-measure cells already in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--report", metavar="RESULTS", help="write reports of RESULTS into --out-dir instead of running")
+    p.add_argument("--out-dir", default="results/report", help="report directory (default results/report)")
+    p.add_argument("--compare-to", metavar="BASELINE", help="compare --out with BASELINE (runs the grid first if "
+                                                            "grid flags are given); exit 1 on a slowdown")
+    p.add_argument("--threshold", type=float, default=1.25, help="slowdown ratio that fails --compare-to")
+    p.set_defaults(func=run_bench)
+    return p
+
+
+_GRID_FLAGS = {"mixers": "mixers", "seq_lens": "seq_lens", "batch": "batches", "dim": "dim", "heads": "heads",
+               "dtype": "dtypes", "modes": "modes", "peers": "peers", "threads": "threads", "warmup": "warmup",
+               "repeats": "repeats", "timeout": "timeout_s", "max_memory": "max_memory_mib",
+               "gate_len": "gate_len", "gate_tol": "gate_tol"}
+
+
+def grid_from_args(args: argparse.Namespace) -> Grid:
+    """The grid of ``--grid`` (or defaults) overridden by the flags given. Raises ValueError on bad values."""
+    grid = Grid.from_toml(args.grid) if args.grid else Grid()
+    for flag, attr in _GRID_FLAGS.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            setattr(grid, attr, value)
+    if args.causal:
+        grid.causal = [True]
+    for text in args.option:
+        mixer, key, value = parse_option(text)
+        grid.options.setdefault(mixer, {})[key] = value
+    grid.plugins = [*grid.plugins, *args.plugin]
+    return grid.validate()
+
+
+def _grid_given(args: argparse.Namespace) -> bool:
+    return bool(args.grid or args.option or args.plugin or args.causal or
+                any(getattr(args, f, None) is not None for f in _GRID_FLAGS))
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from .regress import compare_to
+    from .report import write_report
+    from .results import load_records
+    from .runner import run_sweep
+
+    try:
+        if args.report:
+            paths = write_report(load_records(args.report), args.out_dir)
+            print("\n".join(f"{k}: {v}" for k, v in paths.items() if k in ("markdown", "html")))
+            return 0
+        if not args.compare_to or _grid_given(args):
+            records = run_sweep(grid_from_args(args), args.out, force=args.force, progress=not args.no_progress)
+            counts: dict[str, int] = {}
+            for r in records:
+                counts[r["status"]] = counts.get(r["status"], 0) + 1
+            print(f"{len(records)} cells -> {args.out}: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+        if args.compare_to:
+            if not Path(args.compare_to).exists():
+                print(f"error: --compare-to {args.compare_to}: no such file", file=sys.stderr)
+                return 2
+            result = compare_to(load_records(args.out), load_records(args.compare_to), args.threshold)
+            print(result.format())
+            return 1 if result.failed else 0
+        return 0
+    except (ValueError, TypeError, ModuleNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """``lightformer report RESULTS [--out-dir DIR]``: Markdown + PNG + HTML."""
+    p = subparsers.add_parser("report", help="Markdown/PNG/HTML report of bench results")
+    p.add_argument("results", nargs="?", default=DEFAULT_RESULTS, help=f"JSON-lines file (default {DEFAULT_RESULTS})")
+    p.add_argument("--out-dir", default="results/report", help="directory for the report files")
+    p.add_argument("--name", default="bench", help="file name stem (default bench)")
+    p.set_defaults(func=run_report)
+    return p
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+    from .results import load_records
+
+    if not Path(args.results).exists():
+        print(f"error: {args.results}: no such file", file=sys.stderr)
+        return 2
+    paths = write_report(load_records(args.results), args.out_dir, name=args.name)
+    print("\n".join(f"{k}: {v}" for k, v in paths.items() if k in ("markdown", "html")))
+    return 0
+
+
+def add_advise_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """``lightformer advise --seq-len T --max-memory 2GiB --max-latency-ms 500 [--causal] [--decode] ...``."""
+    p = subparsers.add_parser("advise", help="which mixer fits a length, memory and latency budget (measured)")
+    p.add_argument("--seq-len", type=int, required=True, help="sequence length T in tokens")
+    p.add_argument("--max-memory", type=_size, help="memory budget, e.g. 2GiB, 512MiB, 1.5G (default none)")
+    p.add_argument("--max-latency-ms", type=float, help="latency budget per run in ms (default none)")
+    p.add_argument("--causal", action="store_true", help="require causal mixers")
+    p.add_argument("--decode", action="store_true", help="require a decode (step) path")
+    p.add_argument("--mode", choices=MODES, default="fwd+bwd", help="which measurements to use (default fwd+bwd)")
+    p.add_argument("--dtype", choices=DTYPES, default="fp32", help="which measurements to use (default fp32)")
+    p.add_argument("--batch", type=int, help="only measurements at this batch (with --measure: default 1)")
+    p.add_argument("--dim", type=int, help="only measurements at this width (with --measure: default 512)")
+    p.add_argument("--heads", type=int, help="only measurements with these heads (with --measure: default 8)")
+    p.add_argument("--results", default=DEFAULT_RESULTS, help=f"JSON-lines records (default {DEFAULT_RESULTS})")
+    p.add_argument("--measure", action="store_true", help="first run the missing cells into --results")
+    p.add_argument("--timeout", type=float, default=600.0, help="with --measure: seconds per cell")
+    p.add_argument("--threads", type=int, help="with --measure: torch threads (default all cores)")
+    p.add_argument("--plugin", action="append", default=[], help="module to import first (registers mixers)")
+    p.set_defaults(func=run_advise)
+    return p
+
+
+def run_advise(args: argparse.Namespace) -> int:
+    from .advise import advise
+    from .plan import load_plugins
+    from .results import load_records
+
+    try:
+        load_plugins(args.plugin)
+        kwargs = dict(seq_len=args.seq_len, max_memory_mib=args.max_memory, max_latency_ms=args.max_latency_ms,
+                      causal=args.causal, decode=args.decode, mode=args.mode, dtype=args.dtype, batch=args.batch,
+                      dim=args.dim, heads=args.heads)
+        result = advise(load_records(args.results), **kwargs)
+        if args.measure:
+            missing = [c.mixer for c in result.rejected if c.reason.startswith("unmeasured")] + \
+                [c.mixer for c in result.picks if c.extrapolated]
+            if missing:
+                from .runner import run_sweep
+                grid = Grid(mixers=sorted(set(missing)), seq_lens=[args.seq_len], batches=[args.batch or 1],
+                            dim=args.dim or 512, heads=args.heads or 8, dtypes=[args.dtype], modes=[args.mode],
+                            causal=[args.causal], peers="none", timeout_s=args.timeout, plugins=args.plugin)
+                if args.threads:
+                    grid.threads = args.threads
+                run_sweep(grid, args.results)
+                result = advise(load_records(args.results), **kwargs)
+        print(result.format())
+        return 0 if result.picks else 1
+    except (ValueError, TypeError, ModuleNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def add_compare_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """``lightformer compare [--mixers a,b] [--data FILE] [--budget 2m] [--seq-lens ...] [--out-dir DIR]``."""
+    from .compare import DEFAULT_MIXERS
+
+    p = subparsers.add_parser("compare", help="train the same LM with each mixer for the same budget, bench them, "
+                                              "and report quality vs speed vs memory (the main job)")
+    p.add_argument("--mixers", type=_csv(str), default=list(DEFAULT_MIXERS),
+                   help=f"causal mixers to compare (default {','.join(DEFAULT_MIXERS)})")
+    p.add_argument("--data", default="stdlib", help="'stdlib' (built-in corpus, default) or a text file")
+    p.add_argument("--tokenizer", choices=["byte", "char"], help="default: byte for stdlib, char for a file")
+    p.add_argument("--budget", default="2m", help="training time per mixer, e.g. 90s, 2m (default 2m)")
+    p.add_argument("--seq-lens", type=_csv(int), default=[1024, 4096, 16384],
+                   help="bench lengths T (default 1024,4096,16384)")
+    p.add_argument("--report-len", type=int, help="T of the quality/speed table (default 4096)")
+    p.add_argument("--out-dir", default="results/compare", help="where results and reports go")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per bench cell (median)")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds per bench cell")
+    p.add_argument("--threads", type=int, help="torch threads (default all cores)")
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--retrain", action="store_true", help="train again even if the results file has the quality")
+    p.set_defaults(func=run_compare_cmd)
+    return p
+
+
+def run_compare_cmd(args: argparse.Namespace) -> int:
+    from ..train.config import parse_duration
+    from .compare import run_compare
+
+    try:
+        run_compare(args.mixers, data=args.data, tokenizer=args.tokenizer, budget_s=parse_duration(args.budget),
+                    seq_lens=args.seq_lens, report_len=args.report_len, out_dir=args.out_dir, seed=args.seed,
+                    repeats=args.repeats, timeout_s=args.timeout, threads=args.threads, retrain=args.retrain)
+        return 0
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,87 @@
+"""Analytic FLOP counts of a bench cell (a multiply-add counts 2 FLOPs).
+
+Every implementation (lightformer mixer or peer) is counted with the formula of the mixer family it implements, so
+achieved GFLOP/s compare like with like. For ``x: [B, T, D]`` with H heads of width d = D/H:
+
+    forward = projections + mixing
+    projections = 8·B·T·D²             fused QKV (D -> 3D) and output (D -> D) Linear layers
+    mixing      = 4·B·T·D·K            Q·Kᵀ and A·V over H heads (2·2·T·K·d per head), K = "keys per query"
+
+K by family, chosen from the cell's options first and the declared complexity second:
+
+    window        option ``window`` (sliding_window, longformer, local_attention): the exact mean number of keys
+                  a query sees — causal min(t+1, w), non-causal the keys with |Δ| <= w//2 inside [0, T) — plus
+                  ``num_global`` when present (longformer's global tokens)
+    block_sparse  options ``block_size`` b and ``num_random`` r (bigbird): b·(3 + num_global + r)
+    kernel        option ``num_features`` m (performer): 2·m  (feature maps of q and k, then φ(K)ᵀV and φ(Q)·S)
+    low_rank      option ``proj_len`` k (linformer): 2·k  (E·K and F·V projections, then attention to k keys)
+    lsh           options ``bucket_size`` c, ``n_hashes`` n (reformer): 2·c·n  (each chunk sees itself and the
+                  previous chunk, per hash round)
+    landmarks     option ``num_landmarks`` m (nystrom): 3·m  (three products through the m landmarks)
+    exact         complexity with a T² term: T, or (T+1)/2 when causal (only the unmasked half is useful work)
+    linear        any other complexity linear in T: d  (a d×d state per head: φ(K)ᵀV then φ(Q)·S); this is also
+                  the fallback for a new family not in this table, so its GFLOP/s are indicative only
+
+fwd+bwd counts 3× forward (backward = two matmuls per forward matmul). decode of T tokens counts the causal forward
+over those T tokens: the same useful work, one token at a time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def window_keys(window: int, seq_len: int, causal: bool) -> float:
+    """Mean keys per query of a sliding window of ``window`` keys (causal) or ±``window//2`` (non-causal)."""
+    t = seq_len
+    if causal:
+        w = min(window, t)
+        # queries 0..w-1 see t+1 keys, the rest see w
+        total = w * (w + 1) / 2 + (t - w) * w
+    else:
+        r = window // 2
+        total = sum(min(p + r, t - 1) - max(p - r, 0) + 1 for p in range(t)) if t <= 4 * r + 4 else \
+            t * (2 * r + 1) - r * (r + 1)
+    return total / t
+
+
+def keys_per_query(options: dict[str, Any], seq_len: int, dim: int, heads: int, causal: bool,
+                   complexity: str | None) -> tuple[float, str]:
+    """``(K, family)`` as documented in the module docstring. ``complexity=None`` (unknown) counts as exact."""
+    o = options
+    if isinstance(o.get("window"), int):
+        extra = o.get("num_global") if isinstance(o.get("num_global"), int) else 0
+        return min(float(seq_len), window_keys(o["window"], seq_len, causal) + extra), "window"
+    if isinstance(o.get("num_random"), int) and isinstance(o.get("block_size"), int):
+        g = o.get("num_global") if isinstance(o.get("num_global"), int) else 0
+        return min(float(seq_len), o["block_size"] * (3.0 + g + o["num_random"])), "block_sparse"
+    if isinstance(o.get("num_features"), int):
+        return 2.0 * o["num_features"], "kernel"
+    if isinstance(o.get("proj_len"), int):
+        return 2.0 * min(o["proj_len"], seq_len), "low_rank"
+    if isinstance(o.get("bucket_size"), int):
+        return 2.0 * min(o["bucket_size"], seq_len) * int(o.get("n_hashes", 1)), "lsh"
+    if isinstance(o.get("num_landmarks"), int):
+        return 3.0 * min(o["num_landmarks"], seq_len), "landmarks"
+    c = (complexity or "T²").replace(" ", "")
+    if complexity is None or "T²" in c or "T^2" in c or "T·T" in c:
+        return ((seq_len + 1) / 2 if causal else float(seq_len)), "exact"
+    return float(dim // heads), "linear"
+
+
+def forward_flops(options: dict[str, Any], seq_len: int, batch: int, dim: int, heads: int, causal: bool,
+                  complexity: str | None) -> tuple[float, str]:
+    """FLOPs of one forward pass over ``[batch, seq_len, dim]`` and the family used."""
+    k, family = keys_per_query(options, seq_len, dim, heads, causal, complexity)
+    proj = 8.0 * batch * seq_len * dim * dim
+    mix = 4.0 * batch * seq_len * dim * k
+    return proj + mix, family
+
+
+def cell_flops(options: dict[str, Any], seq_len: int, batch: int, dim: int, heads: int, causal: bool, mode: str,
+               complexity: str | None) -> tuple[float, str]:
+    """FLOPs of one timed run of ``mode`` (``fwd``, ``fwd+bwd`` = 3× fwd, ``decode`` = causal fwd)."""
+    if mode == "decode":
+        return forward_flops(options, seq_len, batch, dim, heads, True, complexity)
+    flops, family = forward_flops(options, seq_len, batch, dim, heads, causal, complexity)
+    return (3.0 * flops if mode == "fwd+bwd" else flops), family

@@ -1,0 +1,213 @@
+"""The declarative benchmark grid: implementations × options × T × batch × dtype × mode × causal.
+
+A ``Grid`` expands into ``Cell`` s; each cell is measured in its own subprocess (``lightformer.bench.cell``). A
+cell's identity (``Cell.key``) is (impl, mixer, options, seq_len, batch, dim, heads, dtype, mode, causal, threads);
+the JSON-lines results are resumed by that key. A grid comes from CLI flags and/or a TOML file, e.g.::
+
+    mixers = ["softmax", "sliding_window"]     # omitted = every registered mixer
+    seq_lens = [512, 1024]
+    batch = [1]
+    dim = 512
+    heads = 8
+    dtypes = ["fp32", "bf16"]
+    modes = ["fwd+bwd"]                        # fwd | fwd+bwd | decode
+    causal = [true]
+    peers = "all"                              # "all" | "none" | ["sdpa", "local_attention"]
+    threads = 2
+    [options.sliding_window]
+    window = 128
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+DTYPES = ("fp32", "bf16", "fp16", "fp64")
+MODES = ("fwd", "fwd+bwd", "decode")
+#: ``impl`` of a cell that runs a lightformer mixer (peers use their own name).
+LIGHTFORMER = "lightformer"
+
+
+def default_threads() -> int:
+    """All cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def parse_value(text: str) -> Any:
+    """``"256"`` -> 256, ``"0.5"`` -> 0.5, ``"true"`` -> True, ``"null"`` -> None, anything else stays a string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def parse_option(text: str) -> tuple[str, str, Any]:
+    """``"sliding_window.window=256"`` -> ``("sliding_window", "window", 256)``.
+
+    Raises:
+        ValueError: not of the form ``mixer.option=value``.
+    """
+    lhs, sep, value = text.partition("=")
+    mixer, dot, option = lhs.strip().partition(".")
+    if not sep or not dot or not mixer or not option:
+        raise ValueError(f"--option {text!r}: expected mixer.option=value, e.g. sliding_window.window=256")
+    return mixer, option, parse_value(value.strip())
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One measurement: one implementation at one shape, run in one subprocess.
+
+    Attributes:
+        impl: ``"lightformer"`` for a registered mixer, else a peer name (``"sdpa"``, ``"local_attention"`` ...).
+        mixer: the lightformer mixer measured, or the one a peer is the baseline for.
+        options: mixer options (the ``"T"`` sentinel is resolved in the subprocess).
+        seq_len: T, tokens per sequence (for ``decode``: tokens decoded one by one).
+        batch, dim, heads: B, D (model width), H.
+        dtype: ``fp32 | bf16 | fp16 | fp64``; mode: ``fwd | fwd+bwd | decode``; causal: causal masking.
+        threads: torch intra-op threads.
+        warmup, repeats: untimed and timed runs (time = median of the timed runs).
+        timeout_s: wall-clock limit of the subprocess (s). max_memory_mib: address-space headroom (MiB) given to
+            the subprocess after its imports, ``None`` = unlimited.
+        gate_len: T of the correctness gate (capped at ``seq_len``); gate_tol: max abs error allowed in float64.
+        plugins: modules the subprocess imports first (they may register mixers).
+    """
+
+    impl: str
+    mixer: str
+    options: dict[str, Any]
+    seq_len: int
+    batch: int
+    dim: int
+    heads: int
+    dtype: str
+    mode: str
+    causal: bool
+    threads: int
+    warmup: int = 1
+    repeats: int = 3
+    timeout_s: float = 600.0
+    max_memory_mib: float | None = None
+    gate_len: int = 64
+    gate_tol: float = 1e-6
+    plugins: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        """Canonical JSON of the identifying fields (resume/compare key)."""
+        return cell_key(dataclasses.asdict(self))
+
+    @property
+    def label(self) -> str:
+        return self.mixer if self.impl == LIGHTFORMER else self.impl
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Cell":
+        data = json.loads(text)
+        data["plugins"] = tuple(data.get("plugins", ()))
+        return cls(**data)
+
+
+KEY_FIELDS = ("impl", "mixer", "options", "seq_len", "batch", "dim", "heads", "dtype", "mode", "causal", "threads")
+
+
+def cell_key(record: dict[str, Any]) -> str:
+    """The identity of a cell or record as canonical JSON over ``KEY_FIELDS``."""
+    return json.dumps({k: record.get(k) for k in KEY_FIELDS}, sort_keys=True)
+
+
+@dataclass
+class Grid:
+    """What to measure. ``mixers=None`` means every registered mixer; ``peers`` is ``"all"`` (every peer whose
+    baseline mixer is in the grid, SDPA always), ``"none"``, or a list of peer names. ``options`` maps a mixer
+    name to option overrides on top of ``defaults.BENCH_DEFAULTS``. Other fields as in ``Cell``.
+
+    Raises (``validate``): ValueError on an unknown dtype/mode or a non-positive size.
+    """
+
+    mixers: list[str] | None = None
+    seq_lens: list[int] = field(default_factory=lambda: [512, 1024])
+    batches: list[int] = field(default_factory=lambda: [1])
+    dim: int = 512
+    heads: int = 8
+    dtypes: list[str] = field(default_factory=lambda: ["fp32"])
+    modes: list[str] = field(default_factory=lambda: ["fwd+bwd"])
+    causal: list[bool] = field(default_factory=lambda: [False])
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    peers: str | list[str] = "all"
+    threads: int = field(default_factory=default_threads)
+    warmup: int = 1
+    repeats: int = 3
+    timeout_s: float = 600.0
+    max_memory_mib: float | None = None
+    gate_len: int = 64
+    gate_tol: float = 1e-6
+    plugins: list[str] = field(default_factory=list)
+
+    def validate(self) -> "Grid":
+        for d in self.dtypes:
+            if d not in DTYPES:
+                raise ValueError(f"dtype {d!r} unknown; choose from {', '.join(DTYPES)}")
+        for m in self.modes:
+            if m not in MODES:
+                raise ValueError(f"mode {m!r} unknown; choose from {', '.join(MODES)}")
+        for name, values in (("seq_lens", self.seq_lens), ("batches", self.batches),
+                             ("dim", [self.dim]), ("heads", [self.heads]), ("threads", [self.threads]),
+                             ("repeats", [self.repeats])):
+            if not values or any(not isinstance(v, int) or v <= 0 for v in values):
+                raise ValueError(f"{name} must be positive ints, got {values!r}")
+        if self.warmup < 0:
+            raise ValueError(f"warmup must be >= 0, got {self.warmup}")
+        if self.timeout_s <= 0:
+            raise ValueError(f"timeout must be positive seconds, got {self.timeout_s}")
+        return self
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike[str]) -> "Grid":
+        """Read a grid file (see the module docstring). Raises ValueError on an unknown key."""
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Grid":
+        aliases = {"seq_len": "seq_lens", "batch": "batches", "dtype": "dtypes", "mode": "modes",
+                   "mixer": "mixers", "timeout": "timeout_s", "max_memory": "max_memory_mib",
+                   "plugin": "plugins"}
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            key = aliases.get(key, key)
+            if key not in names:
+                raise ValueError(f"unknown grid key {key!r}; valid keys: {', '.join(sorted(names))}")
+            if key in ("seq_lens", "batches", "dtypes", "modes", "causal", "mixers", "plugins") and \
+                    not isinstance(value, list):
+                value = [value]
+            if key == "max_memory_mib" and isinstance(value, str):
+                from .units import parse_size_mib
+                value = parse_size_mib(value)
+            kwargs[key] = value
+        return cls(**kwargs).validate()
+
+    def cell(self, impl: str, mixer: str, options: dict[str, Any], seq_len: int, batch: int, dtype: str,
+             mode: str, causal: bool) -> Cell:
+        return Cell(impl=impl, mixer=mixer, options=options, seq_len=seq_len, batch=batch, dim=self.dim,
+                    heads=self.heads, dtype=dtype, mode=mode, causal=causal, threads=self.threads,
+                    warmup=self.warmup, repeats=self.repeats, timeout_s=self.timeout_s,
+                    max_memory_mib=self.max_memory_mib, gate_len=self.gate_len, gate_tol=self.gate_tol,
+                    plugins=tuple(self.plugins))

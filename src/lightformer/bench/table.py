@@ -1,0 +1,156 @@
+"""Report tables: one per (mode, dtype, causal, batch, dim, heads, threads) group, rows = implementations,
+columns = T. Shared by the Markdown and HTML reports and by the plots.
+
+A cell reads ``time ms / mem MiB`` and then the time ratios to the baselines measured in the same run at the same
+shape: ``×r SDPA`` and ``×r <peer>`` (ratio = this time / baseline time, < 1 = faster). A cell that did not
+measure shows its status (``oom``, ``timeout``, ``gate_failed`` ...). The last column is the crossover length
+against SDPA: the smallest measured T from which the implementation is faster than SDPA at every larger T where
+both were measured (``none`` if it is not faster at the largest such T).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from .grid import LIGHTFORMER
+from .peers import PEERS, SDPA
+from .results import bench_records
+
+GROUP_FIELDS = ("mode", "dtype", "causal", "batch", "dim", "heads", "threads")
+
+
+def row_id(r: dict[str, Any]) -> tuple[str, str, str]:
+    return r["impl"], r["mixer"], json.dumps(r.get("options") or {}, sort_keys=True)
+
+
+def row_name(r: dict[str, Any]) -> str:
+    """``softmax``, ``sliding_window [window=256]``, ``local_attention (peer of sliding_window) [window=256]``."""
+    opts = r.get("options") or {}
+    suffix = f" [{', '.join(f'{k}={v}' for k, v in sorted(opts.items()))}]" if opts else ""
+    if r["impl"] == LIGHTFORMER:
+        return r["mixer"] + suffix
+    if r["impl"] == SDPA:
+        return "sdpa (torch, peer)"
+    return f"{r['impl']} (peer of {r['mixer']}){suffix}"
+
+
+def group_title(key: tuple) -> str:
+    g = dict(zip(GROUP_FIELDS, key))
+    return (f"{g['mode']} · {g['dtype']} · {'causal' if g['causal'] else 'non-causal'} · "
+            f"B={g['batch']} D={g['dim']} H={g['heads']} · {g['threads']} threads")
+
+
+def group_stem(key: tuple) -> str:
+    g = dict(zip(GROUP_FIELDS, key))
+    return (f"{g['mode'].replace('+', '-')}_{g['dtype']}_{'causal' if g['causal'] else 'noncausal'}"
+            f"_b{g['batch']}_d{g['dim']}_h{g['heads']}_t{g['threads']}")
+
+
+def crossover(times: dict[int, float], sdpa: dict[int, float]) -> int | None:
+    """Smallest T from which ``times[T] < sdpa[T]`` for every larger common T; None if not faster at the largest."""
+    common = sorted(set(times) & set(sdpa))
+    best = None
+    for t in reversed(common):
+        if times[t] < sdpa[t]:
+            best = t
+        else:
+            break
+    return best
+
+
+@dataclass
+class Table:
+    """One report group: ``header`` then ``rows`` of strings; ``series`` = per row name {T: (time_ms, mem_mib)}."""
+
+    key: tuple
+    title: str
+    stem: str
+    header: list[str]
+    rows: list[list[str]] = field(default_factory=list)
+    series: dict[str, dict[int, tuple[float, float]]] = field(default_factory=dict)
+
+
+def _peer_time(by_shape: dict, r: dict[str, Any], peer: str) -> float | None:
+    for other in by_shape.get((r["seq_len"],), []):
+        if other["impl"] == peer and other["status"] == "ok" and (
+                peer == SDPA or (other["mixer"] == r["mixer"] and other.get("options") == r.get("options"))):
+            return other["time_ms"]
+    return None
+
+
+def build_tables(records: Iterable[dict[str, Any]]) -> list[Table]:
+    """Group the latest bench records into tables (see the module docstring)."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in bench_records(records):
+        groups.setdefault(tuple(r.get(f) for f in GROUP_FIELDS), []).append(r)
+    tables = []
+    for key in sorted(groups, key=lambda k: tuple(str(v) for v in k)):
+        recs = groups[key]
+        lens = sorted({r["seq_len"] for r in recs})
+        by_shape: dict[tuple, list[dict[str, Any]]] = {}
+        for r in recs:
+            by_shape.setdefault((r["seq_len"],), []).append(r)
+        rows: dict[tuple, dict[int, dict[str, Any]]] = {}
+        for r in recs:
+            rows.setdefault(row_id(r), {})[r["seq_len"]] = r
+        table = Table(key, group_title(key), group_stem(key),
+                      ["implementation", *[f"T={t}" for t in lens], "crossover vs SDPA"])
+        # SDPA first, then lightformer mixers, each followed by its peers
+        order = sorted(rows, key=lambda rid: (rid[0] != SDPA, rid[1], rid[0] != LIGHTFORMER, rid[0], rid[2]))
+        sdpa_times = {t: r["time_ms"] for rid in rows if rid[0] == SDPA
+                      for t, r in rows[rid].items() if r["status"] == "ok"}
+        for rid in order:
+            cells, times = [], {}
+            first = next(iter(rows[rid].values()))
+            name = row_name(first)
+            table.series[name] = {}
+            for t in lens:
+                r = rows[rid].get(t)
+                cells.append(_cell_text(r, by_shape) if r else "—")
+                if r and r["status"] == "ok":
+                    times[t] = r["time_ms"]
+                    table.series[name][t] = (r["time_ms"], r["mem_mib"])
+            if rid[0] == SDPA:
+                cross = "— (baseline)"
+            elif not set(times) & set(sdpa_times):
+                cross = "n/a"
+            else:
+                c = crossover(times, sdpa_times)
+                cross = "none" if c is None else f"T={c}"
+            table.rows.append([name, *cells, cross])
+        tables.append(table)
+    return tables
+
+
+def _cell_text(r: dict[str, Any], by_shape: dict) -> str:
+    if r["status"] != "ok":
+        return r["status"]
+    text = f"{r['time_ms']:.3g} ms / {r['mem_mib']:.3g} MiB"
+    ratios = []
+    if r["impl"] != SDPA:
+        s = _peer_time(by_shape, r, SDPA)
+        if s:
+            ratios.append(f"×{r['time_ms'] / s:.2f} SDPA")
+    if r["impl"] == LIGHTFORMER:
+        for peer in PEERS:
+            if peer != SDPA and PEERS[peer].mixer == r["mixer"]:
+                p = _peer_time(by_shape, r, peer)
+                if p:
+                    ratios.append(f"×{r['time_ms'] / p:.2f} {peer}")
+    return text + (" · " + " · ".join(ratios) if ratios else "")
+
+
+def machine_line(records: Iterable[dict[str, Any]]) -> str:
+    """``CPU · threads · torch · git commit · date`` over the bench records (distinct values joined by ``,``)."""
+    recs = [r for r in records if r.get("kind") == "bench"]
+
+    def values(field_: str) -> str:
+        vals = sorted({str(r.get(field_)) for r in recs if r.get(field_) is not None})
+        return ", ".join(vals) or "unknown"
+
+    dates = sorted(str(r.get("timestamp")) for r in recs if r.get("timestamp"))
+    date = dates[-1][:10] if dates else "unknown"
+    return (f"Machine: {values('cpu')} · {values('threads')} threads · torch {values('torch')} · "
+            f"git {values('git_commit')} · {date}")

@@ -1,0 +1,122 @@
+"""Bench cells run in subprocesses: record schema, resume/--force, timeout, oom, the correctness gate."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lightformer.bench import load_records, run_cell, run_sweep
+from lightformer.bench.plan import expand
+
+SCHEMA = {
+    "kind": str, "schema": int, "status": str, "impl": str, "label": str, "mixer": str, "options": dict,
+    "seq_len": int, "batch": int, "dim": int, "heads": int, "dtype": str, "mode": str, "causal": bool,
+    "threads": int, "times_ms": list, "warmup": int, "repeats": int, "cpu": str, "torch": str, "python": str,
+    "git_commit": str, "timestamp": str,
+}
+MEASURED = {"time_ms": float, "mem_mib": float, "flops": float, "gflops": float, "tokens_per_s": float,
+            "flops_family": str, "gate": dict, "rss_reset": bool, "elapsed_s": float}
+
+
+def check_schema(rec, status):
+    for key, kind in SCHEMA.items():
+        assert isinstance(rec[key], kind), (key, rec[key])
+    assert rec["kind"] == "bench" and rec["status"] == status, rec.get("reason")
+    for key in ("reason", *MEASURED):
+        assert key in rec
+    if status == "ok":
+        for key, kind in MEASURED.items():
+            assert isinstance(rec[key], kind), (key, rec[key])
+        assert rec["time_ms"] > 0 and rec["mem_mib"] >= 0 and len(rec["times_ms"]) == rec["repeats"]
+        assert rec["tokens_per_s"] == pytest.approx(rec["batch"] * rec["seq_len"] / (rec["time_ms"] / 1e3))
+        assert rec["gflops"] == pytest.approx(rec["flops"] / (rec["time_ms"] / 1e3) / 1e9)
+    else:
+        assert rec["time_ms"] is None and rec["gflops"] is None and isinstance(rec["reason"], str)
+
+
+def test_schema_resume_and_force(tmp_path, tiny_grid):
+    out = tmp_path / "bench.jsonl"
+    grid = tiny_grid(peers="sdpa", modes=["fwd+bwd"], causal=[True])
+    recs = run_sweep(grid, out, progress=False)
+    assert [(r["impl"], r["label"]) for r in recs] == [("sdpa", "sdpa"), ("lightformer", "softmax")]
+    for r in recs:
+        check_schema(r, "ok")
+        assert r["threads"] == 1 and r["mode"] == "fwd+bwd" and r["causal"] is True
+    lf = recs[1]
+    assert lf["gate"]["kind"] == "oracle" and lf["gate"]["passed"] and lf["gate"]["max_abs_err"] <= 1e-6
+    assert recs[0]["gate"] == {"kind": "finite", "seq_len": 16, "max_abs_err": None, "tol": None, "passed": True}
+    # exact causal, fwd+bwd = 3 × (8·B·T·D² + 4·B·T·D·(T+1)/2)
+    assert lf["flops"] == pytest.approx(3 * (8 * 16 * 32**2 + 4 * 16 * 32 * 8.5)) and lf["flops_family"] == "exact"
+    lines = out.read_text().splitlines()
+    assert len(lines) == 2 and all(json.loads(line)["kind"] == "bench" for line in lines)
+
+    again = run_sweep(grid, out, progress=False)  # resume: nothing re-measured
+    assert len(out.read_text().splitlines()) == 2
+    assert [r["timestamp"] for r in again] == [r["timestamp"] for r in recs]
+
+    forced = run_sweep(tiny_grid(peers="none", modes=["fwd+bwd"], causal=[True]), out, force=True,
+                       progress=False)
+    assert len(forced) == 1 and len(load_records(out)) == 3
+    check_schema(forced[0], "ok")
+    assert forced[0]["elapsed_s"] != recs[1]["elapsed_s"]
+
+
+def test_gate_rejects_wrong_implementation(tmp_path, tiny_grid, plugin_env):
+    grid = tiny_grid(mixers=["bench_test_wrong"], plugins=[plugin_env])
+    rec = run_sweep(grid, tmp_path / "b.jsonl", progress=False)[0]
+    check_schema(rec, "gate_failed")
+    assert rec["gate"]["passed"] is False and rec["gate"]["max_abs_err"] > 1e-3
+    assert "oracle" in rec["reason"] and rec["times_ms"] == [] and rec["mem_mib"] is None
+
+
+def test_unsupported_cells_are_recorded_not_skipped(tmp_path, tiny_grid, plugin_env):
+    grid = tiny_grid(mixers=["bench_test_noncausal", "bench_test_short"], seq_lens=[32], modes=["fwd", "decode"],
+                     causal=[True], peers="none", plugins=[plugin_env])
+    recs = run_sweep(grid, tmp_path / "b.jsonl", progress=False)  # all decided without a subprocess
+    assert len(recs) == 4 and all(r["status"] == "unsupported" for r in recs)
+    assert len(load_records(tmp_path / "b.jsonl")) == 4
+    reasons = {(r["label"], r["mode"]): r["reason"] for r in recs}
+    assert "cannot be causal" in reasons[("bench_test_noncausal", "fwd")]
+    assert "max_len=16" in reasons[("bench_test_short", "fwd")]
+    assert "max_len=16" in reasons[("bench_test_short", "decode")]
+    for r in recs:
+        check_schema(r, "unsupported")
+    peer = expand(tiny_grid(peers="sdpa", mixers=["softmax"], modes=["decode"], causal=[True]))[0]
+    rec = run_cell(peer)
+    check_schema(rec, "unsupported")
+    assert "no decode adapter" in rec["reason"]
+
+
+def test_timeout_is_recorded(tiny_grid, monkeypatch):
+    monkeypatch.setenv("LIGHTFORMER_BENCH_HOOK", "sleep:300")
+    cell = expand(tiny_grid(timeout_s=5.0))[0]
+    rec = run_cell(cell)
+    check_schema(rec, "timeout")
+    assert rec["elapsed_s"] < 60 and "--timeout 5" in rec["reason"]
+
+
+def test_oom_under_rlimit_is_recorded(tiny_grid, monkeypatch):
+    # 16 MiB of address space cannot hold the [1, 4096, 4096] float32 input (64 MiB)
+    monkeypatch.delenv("LIGHTFORMER_BENCH_HOOK", raising=False)
+    rec = run_cell(expand(tiny_grid(seq_lens=[4096], dim=4096, heads=32, max_memory_mib=16.0))[0])
+    check_schema(rec, "oom")
+    assert "MemoryError" in rec["reason"] or "alloc" in rec["reason"].lower()
+
+
+def test_killed_subprocess_is_oom(tiny_grid, monkeypatch):
+    monkeypatch.setenv("LIGHTFORMER_BENCH_HOOK", "sigkill")
+    rec = run_cell(expand(tiny_grid())[0])
+    check_schema(rec, "oom")
+    assert "killed" in rec["reason"]
+
+
+def test_missing_peer_package_is_unavailable(tiny_grid, monkeypatch):
+    from lightformer.bench import peers
+
+    monkeypatch.setitem(peers.PEERS, "x_transformers",
+                        peers.Peer("x_transformers", "no_such_package_xyz", "no-such-package", "softmax",
+                                   peers._x_transformers))
+    rec = run_cell(expand(tiny_grid(peers="x_transformers"))[0])
+    check_schema(rec, "unavailable")
+    assert "pip install no-such-package" in rec["reason"]
