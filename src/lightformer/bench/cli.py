@@ -213,7 +213,7 @@ def add_compare_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help=f"causal mixers to compare (default {','.join(DEFAULT_MIXERS)})")
     p.add_argument("--data", default="stdlib", help="'stdlib' (built-in corpus, default) or a text file")
     p.add_argument("--tokenizer", choices=["byte", "char"], help="default: byte for stdlib, char for a file")
-    p.add_argument("--budget", default="2m", help="training time per mixer, e.g. 90s, 2m (default 2m)")
+    p.add_argument("--budget", default="90s", help="training time per mixer, e.g. 90s, 2m (default 90s)")
     p.add_argument("--seq-lens", type=_csv(int), default=[1024, 4096, 16384],
                    help="bench lengths T (default 1024,4096,16384)")
     p.add_argument("--report-len", type=int, help="T of the quality/speed table (default 4096)")
