@@ -1,0 +1,107 @@
+"""AFT-local fast path (Zhai et al. 2021, "An Attention Free Transformer", Sec. 3.2), blocked: O(T·window·C)
+time, O(T·C + T·window) memory, never a ``[T, T]`` tensor.
+
+AFT-local is AFT-full (Eq. 2) with w_{t,t'} = 0 outside the band |t − t'| < s (s = ``window``). Splitting each
+query's keys into "all" and "band", with e_t' = exp(K_t' − M) (M a per-channel stabiliser):
+
+    num_t = e^{−μ_t}·Σ_{t' allowed} e_t' V_t'  +  Σ_{t' in band} (e^{w_{t,t'} − μ_t} − e^{−μ_t}) e_t' V_t'
+    den_t = the same with V = 1,            Y_t = σ(Q_t) ⊙ num_t / den_t
+
+where μ_t = max(0, max_band w_{t,·}) keeps every exponent <= 0 (it cancels in the ratio). The first sum is
+AFT-simple's (a per-channel total, or a causal prefix sum from ``simple.causal_prefix``). For the band sum the
+sequence is cut into blocks of L >= s − 1 positions, so a query block reaches only its own block and its two
+neighbours: the band is three ``[L, L]`` coefficient blocks (previous, same, next; built by skewing the rows of the
+band biases) times the ``[L, 2C]`` terms [e·V, e] of those blocks — three batched matmuls, no gathered spans.
+Causal: only previous and same blocks; each block c has its own stabiliser M_c (the running max at its end, from
+``simple.causal_prefix``), so the previous block's terms are rescaled by e^{M_{c−1} − M_c} <= 1.
+Same semantics as ``naive.aft_local``.
+
+Band biases ``w_band``: ``[>= T, 2s − 1]``, column δ + s − 1 holds offset δ = t' − t (causal uses δ <= 0 only).
+Dtypes: everything runs in float32 (float64 for float64 inputs), the band matmuls included even for bf16 inputs:
+they are a small part of the cost (2·T·3L·2C flops), and in bf16 the gradient of the band biases, a difference of
+numerator and denominator terms that nearly cancel, lost 2-3x the precision of the naive bf16 form.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .simple import causal_prefix, finite_or_zero, first_rows, mask_keys, ratio_of_halves, stat_dtype
+
+
+def default_block(window: int) -> int:
+    """Block L: a power of two >= window − 1 (the band must fit in the neighbouring blocks), at least 32 and at
+    most 128 unless the window needs more (bigger blocks waste more out-of-band coefficients)."""
+    return int(max(min(128, max(32, 1 << max(0, window - 1).bit_length())), 1 << max(0, window - 2).bit_length()))
+
+
+def skew(rows: Tensor) -> Tensor:
+    """``[..., L, n]`` -> ``[..., L, L + n − 1]`` with row i shifted right by i (zeros elsewhere)."""
+    *lead, l, n = rows.shape
+    padded = F.pad(rows, (0, l))  # [..., L, n + L]
+    flat = padded.reshape(*lead, l * (n + l))[..., : l * (n + l - 1)]
+    return flat.reshape(*lead, l, n + l - 1)
+
+
+def band_blocks(w_band: Tensor, window: int, t: int, lb: int, causal: bool, dtype: torch.dtype
+                ) -> tuple[Tensor, Tensor]:
+    """Coefficients e^{w − μ} − e^{−μ} of every block as ``[nb, L, 3L]`` (columns: previous, same, next block's
+    keys) and e^{−μ} ``[nb, L, 1]``; zero outside the band, the sequence and (causal) the past."""
+    s = window
+    nb = -(-t // lb)
+    nw = s if causal else 2 * s - 1  # offsets δ = u − (s − 1), u in [0, nw)
+    wr = F.pad(w_band[:t, :nw].to(dtype), (0, 0, 0, nb * lb - t))  # [nb·L, nw]
+    pos = torch.arange(nb * lb, device=w_band.device)[:, None]
+    key = pos + torch.arange(nw, device=w_band.device)[None, :] - (s - 1)
+    valid = (pos < t) & (key >= 0) & (key < t)
+    mu = finite_or_zero(wr.masked_fill(~valid, float("-inf")).amax(dim=1, keepdim=True)).clamp_min(0.0)
+    # e^{w−μ} − e^{−μ}; for μ = 0 (all w <= 0) expm1 avoids the cancellation
+    coef = torch.where(mu > 0, torch.exp(wr - mu) - torch.exp(-mu), torch.expm1(wr)).masked_fill(~valid, 0.0)
+    # row i of block c: key cL + i − (s−1) + u sits at column L + i − (s−1) + u of the 3-block frame
+    rows = F.pad(coef.view(nb, lb, nw), (lb - (s - 1), 0))  # [nb, L, L − s + 1 + nw]
+    e3 = skew(rows)  # [nb, L, 2L − s + nw]
+    e3 = F.pad(e3, (0, 3 * lb - e3.shape[-1]))  # [nb, L, 3L]
+    return e3, torch.exp(-mu).view(nb, lb, 1)
+
+
+def aft_local(q: Tensor, k: Tensor, v: Tensor, w_band: Tensor, window: int, *, causal: bool = False,
+              key_padding_mask: Tensor | None = None, block_size: int | None = None) -> Tensor:
+    """AFT-local: q, k, v ``[B, T, C]``, ``w_band`` ``[>= T, 2·window − 1]`` -> ``[B, T, C]``. ``block_size``: L,
+    at least ``window − 1`` (default ``default_block(window)``)."""
+    b, t, c = q.shape
+    lb = block_size or default_block(window)
+    if lb < window - 1:
+        raise ValueError(f"block_size={lb} must be >= window - 1 = {window - 1}")
+    nb = -(-t // lb)
+    sd = stat_dtype(q)
+    kf = mask_keys(k.to(sd), key_padding_mask)
+    vf = v.to(sd)
+    if causal:
+        x, g_nd, m = causal_prefix(kf, vf, lb)  # x, g_nd [B, nb, L, 2C]; m [B, nb, C]
+    else:
+        e = torch.exp(kf - finite_or_zero(kf.amax(dim=1, keepdim=True)))  # [B, T, C]
+        x = torch.cat([e * vf, e], dim=-1)
+        if nb * lb != t:
+            x = F.pad(x, (0, 0, 0, nb * lb - t))
+        x = x.view(b, nb, lb, 2 * c)
+        g_nd = x.sum(dim=(1, 2))[:, None, None]  # [B, 1, 1, 2C]
+    e3, base = band_blocks(w_band, window, t, lb, causal, sd)
+    band = e3[..., lb:2 * lb] @ x  # same block  [B, nb, L, 2C]
+    if nb > 1:
+        # neighbours through whole-tensor matmuls and rolls (slices of x would zero-fill it in the backward pass):
+        # prev[j] = block j's terms as seen by block j + 1 (last one unused, its coefficients are 0)
+        zero = torch.zeros_like(e3[:1, :, :lb])
+        prev = torch.cat([e3[1:, :, :lb], zero]) @ x  # [B, nb, L, 2C]
+        prev = torch.roll(prev, 1, dims=1)  # now indexed by the receiving block; block 0 gets the zero block
+        if causal:  # rescale block c−1's stabiliser to block c's
+            decay = F.pad(torch.exp(m[:, :-1] - m[:, 1:]), (0, 0, 1, 0)).repeat(1, 1, 2)  # [B, nb, 2C]
+            prev = prev * decay[:, :, None]
+        band = band + prev
+        if not causal:  # nxt[j] = block j's terms as seen by block j − 1
+            nxt = torch.cat([zero, e3[:-1, :, 2 * lb:]]) @ x
+            band = band + torch.roll(nxt, -1, dims=1)
+    nd = base * g_nd + band  # [B, nb, L, 2C]
+    y = first_rows(ratio_of_halves(nd), t)
+    return (torch.sigmoid(q.to(sd)) * y).to(q.dtype)

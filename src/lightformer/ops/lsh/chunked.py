@@ -1,0 +1,266 @@
+"""Reformer LSH attention, fast path: sort, chunk, attend to own + previous chunk, recompute in backward.
+
+Kitaev, Kaiser, Levskaya 2020, "Reformer: The Efficient Transformer", Sec. 2 (Fig. 2) and App. A. Same signature
+and semantics as ``ops.lsh.naive.lsh_attention`` (masks, self penalty, log-sum-exp combination: see there).
+
+All rounds of a group of (batch, head) rows at once (groups sized to ~2²⁴ score elements):
+    1. place the tokens in each round's sorted layout (``_Geometry``: sorted by (bucket, position); causal: every
+       bucket starts on a chunk boundary) of L = nc·c slots (c = bucket_size) and gather q and the key/value
+       windows (previous chunk, own chunk) into it with ``index_select``: ``[M, nc, c, d]``, ``[M, nc, 2c, d]``;
+    2. scores ``[M, nc, c, 2c]`` = one batched matmul; the mask is one comparison of per-slot integer codes
+       (bucket for real keys, a unique negative code for padded/empty slots, so self always matches) plus a
+       constant ``[c, 2c]`` pattern (−10⁵ on self, −inf after the query when causal);
+    3. per-round outputs o^(r) and log-normalisers z^(r) are un-sorted to token order and combined with the round
+       weights softmax_r(z^(r)).
+Backward uses the *combined* weights P = exp(s − z) (a key's weight in the union over rounds) in the usual
+softmax-attention backward, dS = P ⊙ (dO·vᵀ − rowsum(dO ⊙ O)) (as FlashAttention, Dao et al. 2022, Alg. 2), then
+folds window gradients back onto their chunks and un-sorts (gathers with the inverse permutation). Forward keeps P
+when all rounds fit in 2²⁶ elements (T <= 16384 at 8 heads, 4 rounds; faster); above that it keeps only the row
+maxima and round factors (O(n_hashes·T) per row) and backward recomputes the scores bit for bit.
+
+Complexity: O(n_hashes·T·(bucket_size·d + log T)) time after hashing; memory kept for backward per row
+O(n_hashes·T·bucket_size + T·d) (O(n_hashes·T + T·d) when P is recomputed), plus one group's scores at a time.
+With bfloat16 inputs the matmuls run in bfloat16, scores / softmax statistics / combination in float32.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .naive import SELF_PENALTY
+
+_LOW = (torch.bfloat16, torch.float16)
+
+
+class _Geometry:
+    """Where every token sits in each round's sorted, chunked layout of L = nc·c slots.
+
+    ``perm [N, R, L]`` slot -> token (empty slots point at token 0), ``inv [N, R, T]`` token -> slot, and per slot
+    the bucket ``sb`` (−1 if empty), key validity ``valid``, ``filled`` and the match ``code``. Non-causal: the paper's layout, slot = rank in the (bucket, position) order. Causal: every bucket
+    starts at a chunk boundary (slot = c·(chunks of the lower buckets) + rank inside the bucket), so the keys a
+    query sees depend only on earlier tokens of its own bucket (see ``naive.round_mask``).
+    """
+
+    def __init__(self, buckets: Tensor, key_valid: Tensor | None, c: int, causal: bool) -> None:
+        n, r, t = buckets.shape
+        dev = buckets.device
+        self.t, self.c = t, c
+        pos = torch.arange(t, device=dev)
+        order = torch.argsort(buckets * t + pos, dim=-1)  # [N, R, T] sorted rank -> token
+        sb = buckets.gather(-1, order)
+        if causal:
+            nb = int(buckets.max()) + 1
+            counts = torch.zeros(n, r, nb, dtype=torch.long, device=dev).scatter_add_(-1, buckets,
+                                                                                   torch.ones_like(buckets))
+            start = counts.cumsum(-1) - counts  # first sorted rank of each bucket
+            chunks = -(-counts // c)
+            aligned = (chunks.cumsum(-1) - chunks) * c  # first slot of each bucket
+            slot = aligned.gather(-1, sb) + torch.arange(t, device=dev) - start.gather(-1, sb)  # [N, R, T]
+            length = int(chunks.sum(-1).max()) * c
+        else:
+            slot = torch.arange(t, device=dev).expand(n, r, t)
+            length = -(-t // c) * c
+        self.nc = length // c
+        valid = torch.ones_like(order, dtype=torch.bool) if key_valid is None else \
+            key_valid[:, None, :].expand(n, r, t).gather(-1, order)
+        self.perm = torch.zeros(n, r, length, dtype=torch.long, device=dev).scatter_(-1, slot, order)
+        self.inv = torch.empty_like(order).scatter_(-1, order, slot)
+        self.sb = torch.full((n, r, length), -1, dtype=torch.long, device=dev).scatter_(-1, slot, sb)
+        self.valid = torch.zeros(n, r, length, dtype=torch.bool, device=dev).scatter_(-1, slot, valid)
+        self.filled = torch.zeros(n, r, length, dtype=torch.bool, device=dev).scatter_(
+            -1, slot, torch.ones_like(valid))
+        # key windows (previous chunk, own chunk) as token indices; the chunk before the first points at token 0
+        # with code -1 (never matches)
+        chunks = self.perm.view(n, r, self.nc, c)
+        self.wperm = torch.cat([F.pad(chunks, (0, 0, 1, 0))[:, :, :-1], chunks], dim=-1).view(n, r, -1)
+        # match code: a query may attend to a window key iff their codes are equal. Real keys carry their bucket;
+        # padded tokens and empty slots carry a unique negative code, so they match nothing but themselves
+        self.code = torch.where(self.valid, self.sb, -10 - torch.arange(length, device=dev))
+        self.codew = F.pad(self.code, (c, 0), value=-1).unfold(-1, 2 * c, c)  # [N, R, nc, 2c]
+
+
+#: forward saves the combined weights P (n_hashes·T·2·bucket_size elements per row) when they fit in this many
+#: elements (256 MiB in float32); above, backward recomputes them (FlashAttention-style) to bound memory
+_KEEP_PROBS = 1 << 26
+
+
+def _pattern(c: int, causal: bool, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Score offsets ``[c, 2c]`` shared by every chunk: −10⁵ on self (own-chunk column c + a for row a) and, when
+    causal, −inf on own-chunk columns after the query (slots follow positions inside a bucket-aligned chunk, and
+    previous-chunk keys are earlier)."""
+    rows = torch.arange(c, device=device)[:, None]
+    cols = torch.arange(2 * c, device=device)[None, :] - c
+    pat = torch.zeros(c, 2 * c, dtype=dtype, device=device).masked_fill_(cols == rows, -SELF_PENALTY)
+    return pat.masked_fill_(cols > rows, float("-inf")) if causal else pat
+
+
+def _select(x: Tensor, index: Tensor) -> Tensor:
+    """Rows of ``x [n, T, d]`` for ``index [n, R, S]`` (into T) -> ``[n·R, S, d]``; one ``index_select`` on the flat
+    rows (much faster than ``gather`` with an expanded index)."""
+    n, t, d = x.shape
+    flat = (index + torch.arange(n, device=index.device)[:, None, None] * t).reshape(-1)
+    return x.reshape(n * t, d).index_select(0, flat).view(-1, index.shape[-1], d)
+
+
+def _fold(w: Tensor, c: int) -> Tensor:
+    """Window gradients ``[M, nc, 2c, d]`` back onto the sorted slots ``[M, L, d]``: the own half of window j
+    belongs to chunk j, the previous half to chunk j − 1 (the half before chunk 0 is dropped)."""
+    m, nc, _, d = w.shape
+    g = w[:, :, c:].clone()
+    g[:, :-1] += w[:, 1:, :c]
+    return g.view(m, nc * c, d)
+
+
+def _scores(qs: Tensor, kw: Tensor, code: Tensor, codew: Tensor, pattern: Tensor, c: int,
+            cdt: torch.dtype) -> Tensor:
+    """Masked scores ``[M, nc, c, 2c]`` of sorted, pre-scaled queries ``qs [M, L, d]`` against the key windows
+    ``kw [M, nc·2c, d]``; ``code [M, L]``, ``codew [M, nc, 2c]``."""
+    m, L, d = qs.shape
+    nc = L // c
+    s = torch.matmul(qs.view(m, nc, c, d), kw.view(m, nc, 2 * c, d).transpose(-1, -2)).to(cdt)
+    s.add_(pattern)
+    return s.masked_fill_(code.view(m, nc, c, 1) != codew[:, :, None, :], float("-inf"))
+
+
+def _groups(n: int, rounds: int, L: int, c: int) -> list[slice]:
+    """Slices of whole (batch, head) rows, all rounds at once, with ~2²⁴ score elements per group (at least one
+    row: 2²⁴·n_hashes/4 elements per row at T = 65536)."""
+    per = max(1, (1 << 24) // (rounds * L * 2 * c))
+    return [slice(i, min(n, i + per)) for i in range(0, n, per)]
+
+
+class _LSHAttention(torch.autograd.Function):
+    """q, k, v ``[N, T, d]`` (k normalised), geometry -> O ``[N, T, d]``."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, geo, causal, scale):
+        n, t, d = q.shape
+        c, nc, rounds = geo.c, geo.nc, geo.perm.shape[1]
+        cdt = torch.float32 if q.dtype in _LOW else q.dtype
+        pattern = _pattern(c, causal, cdt, q.device)
+        out = torch.empty(n, t, d, dtype=q.dtype, device=q.device)
+        keep = n * rounds * nc * c * 2 * c <= _KEEP_PROBS  # save P for backward instead of recomputing it
+        saved = []  # per group: P, or (row max, factor) to recompute it
+        for g in _groups(n, rounds, nc * c, c):
+            perm, wperm = geo.perm[g], geo.wperm[g]
+            # (del: free each big intermediate as soon as it is used, the peak is what RSS sees)
+            qs = _select(q[g], perm).mul_(scale)  # [M, L, d], M = rows·rounds
+            kw = _select(k[g], wperm)  # [M, nc·2c, d]
+            s = _scores(qs, kw, geo.code[g].flatten(0, 1), geo.codew[g].flatten(0, 1), pattern, c, cdt)
+            del qs, kw  # s: [M, nc, c, 2c]
+            mx = s.amax(dim=-1, keepdim=True)  # finite: self is always allowed
+            p = s.sub_(mx).exp_()
+            del s
+            norm = p.sum(dim=-1, keepdim=True)
+            vw = _select(v[g], wperm).view(-1, nc, 2 * c, d)
+            o = torch.matmul(p.to(q.dtype), vw).to(cdt)
+            del vw
+            o = o.div_(norm).view(-1, nc * c, d)  # o^(r) in sorted order
+            z = (mx + norm.log()).view(-1, nc * c, 1)  # z^(r)
+            rows = o.shape[0] // rounds
+            index = _offsets(geo.inv[g], nc * c)
+            o = _select(o.view(rows, rounds * nc * c, d), index).view(rows, rounds, t, d)  # token order
+            z = _select(z.view(rows, rounds * nc * c, 1), index).view(rows, rounds, t)
+            w = torch.softmax(z, dim=1)  # e^{z^(r) − z}, z = log Σ_r e^{z^(r)}: [rows, R, T]
+            out[g] = (w[..., None] * o).sum(dim=1).to(q.dtype)  # Σ_r e^{z^(r) − z} o^(r)
+            del o, z
+            # P = exp(s − z) = p · factor with factor = e^{z^(r) − z} / norm^(r), taken from the stable round
+            # weights w (subtracting z from s directly would cancel catastrophically at the −10⁵ self scores)
+            empty = ~geo.filled[g].reshape(-1, nc, c, 1)
+            w = _select(w.reshape(-1, t, 1), perm.reshape(-1, 1, nc * c)).view(-1, nc, c, 1)
+            factor = w.div_(norm).masked_fill_(empty, 0.0)  # [M, nc, c, 1]
+            if keep:
+                saved.append(p.mul_(factor))
+            else:
+                saved.append((mx, factor))
+            del p
+        ctx.save_for_backward(q, k, v, out)
+        ctx.geo, ctx.causal, ctx.scale, ctx.saved = geo, causal, scale, saved
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dout):
+        q, k, v, out = ctx.saved_tensors
+        geo, causal, scale, saved = ctx.geo, ctx.causal, ctx.scale, ctx.saved
+        n, t, d = q.shape
+        c, nc, rounds = geo.c, geo.nc, geo.perm.shape[1]
+        L = nc * c
+        cdt = torch.float32 if q.dtype in _LOW else q.dtype
+        pattern = _pattern(c, causal, cdt, q.device)
+        dout = dout.to(q.dtype)
+        delta = (dout.to(cdt) * out.to(cdt)).sum(-1)  # rowsum(dO ⊙ O) [N, T]
+        dq = torch.zeros(n, t, d, dtype=cdt, device=q.device)
+        dk, dv = torch.zeros_like(dq), torch.zeros_like(dq)
+        for i, g in enumerate(_groups(n, rounds, L, c)):
+            perm, wperm = geo.perm[g], geo.wperm[g]
+            empty = ~geo.filled[g].reshape(-1, L, 1)  # slots holding no token
+            rows = perm.shape[0]
+            index = _offsets(geo.inv[g], L)
+            dl = _select(delta[g][..., None], perm).masked_fill_(empty, 0.0).view(-1, nc, c, 1)
+            qs = _select(q[g], perm)  # [M, L, d]
+            kw = _select(k[g], wperm).view(-1, nc, 2 * c, d)
+            if isinstance(saved[i], Tensor):
+                p = saved[i]
+            else:  # recompute the combined weights P = exp(s − max) · factor [M, nc, c, 2c] (bitwise the same s)
+                mx, factor = saved[i]
+                s = _scores(qs * scale, kw, geo.code[g].flatten(0, 1), geo.codew[g].flatten(0, 1), pattern, c, cdt)
+                p = s.sub_(mx).exp_().mul_(factor)
+                del s
+            dob = _select(dout[g], perm).masked_fill_(empty, 0.0).view(-1, nc, c, d)
+            vw = _select(v[g], wperm).view(-1, nc, 2 * c, d)
+            ds = torch.matmul(dob, vw.transpose(-1, -2)).to(cdt)  # dP = dO·vᵀ [M, nc, c, 2c]
+            del vw
+            ds = ds.sub_(dl).mul_(p).to(q.dtype)  # dS = P ⊙ (dP − delta)
+
+            def add(acc: Tensor, grad: Tensor) -> None:  # un-sort (a permutation: gather) and sum the rounds
+                acc[g] += _select(grad.view(rows, rounds * L, d), index).view(rows, rounds, t, d).sum(dim=1)
+
+            add(dv, _fold(torch.matmul(p.to(q.dtype).transpose(-1, -2), dob), c))
+            del p, dob
+            add(dq, torch.matmul(ds, kw).view(-1, L, d))
+            del kw
+            add(dk, _fold(torch.matmul(ds.transpose(-1, -2), qs.view(-1, nc, c, d)), c))
+            del ds, qs
+        dq.mul_(scale)
+        dk.mul_(scale)
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None
+
+
+def _offsets(inv: Tensor, length: int) -> Tensor:
+    """``inv [rows, R, T]`` (token -> slot within its round) -> ``[rows, 1, R·T]`` index into the rounds'
+    concatenated slots (round r's slots start at r·length)."""
+    rows, rounds, t = inv.shape
+    shift = torch.arange(rounds, device=inv.device)[None, :, None] * length
+    return (inv + shift).view(rows, 1, rounds * t)
+
+
+def lsh_attention(qk: Tensor, v: Tensor, buckets: Tensor, *, bucket_size: int, causal: bool = False,
+                  key_padding_mask: Tensor | None = None, scale: float | None = None) -> Tensor:
+    """LSH attention in O(n_hashes·T·bucket_size·d); see ``naive.lsh_attention`` for the arguments.
+
+    Returns:
+        ``[B, H, T, d]`` in the dtype of ``qk``.
+
+    Raises:
+        ValueError: mismatched shapes or a non-positive ``bucket_size``.
+    """
+    b, h, t, d = qk.shape
+    if v.shape != qk.shape or buckets.shape[:2] != (b, h) or buckets.shape[-1] != t or buckets.dim() != 4:
+        raise ValueError(f"qk, v [B, H, T, d] and buckets [B, H, R, T] expected, got qk {tuple(qk.shape)}, "
+                         f"v {tuple(v.shape)}, buckets {tuple(buckets.shape)}")
+    if bucket_size < 1:
+        raise ValueError(f"bucket_size must be positive, got {bucket_size}")
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
+    cdt = torch.float32 if qk.dtype in _LOW else qk.dtype
+    k = F.normalize(qk.to(cdt), dim=-1, eps=1e-12).to(qk.dtype)  # shared-QK keys
+    flat = lambda x: x.reshape(b * h, t, d)  # noqa: E731
+    key_valid = None if key_padding_mask is None else key_padding_mask.repeat_interleave(h, dim=0)  # [B·H, T]
+    with torch.no_grad():
+        geo = _Geometry(buckets.reshape(b * h, -1, t), key_valid, min(bucket_size, t), causal)
+    out = _LSHAttention.apply(flat(qk), flat(k), flat(v), geo, causal, scale)
+    return out.view(b, h, t, d)
