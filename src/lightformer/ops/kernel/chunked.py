@@ -1,0 +1,258 @@
+"""Kernel (linear) attention in O(T·m·d) time and O(T·d + m·d) memory, forward and backward.
+
+Same semantics as the oracles in ``ops.kernel.naive`` (conventions there), but taking the *pre-feature* q and k
+and a token-local feature map, so that no ``[T, m]`` feature tensor is ever stored: features are computed chunk by
+chunk in the forward pass and recomputed chunk by chunk in the backward pass (a ``torch.autograd.Function``).
+
+Numerator and denominator in one product. With V̄ = [V, 1] (``[T, d + 1]``; padded keys get V̄ = 0, which removes
+them from both sums exactly as φ(K) = 0 would), kernel attention is N = A V̄ with A = φ(Q)φ(K)ᵀ (causally masked),
+out = N[:, :d] / (N[:, d] + eps). ``kernel_product`` computes N without ever forming A beyond a chunk:
+
+Non-causal (Katharopoulos et al. 2020, Eq. 5-6): S̄ = Σ_j φ(K_j)V̄_jᵀ ``[m, d + 1]`` over key chunks, then
+N = φ(Q)S̄ over query chunks.
+
+Causal (Eq. 8-11 evaluated per chunk of C tokens, the chunkwise-parallel form): with S̄ the sum over all previous
+chunks,   N_c = tril(φ(Q_c)φ(K_c)ᵀ) V̄_c + φ(Q_c) S̄,   then S̄ += φ(K_c)ᵀV̄_c:
+the masked quadratic form inside a chunk and a running ``[m, d + 1]`` state across chunks, never a ``[T, m, d]``
+prefix-sum tensor. Cost O(T·C·(m + d) + T·m·d).
+
+Grouping. Chunks are processed ``G`` at a time (a group of L = G·C tokens, L chosen so that a ``[B, H, L, m]``
+feature tensor stays below ``GROUP_ELEMENTS``): within a group the intra-chunk products, the chunk states
+φ(K_c)ᵀV̄_c ``[G, m, d + 1]`` and their exclusive prefix sums are single batched ops, and the running state carries
+across groups. This keeps memory bounded by the group (never O(T·m·d)) while the number of tensor ops, which
+dominates on a busy 2-core CPU, is O(T / L) rather than O(T / C). T is zero-padded to a multiple of C (padded keys
+have V̄ = 0, padded queries are dropped).
+
+Backward (N is bilinear in φ(Q), φ(K) and linear in V̄):
+    dφ(Q_i) = Σ_{j≤i} φ(K_j) (V̄_j·dN_i),   dφ(K_j) = Σ_{i≥j} φ(Q_i) (V̄_j·dN_i),   dV̄_j = Σ_{i≥j} (φ(Q_i)·φ(K_j)) dN_i
+(no j ≤ i restriction when non-causal). Causal: one pass in group order rebuilds S̄ and gives dφ(Q); one pass in
+reverse order accumulates dS̄ = Σ_{later i} φ(Q_i)dN_iᵀ and gives dφ(K), dV̄. Feature gradients go through the
+feature map by autograd on each chunk alone. Every contraction is a matmul; the only elementwise work is the
+feature map itself.
+
+Dtypes: float64 is computed in float64. Otherwise the features and the states S̄ are float32 and the matmuls run in
+the dtype of V̄ (bf16 matmuls on AMX when the inputs are bf16); N is returned in float32.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor
+
+FeatureMap = Callable[[Tensor, bool], Tensor]  # (x [B, H, C, dk] float32/64, is_query) -> φ [B, H, C, m]
+
+#: elements of one [B, H, L, m] feature tensor per group (2^23 float32 = 32 MiB)
+GROUP_ELEMENTS = 2 ** 23
+
+
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _mm(a: Tensor, b: Tensor, dtype: torch.dtype, out: torch.dtype) -> Tensor:
+    """a @ b with both operands in ``dtype``, result in ``out``."""
+    return (a.to(dtype) @ b.to(dtype)).to(out)
+
+
+def _mm_add(out: Tensor, a: Tensor, b: Tensor, mm: torch.dtype) -> Tensor:
+    """out += a @ b (batched over the leading dims), fused into one ``baddbmm_`` when no dtype cast is needed."""
+    if out.dtype == mm and a.dtype == mm and b.dtype == mm and out.is_contiguous():
+        out.view(-1, *out.shape[-2:]).baddbmm_(a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:]))
+        return out
+    return out.add_(_mm(a, b, mm, out.dtype))
+
+
+def _chunks(x: Tensor, c: int) -> Tensor:
+    return rearrange(x, "b h (g c) e -> b h g c e", c=c)
+
+
+def _exclusive_prefix(sc: Tensor, carry: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Chunk states ``[B, H, G, m, e]`` -> (sum of all earlier chunks plus ``carry`` from earlier groups, new carry).
+    Shift by one chunk, then an in-place cumsum: exact (no "inclusive minus itself" cancellation, which costs
+    float32 digits when large positive features are summed) and without zero-padded copies."""
+    prev = torch.empty_like(sc)
+    prev[:, :, 1:] = sc[:, :, :-1]
+    if carry is None:
+        prev[:, :, 0] = 0.0
+    else:
+        prev[:, :, 0] = carry
+    prev.cumsum_(2)
+    return prev, prev[:, :, -1] + sc[:, :, -1]
+
+
+def _exclusive_suffix(sc: Tensor, carry: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Chunk values ``[B, H, G, m, e]`` -> (sum of all later chunks plus ``carry`` from later groups, new carry)."""
+    rev = torch.empty_like(sc)  # chunk order reversed: rev[:, :, i] = sc[:, :, G − i] for i >= 1
+    rev[:, :, 1:] = sc[:, :, 1:].flip(2)
+    if carry is None:
+        rev[:, :, 0] = 0.0
+    else:
+        rev[:, :, 0] = carry
+    rev.cumsum_(2)
+    nxt = rev.flip(2)
+    return nxt, nxt[:, :, 0] + sc[:, :, 0]
+
+
+def _add(total: Tensor | None, x: Tensor) -> Tensor:
+    return x if total is None else total.add_(x)
+
+
+class _KernelProduct(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, va: Tensor, fmap: FeatureMap, causal: bool, c: int,
+                group: int) -> Tensor:
+        acc, mm = _acc(q.dtype), va.dtype
+        b, h, t, _ = q.shape
+        n_out = torch.empty(b, h, t, va.shape[-1], dtype=acc, device=q.device)  # [B, H, T, d + 1]
+        s = None  # running state [B, H, m, d + 1]
+        with torch.no_grad():
+            if not causal:
+                for lo in range(0, t, group):
+                    fk = fmap(k[:, :, lo:lo + group].to(acc), False)  # [B, H, L, m]
+                    s = _add(s, _mm(fk.transpose(-1, -2), va[:, :, lo:lo + group], mm, acc))
+                s_mm = s.to(mm)
+                for lo in range(0, t, group):
+                    n_out[:, :, lo:lo + group] = _mm(fmap(q[:, :, lo:lo + group].to(acc), True), s_mm, mm, acc)
+            else:
+                for lo in range(0, t, group):
+                    fq = _chunks(fmap(q[:, :, lo:lo + group].to(acc), True).to(mm), c)  # [B, H, G, C, m]
+                    fk = _chunks(fmap(k[:, :, lo:lo + group].to(acc), False).to(mm), c)
+                    vb = _chunks(va[:, :, lo:lo + group], c)  # [B, H, G, C, e]
+                    sc = _mm(fk.transpose(-1, -2), vb, mm, acc)  # chunk states [B, H, G, m, e]
+                    prev, s = _exclusive_prefix(sc, s)
+                    n = _mm(fq, prev, mm, acc)  # earlier chunks
+                    a = torch.matmul(fq, fk.transpose(-1, -2)).tril_()  # intra-chunk [B, H, G, C, C]
+                    n = _mm_add(n, a, vb, mm)
+                    n_out[:, :, lo:lo + group] = rearrange(n, "b h g c e -> b h (g c) e")
+        ctx.save_for_backward(q, k, va, s if not causal else None)
+        ctx.fmap, ctx.causal, ctx.c, ctx.group = fmap, causal, c, group
+        return n_out
+
+    @staticmethod
+    def backward(ctx, dn: Tensor):
+        q, k, va, s_total = ctx.saved_tensors
+        fmap, causal, c, group = ctx.fmap, ctx.causal, ctx.c, ctx.group
+        acc, mm = _acc(q.dtype), va.dtype
+        t = q.shape[2]
+        dn = dn.to(mm)
+        dq, dk, dva = torch.empty_like(q), torch.empty_like(k), torch.empty_like(va)
+        starts = list(range(0, t, group))
+
+        def features_with_grad(x: Tensor, is_query: bool) -> tuple[Tensor, Tensor]:
+            with torch.enable_grad():
+                xc = x.detach().to(acc).requires_grad_(True)
+                return xc, fmap(xc, is_query)
+
+        if not causal:
+            s_mm = s_total.to(mm)
+            ds = None
+            for lo in starts:
+                qc, fq = features_with_grad(q[:, :, lo:lo + group], True)
+                dn_c = dn[:, :, lo:lo + group]
+                dq[:, :, lo:lo + group] = torch.autograd.grad(fq, qc, _mm(dn_c, s_mm.transpose(-1, -2), mm, acc))[0]
+                ds = _add(ds, _mm(fq.detach().transpose(-1, -2), dn_c, mm, acc))  # [B, H, m, e]
+            ds_mm = ds.to(mm)
+            for lo in starts:
+                kc, fk = features_with_grad(k[:, :, lo:lo + group], False)
+                va_c = va[:, :, lo:lo + group]
+                dk[:, :, lo:lo + group] = torch.autograd.grad(fk, kc, _mm(va_c, ds_mm.transpose(-1, -2), mm, acc))[0]
+                dva[:, :, lo:lo + group] = _mm(fk.detach(), ds_mm, mm, va.dtype)
+            return dq, dk, dva, None, None, None, None
+
+        def unchunk(x: Tensor) -> Tensor:
+            return rearrange(x, "b h g c e -> b h (g c) e")
+
+        # pass 1, group order: rebuild the states of earlier chunks and get dφ(Q)
+        s = None
+        for lo in starts:
+            qc, fq = features_with_grad(q[:, :, lo:lo + group], True)
+            with torch.no_grad():
+                fk = _chunks(fmap(k[:, :, lo:lo + group].to(acc), False).to(mm), c)  # [B, H, G, C, m]
+            vb, dnb = _chunks(va[:, :, lo:lo + group], c), _chunks(dn[:, :, lo:lo + group], c)
+            sc = _mm(fk.transpose(-1, -2), vb, mm, acc)  # [B, H, G, m, e]
+            m_ij = (dnb @ vb.transpose(-1, -2)).tril_()  # [B, H, G, C, C]: V̄_j·dN_i for j <= i
+            prev, s = _exclusive_prefix(sc, s)
+            dfq = _mm_add(_mm(m_ij, fk, mm, acc), dnb, prev.transpose(-1, -2), mm)
+            dq[:, :, lo:lo + group] = torch.autograd.grad(fq, qc, unchunk(dfq))[0]
+        # pass 2, reverse group order: accumulate dS̄ of later chunks and get dφ(K), dV̄
+        ds = None
+        for lo in reversed(starts):
+            with torch.no_grad():
+                fq = _chunks(fmap(q[:, :, lo:lo + group].to(acc), True).to(mm), c)
+            kc, fk_g = features_with_grad(k[:, :, lo:lo + group], False)
+            fk = _chunks(fk_g.detach().to(mm), c)
+            vb, dnb = _chunks(va[:, :, lo:lo + group], c), _chunks(dn[:, :, lo:lo + group], c)
+            dsc = _mm(fq.transpose(-1, -2), dnb, mm, acc)  # [B, H, G, m, e]
+            ds_next, ds = _exclusive_suffix(dsc, ds)
+            ds_next = ds_next.to(mm)
+            m_ij = (dnb @ vb.transpose(-1, -2)).tril_()
+            a = (fq @ fk.transpose(-1, -2)).tril_()  # [B, H, G, C, C]
+            dfk = _mm_add(_mm(m_ij.transpose(-1, -2), fq, mm, acc), vb, ds_next.transpose(-1, -2), mm)
+            dvb = _mm_add(_mm(a.transpose(-1, -2), dnb, mm, acc), fk, ds_next, mm)
+            dk[:, :, lo:lo + group] = torch.autograd.grad(fk_g, kc, unchunk(dfk))[0]
+            dva[:, :, lo:lo + group] = unchunk(dvb)
+        return dq, dk, dva, None, None, None, None
+
+
+def group_size(b: int, h: int, m: int, chunk_size: int, t: int) -> int:
+    """Tokens per group L: a multiple of ``chunk_size`` with B·H·L·m <= ``GROUP_ELEMENTS`` (at least one chunk),
+    not beyond the (chunk-padded) length."""
+    per_chunk = b * h * chunk_size * max(m, chunk_size)
+    chunks = max(1, GROUP_ELEMENTS // per_chunk)
+    return min(chunks, -(-t // chunk_size)) * chunk_size
+
+
+def kernel_product(q: Tensor, k: Tensor, va: Tensor, feature_map: FeatureMap, *, causal: bool,
+                   chunk_size: int) -> Tensor:
+    """N = A V̄ with A = φ(q)φ(k)ᵀ (``tril`` when causal), chunked; see the module docstring.
+
+    q, k ``[B, H, T, dk]`` (pre-feature), va ``[B, H, T, e]`` -> ``[B, H, T, e]`` (float32, float64 for float64)."""
+    b, h, t, _ = q.shape
+    # q, k arrive as strided views of the fused QKV projection; elementwise feature maps keep that layout, which
+    # would make every batched matmul below copy its operand: one copy here instead
+    q, k, va = q.contiguous(), k.contiguous(), va.contiguous()
+    with torch.no_grad():
+        m = feature_map(q[:1, :1, :1].to(_acc(q.dtype)), True).shape[-1]
+    c = min(chunk_size, t)
+    pad = -t % c
+    if pad:  # padded keys have V̄ = 0 (no contribution); padded queries are cut off below
+        q, k, va = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, va))
+    group = group_size(b, h, m, c, t + pad)
+    with torch.autocast(device_type=q.device.type, enabled=False):  # dtypes are chosen here (module docstring)
+        n = _KernelProduct.apply(q, k, va, feature_map, causal, c, group)
+    return n[:, :, :t] if pad else n
+
+
+def kernel_attention(q: Tensor, k: Tensor, v: Tensor, feature_map: FeatureMap, *, causal: bool, eps: float,
+                     chunk_size: int, key_padding_mask: Tensor | None = None) -> Tensor:
+    """Chunked kernel attention, see the module docstring.
+
+    Args:
+        q, k: ``[B, H, T, dk]`` *before* the feature map; v: ``[B, H, T, d]``; same dtype (float64/32, bf16).
+        feature_map: ``(x, is_query) -> φ(x)``, token-local, ``[B, H, C, dk] -> [B, H, C, m]``, differentiable.
+        causal: query i sees keys j <= i.
+        eps: added to the denominator (> 0).
+        chunk_size: tokens per chunk C (>= 1); bounds the feature memory (B·H·C·m) and, when causal, sets the size
+            of the intra-chunk quadratic part.
+        key_padding_mask: ``[B, T]`` bool, True = real key; padded keys drop out of both sums.
+
+    Returns:
+        ``[B, H, T, d]`` in the dtype of v. Equals ``naive.kernel_attention(φ(q), φ(k), v, ...)``.
+
+    Raises:
+        ValueError: ``chunk_size < 1`` or ``eps <= 0``.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if eps <= 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
+    va = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)  # V̄ = [V, 1], [B, H, T, d + 1]
+    if key_padding_mask is not None:
+        va = va * key_padding_mask[:, None, :, None].to(va.dtype)
+    n = kernel_product(q, k, va, feature_map, causal=causal, chunk_size=chunk_size)
+    num, den = n.split([v.shape[-1], 1], dim=-1)  # one split (its backward is one cat, not two zero-fills)
+    return (num / (den + eps)).to(v.dtype)

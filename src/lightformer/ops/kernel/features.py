@@ -1,0 +1,92 @@
+"""Feature maps φ of kernel attention, sim(q, k) = φ(q)ᵀφ(k) (Katharopoulos et al. 2020, Eq. 3-4).
+
+Every map here is token-local (row t of φ(x) depends only on row t of x), which is what lets ``chunked`` recompute
+features chunk by chunk in the backward pass instead of storing ``[T, m]`` tensors.
+
+* ``elu_plus_one``: φ(x) = elu(x) + 1 > 0 (Katharopoulos et al. 2020, "Transformers are RNNs", Eq. 7).
+* ``relu``: φ(x) = max(x, 0) (SLAB, Guo et al. 2024, Sec. 3.2); a row may be all zero.
+* ``favor_plus``: positive random features of FAVOR+ (Choromanski et al. 2021, "Rethinking Attention with
+  Performers", Lemma 1):  SM(x, y) = exp(xᵀy) = E_ω[exp(ωᵀx − |x|²/2) · exp(ωᵀy − |y|²/2)],  ω ~ N(0, I_d), so
+  φ(x) = exp(Wx − |x|²/2) / sqrt(m) with the m rows of W drawn by ``orthogonal_gaussian`` (Sec. 2.4, ORF).
+
+Shapes: x ``[..., d]`` -> φ ``[..., m]`` (m = d for elu/relu). Feature maps compute in the dtype they are given;
+``chunked`` hands them float32 (float64 for float64 inputs) because exp amplifies bf16's rounding of its argument.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def elu_plus_one(x: Tensor) -> Tensor:
+    """φ(x) = elu(x) + 1, strictly positive (Katharopoulos et al. 2020, Eq. 7). ``[..., d] -> [..., d]``."""
+    return F.elu(x) + 1.0
+
+
+def relu(x: Tensor) -> Tensor:
+    """φ(x) = max(x, 0) (SLAB, Guo et al. 2024, Sec. 3.2). ``[..., d] -> [..., d]``; may be all zero."""
+    return F.relu(x)
+
+
+def orthogonal_gaussian(num_features: int, dim: int, generator: torch.Generator) -> Tensor:
+    """Random projection ``W: [m, d]`` (float32) for FAVOR+ (Choromanski et al. 2021, Sec. 2.4 "orthogonal random
+    features"): blocks of d rows made exactly orthogonal by a QR decomposition of a Gaussian matrix, each row then
+    rescaled by the norm of an independent N(0, I_d) vector (chi-distributed with d degrees of freedom), so every
+    row is marginally N(0, I_d) — the estimator of Lemma 1 stays unbiased — while orthogonality lowers its variance
+    (Theorem 2). The last block is truncated to reach m rows.
+
+    Drawn in float64 on the CPU from ``generator`` (so a seeded generator gives the same W everywhere)."""
+    if num_features <= 0 or dim <= 0:
+        raise ValueError(f"num_features and dim must be positive, got {num_features}, {dim}")
+    blocks = []
+    for _ in range(math.ceil(num_features / dim)):
+        g = torch.randn(dim, dim, generator=generator, dtype=torch.float64)
+        q, r = torch.linalg.qr(g)
+        # sign fix makes Q Haar-distributed (QR alone is not unique up to column signs)
+        q = q * torch.sign(torch.diagonal(r))[None, :]
+        blocks.append(q.T)  # rows orthonormal
+    w = torch.cat(blocks, dim=0)[:num_features]  # [m, d]
+    norms = torch.randn(num_features, dim, generator=generator, dtype=torch.float64).norm(dim=1)  # chi_d
+    return (w * norms[:, None]).float()
+
+
+def favor_key_shift(projection: Tensor, limit: float = 40.0) -> float:
+    """A constant subtracted from every key feature's exponent so that none can overflow.
+
+    ωᵀx − |x|²/2 = |ω|²/2 − |x − ω|²/2 <= |ω|²/2, so the key exponent is bounded by ``max_i |ω_i|²/2`` whatever the
+    input; shifting by ``max(0, that − limit)`` keeps every key feature <= e^limit. A constant factor on all key
+    features cancels in the attention ratio (it only rescales the eps of the denominator), and it depends on W
+    alone, not on the data, so causality, padding and decoding are unaffected."""
+    return max(0.0, float(projection.double().square().sum(-1).max()) / 2.0 - limit)
+
+
+def favor_plus(x: Tensor, projection: Tensor, *, is_query: bool, key_shift: float = 0.0,
+               scale: float = 1.0) -> Tensor:
+    """Positive random features φ(x') ∝ exp(Wx' − |x'|²/2) / sqrt(m) of x' = scale·x (Lemma 1), stabilised.
+
+    Args:
+        x: ``[..., d]``; with ``scale = d^(-1/4)``, φ(q')ᵀφ(k') estimates exp(qᵀk / sqrt(d)) up to a per-query
+            factor (below).
+        projection: ``W: [m, d]`` from ``orthogonal_gaussian``.
+        is_query: queries are multiplied by a positive per-row constant: the features of a query are
+            softmax(Wx') over the m features, i.e. exp(Wx' − |x'|²/2)/sqrt(m) divided by its own row sum. A
+            per-query constant cancels between the numerator and the denominator of attention (only the eps of
+            the denominator sees it), nothing can overflow, and softmax is one fused kernel forward and backward.
+            Keys use the fixed factor exp(−``key_shift``) (see ``favor_key_shift``): a data-dependent key shift (as
+            in the original implementation's global key max) would let future or padded keys change past outputs.
+    Returns:
+        ``[..., m]`` in the dtype of ``x``, all entries > 0 (up to underflow).
+    """
+    m = projection.shape[0]
+    w = projection.to(x.dtype) * scale  # [m, d]
+    if is_query:
+        return torch.softmax(x @ w.T, dim=-1)
+    # exponent Wx' − |x'|²/2 − key_shift − log sqrt(m) as one matmul: [x, −c(x)] @ [W·scale, 1]ᵀ
+    c = (0.5 * scale * scale) * x.square().sum(-1, keepdim=True) + (key_shift + 0.5 * math.log(m))  # [..., 1]
+    x_aug = torch.cat([x, -c], dim=-1)  # [..., d + 1]
+    w_aug = torch.cat([w, torch.ones_like(w[:, :1])], dim=-1)  # [m, d + 1]
+    return torch.exp(x_aug @ w_aug.T)
