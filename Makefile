@@ -22,7 +22,7 @@ run: $(STAMP)
 
 ## the test suite
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest
 
 clean:
 	rm -rf $(VENV) .pytest_cache

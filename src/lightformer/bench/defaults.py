@@ -17,7 +17,10 @@ SEQ_LEN = "T"
 
 BENCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "sliding_window": {"window": 256},
-    "longformer": {"window": 256},
+    "longformer": {"window": 256, "num_global": 16},
+    "bigbird": {"block_size": 64, "num_global": 2, "num_random": 3},
+    "dilated_window": {"window": 256, "dilation": 2},
+    "hilo": {"window": 256},
     "performer": {"num_features": 256},
     "linformer": {"proj_len": 256, "max_len": SEQ_LEN},
     "reformer_lsh": {"n_hashes": 4, "bucket_size": 64},

@@ -133,11 +133,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # the 10-minute char-level Shakespeare run (target: validation loss <= 1.55 nats/char)
     "shakespeare-char": {
-        "model": {"dim": 256, "num_layers": 4, "num_heads": 4, "max_len": 128, "dropout": 0.1,
-                  "ffn": "gelu", "position": "learned"},
+        "model": {"dim": 256, "num_layers": 4, "num_heads": 4, "max_len": 128, "dropout": 0.0,
+                  "ffn": "gelu", "position": "learned", "mixer": "tiled_softmax"},
         "train": {"data": "../shared/data/tinyshakespeare.txt", "tokenizer": "char", "batch_size": 32,
-                  "block_size": 128, "max_steps": 5000, "max_time": "9.5m", "lr": 2e-3, "min_lr": 2e-4,
-                  "warmup_steps": 100, "bf16": True, "eval_interval": 500, "eval_iters": 50},
+                  "block_size": 128, "max_steps": None, "max_time": "9.5m", "lr": 2e-3, "min_lr": 2e-4,
+                  "warmup_steps": 100, "bf16": True, "eval_interval": 250, "eval_iters": 50},
     },
     # seconds: for tests and smoke runs
     "tiny": {
