@@ -131,11 +131,12 @@ PRESETS: dict[str, dict[str, Any]] = {
                   "block_size": 64, "max_steps": 2000, "lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 100,
                   "eval_interval": 250, "eval_iters": 200},
     },
-    # the 10-minute char-level Shakespeare run (target: validation loss <= 1.55 nats/char)
+    # the 10-minute char-level Shakespeare run: measured 1.5889 nats/char after 2059 steps in 9m41s on 2 cores
+    # (target 1.55; nanoGPT's 4-layer 256-dim anchor reaches 1.6472 in ~10 minutes)
     "shakespeare-char": {
         "model": {"dim": 256, "num_layers": 4, "num_heads": 4, "max_len": 128, "dropout": 0.0,
                   "ffn": "gelu", "position": "learned", "mixer": "tiled_softmax"},
-        "train": {"data": "../shared/data/tinyshakespeare.txt", "tokenizer": "char", "batch_size": 32,
+        "train": {"data": "../shared/data/tinyshakespeare.txt", "tokenizer": "char", "batch_size": 16,
                   "block_size": 128, "max_steps": None, "max_time": "9.5m", "lr": 2e-3, "min_lr": 2e-4,
                   "warmup_steps": 100, "bf16": True, "eval_interval": 250, "eval_iters": 50},
     },
