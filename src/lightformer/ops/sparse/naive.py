@@ -30,16 +30,7 @@ import math
 import torch
 from torch import Tensor
 
-
-def window_bounds(window: int, causal: bool) -> tuple[int, int]:
-    """``(left, right)``: a query at ``i`` sees window keys ``j`` with ``-left <= j - i <= right``.
-
-    Raises:
-        ValueError: ``window`` is not a positive int.
-    """
-    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-        raise ValueError(f"window must be a positive int (number of keys a query sees), got {window!r}")
-    return (window - 1, 0) if causal else (window // 2, window // 2)
+from ..local.naive import window_bounds  # the sliding-window semantics, shared with ops/local
 
 
 def masked_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, *, key_padding_mask: Tensor | None = None,
