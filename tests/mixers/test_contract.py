@@ -45,7 +45,7 @@ def lengths_for(mixer) -> list[int]:
     return [t for t in LENGTHS if limit is None or t <= limit]
 
 
-def close(a, b, tol):
+def assert_close(a, b, tol):
     torch.testing.assert_close(a, b, rtol=tol, atol=tol)
 
 
@@ -79,12 +79,12 @@ def test_forward_equals_oracle(name, causal):
         y = m(x)
         x_ref = x.detach().clone().requires_grad_(True)
         y_ref = m.oracle(x_ref)
-        close(y, y_ref, 1e-9)
+        assert_close(y, y_ref, 1e-9)
         g = torch.randn_like(y)
         grads = torch.autograd.grad(y, [x, *m.parameters()], g)
         grads_ref = torch.autograd.grad(y_ref, [x_ref, *m.parameters()], g)
         for (pname, _), a, b in zip([("x", None), *m.named_parameters()], grads, grads_ref):
-            close(a, b, 1e-8)
+            assert_close(a, b, 1e-8)
 
 
 @pytest.mark.parametrize("name,causal", CASES)
@@ -99,7 +99,7 @@ def test_causality(name, causal):
     x2 = x.clone()
     x2[:, cut:] = torch.randn_like(x2[:, cut:]) * 3
     y2 = m(x2)
-    close(y2[:, :cut], y[:, :cut], 1e-5)
+    assert_close(y2[:, :cut], y[:, :cut], 1e-5)
     assert not torch.allclose(y2[:, cut:], y[:, cut:]), "future tokens changed nothing at all: mixer is inert"
 
 
@@ -121,7 +121,7 @@ def test_padding(name, causal):
     assert torch.isfinite(y).all(), "non-finite outputs (padded positions must stay finite too)"
     for i, n in enumerate(real):
         alone = m(x[i:i + 1, :n])
-        close(y[i:i + 1, :n], alone, 1e-5)
+        assert_close(y[i:i + 1, :n], alone, 1e-5)
 
 
 @pytest.mark.parametrize("name,causal", CASES)
@@ -138,7 +138,7 @@ def test_decode_equals_forward(name, causal):
         for i in range(t):
             y_t, state = m.step(x[:, i], state)
             steps.append(y_t)
-    close(torch.stack(steps, dim=1), y, 1e-5)
+    assert_close(torch.stack(steps, dim=1), y, 1e-5)
 
 
 @pytest.mark.parametrize("name,causal", CASES)
@@ -148,7 +148,7 @@ def test_batch_independence(name, causal):
     x = inputs(3, t)
     y = m(x)
     for i in range(3):
-        close(m(x[i:i + 1]), y[i:i + 1], 1e-5)
+        assert_close(m(x[i:i + 1]), y[i:i + 1], 1e-5)
 
 
 @pytest.mark.parametrize("name,causal", CASES)
