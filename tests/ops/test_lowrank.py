@@ -12,34 +12,9 @@ import torch
 
 from lightformer.ops.lowrank import linformer, naive, nystrom
 from lightformer.ops.softmax import naive as softmax_naive
+from oracle_check import assert_fast_matches_naive, right_padded_mask
 
 LENGTHS = (1, 7, 63, 257)
-FLOOR = {torch.float32: 1e-6, torch.bfloat16: 1e-3}
-
-
-def _mask(b: int, t: int) -> torch.Tensor:
-    mask = torch.ones(b, t, dtype=torch.bool)
-    mask[1, max(1, t - t // 3):] = False  # second sequence right-padded by a third
-    return mask
-
-
-def _check(fast_fn, naive_fn, tensors, dtype):
-    """Outputs and gradients of fast vs naive, each at ``dtype``, against naive in float64."""
-    ref_in = [t.detach().double().requires_grad_(True) for t in tensors]
-    ref = naive_fn(*ref_in)
-    grad_out = torch.randn_like(ref)
-    ref_grads = torch.autograd.grad(ref, ref_in, grad_out)
-    results = {}
-    for name, fn in (("fast", fast_fn), ("naive", naive_fn)):
-        inp = [t.detach().to(dtype).requires_grad_(True) for t in tensors]
-        out = fn(*inp)
-        assert out.dtype == dtype
-        grads = torch.autograd.grad(out, inp, grad_out.to(dtype))
-        results[name] = [(out.double() - ref).abs().max().item()] + \
-                        [(g.double() - r).abs().max().item() for g, r in zip(grads, ref_grads)]
-    scales = [max(1.0, x.abs().max().item()) for x in (ref, *ref_grads)]
-    for i, (f, n, s) in enumerate(zip(results["fast"], results["naive"], scales)):
-        assert f <= 2 * n + FLOOR[dtype] * s, f"item {i}: fast error {f:.3g} vs naive error {n:.3g} at {dtype}"
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -50,8 +25,8 @@ def test_linformer_fast_equals_naive(dtype, t, share_heads):
     b, h, hkv, d, k, max_len = 2, 4, 2, 16, 8, 300
     q, kk, v = (torch.randn(b, n, t, d, generator=g) for n in (h, hkv, hkv))
     e, f = (torch.randn(1 if share_heads else hkv, k, max_len, generator=g) / max_len ** 0.5 for _ in range(2))
-    mask = _mask(b, t)
-    _check(lambda *a: linformer.linformer_attention(*a, key_padding_mask=mask),
+    mask = right_padded_mask(b, t)
+    assert_fast_matches_naive(lambda *a: linformer.linformer_attention(*a, key_padding_mask=mask),
            lambda *a: naive.linformer_attention(*a, key_padding_mask=mask), [q, kk, v, e, f], dtype)
 
 
@@ -86,9 +61,9 @@ def test_nystrom_fast_equals_naive(dtype, t):
     b, h, hkv, d, m = 2, 4, 2, 16, 8  # m < T except for T = 1, 7 (empty landmarks then)
     q, k, v = (torch.randn(b, n, t, d, generator=g) for n in (h, hkv, hkv))
     w = torch.randn(h, 3, generator=g) / 3
-    mask = _mask(b, t)
+    mask = right_padded_mask(b, t)
     opts = dict(num_landmarks=m, pinv_iterations=6, key_padding_mask=mask)
-    _check(lambda *a: nystrom.nystrom_attention(*a[:3], conv_weight=a[3], **opts),
+    assert_fast_matches_naive(lambda *a: nystrom.nystrom_attention(*a[:3], conv_weight=a[3], **opts),
            lambda *a: naive.nystrom_attention(*a[:3], conv_weight=a[3], **opts), [q, k, v, w], dtype)
 
 
