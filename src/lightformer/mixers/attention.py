@@ -98,12 +98,17 @@ class AttentionMixer(Mixer):
         """Keys each query may see as ``(left, right)`` offsets (``None`` = all); sliding-window mixers override."""
         return None
 
+    def attend_oracle(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None) -> Tensor:
+        """``attend`` computed through the family's naive oracle (same shapes); the default is dense softmax
+        attention restricted to ``window_bounds``. Mixers with another attention op override this."""
+        h = self.config.num_heads
+        return naive.attention(q, repeat_kv(k, h), repeat_kv(v, h), causal=self.config.causal,
+                               key_padding_mask=key_padding_mask, alibi_slopes=self.alibi_slopes,
+                               window=self.window_bounds())
+
     def _oracle(self, x: Tensor, key_padding_mask: Tensor | None) -> Tensor:
         q, k, v = self.project(x, torch.arange(x.shape[1], device=x.device))
-        h = self.config.num_heads
-        o = naive.attention(q, repeat_kv(k, h), repeat_kv(v, h), causal=self.config.causal,
-                            key_padding_mask=key_padding_mask, alibi_slopes=self.alibi_slopes,
-                            window=self.window_bounds())
+        o = self.attend_oracle(q, k, v, key_padding_mask)
         return self.out(rearrange(o, "b h t d -> b t (h d)"))
 
     def decode_window(self) -> int | None:

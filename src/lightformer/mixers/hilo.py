@@ -23,8 +23,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-from einops import rearrange
 from torch import Tensor
 
 from ..ops.sparse import naive
@@ -75,7 +73,5 @@ class HiLo(AttentionMixer):
     def attend(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None) -> Tensor:
         return self._attend_with(hilo_attention, q, k, v, key_padding_mask)
 
-    def _oracle(self, x: Tensor, key_padding_mask: Tensor | None) -> Tensor:
-        q, k, v = self.project(x, torch.arange(x.shape[1], device=x.device))
-        o = self._attend_with(naive.hilo_attention, q, k, v, key_padding_mask)
-        return self.out(rearrange(o, "b h t d -> b t (h d)"))
+    def attend_oracle(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None) -> Tensor:
+        return self._attend_with(naive.hilo_attention, q, k, v, key_padding_mask)

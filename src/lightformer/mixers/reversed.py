@@ -20,8 +20,6 @@ i >= j, so every past output would depend on future tokens; building it with ``c
 
 from __future__ import annotations
 
-import torch
-from einops import rearrange
 from torch import Tensor
 
 from ..ops.reversed import blocked, naive
@@ -42,8 +40,6 @@ class ReversedAttention(AttentionMixer):
         h = q.shape[1]
         return blocked.reversed_attention(q, repeat_kv(k, h), repeat_kv(v, h), key_padding_mask=key_padding_mask)
 
-    def _oracle(self, x: Tensor, key_padding_mask: Tensor | None) -> Tensor:
-        q, k, v = self.project(x, torch.arange(x.shape[1], device=x.device))
+    def attend_oracle(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None) -> Tensor:
         h = q.shape[1]
-        o = naive.reversed_attention(q, repeat_kv(k, h), repeat_kv(v, h), key_padding_mask=key_padding_mask)
-        return self.out(rearrange(o, "b h t d -> b t (h d)"))
+        return naive.reversed_attention(q, repeat_kv(k, h), repeat_kv(v, h), key_padding_mask=key_padding_mask)
