@@ -24,7 +24,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from einops import rearrange
 from torch import Tensor, nn
 
 from ..ops.kernel.features import favor_key_shift, favor_plus, orthogonal_gaussian
@@ -93,10 +92,9 @@ class KernelRpeFFT(AttentionMixer):
                                      causal=self.config.causal, key_padding_mask=key_padding_mask)
         return o.to(q.dtype)
 
-    def _oracle(self, x: Tensor, key_padding_mask: Tensor | None) -> Tensor:
-        q, k, v = self.project(x, torch.arange(x.shape[1], device=x.device))
+    def attend_oracle(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None) -> Tensor:
         phi_q, phi_k = self.features(q, k)
         o = naive.kernel_rpe_attention(phi_q, phi_k, repeat_kv(v, q.shape[1]).to(phi_q.dtype),
                                        self.rel_weights(q.shape[2]).to(phi_q.dtype), causal=self.config.causal,
                                        key_padding_mask=key_padding_mask)
-        return self.out(rearrange(o.to(q.dtype), "b h t d -> b t (h d)"))
+        return o.to(q.dtype)

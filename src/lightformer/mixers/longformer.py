@@ -22,8 +22,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-from einops import rearrange
 from torch import Tensor
 
 from ..ops.sparse import naive
@@ -67,10 +65,8 @@ class Longformer(AttentionMixer):
                                     num_global=self.config.num_global, causal=self.config.causal,
                                     key_padding_mask=key_padding_mask)
 
-    def _oracle(self, x: Tensor, key_padding_mask: Tensor | None) -> Tensor:
-        q, k, v = self.project(x, torch.arange(x.shape[1], device=x.device))
+    def attend_oracle(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None) -> Tensor:
         h = self.config.num_heads
-        o = naive.longformer_attention(q, repeat_kv(k, h), repeat_kv(v, h), window=self.config.window,
-                                       num_global=self.config.num_global, causal=self.config.causal,
-                                       key_padding_mask=key_padding_mask)
-        return self.out(rearrange(o, "b h t d -> b t (h d)"))
+        return naive.longformer_attention(q, repeat_kv(k, h), repeat_kv(v, h), window=self.config.window,
+                                            num_global=self.config.num_global, causal=self.config.causal,
+                                            key_padding_mask=key_padding_mask)

@@ -92,9 +92,7 @@ class Nystrom(AttentionMixer):
                                    key_padding_mask=key_padding_mask, conv_weight=self.conv_weight)
         return self.out(rearrange(o, "b h t d -> b t (h d)"))
 
-    def _oracle(self, x: Tensor, key_padding_mask: Tensor | None) -> Tensor:
+    def attend_oracle(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None) -> Tensor:
         cfg = self.config
-        q, k, v = self.project(x, torch.arange(x.shape[1], device=x.device))
-        o = naive.nystrom_attention(q, k, v, num_landmarks=cfg.num_landmarks, pinv_iterations=cfg.pinv_iterations,
-                                    key_padding_mask=key_padding_mask, conv_weight=self.conv_weight)
-        return self.out(rearrange(o, "b h t d -> b t (h d)"))
+        return naive.nystrom_attention(q, k, v, num_landmarks=cfg.num_landmarks, pinv_iterations=cfg.pinv_iterations,
+                                         key_padding_mask=key_padding_mask, conv_weight=self.conv_weight)
