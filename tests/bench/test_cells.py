@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -120,3 +121,27 @@ def test_missing_peer_package_is_unavailable(tiny_grid, monkeypatch):
     rec = run_cell(expand(tiny_grid(peers="x_transformers"))[0])
     check_schema(rec, "unavailable")
     assert "pip install no-such-package" in rec["reason"]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc/self/clear_refs")
+def test_peak_rss_reset_survives_a_thread_exit():
+    """After a larger earlier peak (and a thread exit, which on some kernels folds the peak into ru_maxrss), the
+    reset high-water mark must still show the growth of a later, smaller allocation, not 0."""
+    import threading
+
+    from lightformer.bench.cell import _peak_rss_kib, _reset_peak_rss
+
+    big = bytearray(256 * 2**20)
+    big[:: 4096] = b"x" * len(range(0, len(big), 4096))
+    t = threading.Thread(target=lambda: None)
+    t.start()
+    t.join()
+    del big
+    if not _reset_peak_rss():
+        pytest.skip("clear_refs not writable here")
+    before = _peak_rss_kib()
+    small = bytearray(64 * 2**20)
+    small[:: 4096] = b"y" * len(range(0, len(small), 4096))
+    grown_mib = (_peak_rss_kib() - before) / 1024
+    del small
+    assert 56 <= grown_mib <= 80

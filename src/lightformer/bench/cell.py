@@ -13,11 +13,11 @@ Prints one line ``LIGHTFORMER_RECORD {json}`` (the schema of ``lightformer.bench
 3. Memory baseline: a preflight run at T <= 128 in the cell's dtype and mode absorbs one-time costs (lazy
    imports, thread pools, kernel JIT); gate and preflight objects are freed, the kernel's RSS high-water mark is
    reset (``5`` written to ``/proc/self/clear_refs``; ``rss_reset`` records whether that was allowed) and
-   ``ru_maxrss`` is read.
+   read (``VmHWM`` of ``/proc/self/status``; ``ru_maxrss`` where that file is missing).
 4. Build the module at the cell's options and dtype, make the inputs, run ``warmup`` untimed and ``repeats`` timed
    runs (``fwd`` under ``no_grad``; ``fwd+bwd`` = forward and ``backward`` of a fixed random output gradient, input
    and parameter gradients cleared between runs; ``decode`` = ``init_state`` then T ``step`` calls).
-   ``time_ms`` = median run; ``mem_mib`` = (``ru_maxrss`` after the timed runs − the baseline of step 3) / 1024,
+   ``time_ms`` = median run; ``mem_mib`` = (the high-water mark after the timed runs − the baseline of step 3) / 1024,
    i.e. the peak RSS growth caused by the module, its inputs, activations, gradients and any workspace.
 
 ``MemoryError`` or a RuntimeError about allocation -> ``oom``; a ValueError from building at the full shape ->
@@ -75,6 +75,20 @@ def _reset_peak_rss() -> bool:
         return True
     except OSError:
         return False
+
+
+def _peak_rss_kib() -> int:
+    """The process's RSS high-water mark in KiB: ``VmHWM`` of ``/proc/self/status`` (the value ``clear_refs``
+    resets), else ``ru_maxrss``. Not ``ru_maxrss`` first: the kernel folds the high-water mark into it whenever a
+    thread exits, after which a reset no longer lowers it and the growth of a later run reads as 0."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def _hook(point: str) -> None:
@@ -249,7 +263,7 @@ def _measure(cell: Cell, rec: dict[str, Any]) -> dict[str, Any]:
     _preflight(cell)
     gc.collect()
     rec["rss_reset"] = _reset_peak_rss()
-    before_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before_kib = _peak_rss_kib()
     torch.manual_seed(0)
     try:
         module, complexity = build(cell)
@@ -290,7 +304,7 @@ def _measure(cell: Cell, rec: dict[str, Any]) -> dict[str, Any]:
         t0 = time.perf_counter()
         run(None)
         times.append((time.perf_counter() - t0) * 1e3)
-    after_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    after_kib = _peak_rss_kib()
     time_ms = statistics.median(times)
     flops, family = cell_flops(effective_options(cell), cell.seq_len, cell.batch, cell.dim, cell.heads,
                                cell.causal, cell.mode, complexity)
