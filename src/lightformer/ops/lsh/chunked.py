@@ -5,16 +5,21 @@ and semantics as ``ops.lsh.naive.lsh_attention`` (masks, self penalty, log-sum-e
 
 All rounds of a group of (batch, head) rows at once (groups sized to ~2²⁴ score elements):
     1. place the tokens in each round's sorted layout (``_Geometry``: sorted by (bucket, position); causal: every
-       bucket starts on a chunk boundary) of L = nc·c slots (c = bucket_size) and gather q and the key/value
-       windows (previous chunk, own chunk) into it with ``index_select``: ``[M, nc, c, d]``, ``[M, nc, 2c, d]``;
-    2. scores ``[M, nc, c, 2c]`` = one batched matmul; the mask is one comparison of per-slot integer codes
-       (bucket for real keys, a unique negative code for padded/empty slots, so self always matches) plus a
-       constant ``[c, 2c]`` pattern (−10⁵ on self, −inf after the query when causal);
+       bucket starts on a chunk boundary) of L = nc·c slots (c = bucket_size) and gather q, k and v into it with
+       one ``index_select`` each: ``[K, c, d]`` chunks, K = rows·rounds·nc, row-major;
+    2. scores ``[2, K, c, c]``: each query chunk against its own key chunk and against the previous one. The
+       previous chunk of chunk j is chunk j − 1 of the same tensor, so both are batched matmuls over zero-copy
+       (shifted) views — no ``[K, 2c, d]`` key windows are gathered and no window gradients folded back. The mask
+       is one comparison of per-slot integer codes (bucket for real keys, a unique negative code for padded/empty
+       slots, so self always matches; −1 before a row's first chunk, which also masks the shift's pairing of a
+       row's first chunk with the previous row's last) plus a constant ``[c, c]`` own-chunk pattern (−10⁵ on
+       self, −inf after the query when causal);
     3. per-round outputs o^(r) and log-normalisers z^(r) are un-sorted to token order and combined with the round
        weights softmax_r(z^(r)).
 Backward uses the *combined* weights P = exp(s − z) (a key's weight in the union over rounds) in the usual
-softmax-attention backward, dS = P ⊙ (dO·vᵀ − rowsum(dO ⊙ O)) (as FlashAttention, Dao et al. 2022, Alg. 2), then
-folds window gradients back onto their chunks and un-sorts (gathers with the inverse permutation). Forward keeps P
+softmax-attention backward, dS = P ⊙ (dO·vᵀ − rowsum(dO ⊙ O)) (as FlashAttention, Dao et al. 2022, Alg. 2); a key
+chunk's gradient collects its own chunk's queries and the next chunk's, then everything is un-sorted (gathers
+with the inverse permutation). Forward keeps P
 when all rounds fit in 2²⁶ elements (T <= 16384 at 8 heads, 4 rounds; faster); above that it keeps only the row
 maxima and round factors (O(n_hashes·T) per row) and backward recomputes the scores bit for bit.
 
@@ -73,14 +78,9 @@ class _Geometry:
         self.valid = torch.zeros(n, r, length, dtype=torch.bool, device=dev).scatter_(-1, slot, valid)
         self.filled = torch.zeros(n, r, length, dtype=torch.bool, device=dev).scatter_(
             -1, slot, torch.ones_like(valid))
-        # key windows (previous chunk, own chunk) as token indices; the chunk before the first points at token 0
-        # with code -1 (never matches)
-        chunks = self.perm.view(n, r, self.nc, c)
-        self.wperm = torch.cat([F.pad(chunks, (0, 0, 1, 0))[:, :, :-1], chunks], dim=-1).view(n, r, -1)
         # match code: a query may attend to a window key iff their codes are equal. Real keys carry their bucket;
         # padded tokens and empty slots carry a unique negative code, so they match nothing but themselves
         self.code = torch.where(self.valid, self.sb, -10 - torch.arange(length, device=dev))
-        self.codew = F.pad(self.code, (c, 0), value=-1).unfold(-1, 2 * c, c)  # [N, R, nc, 2c]
 
 
 #: forward saves the combined weights P (n_hashes·T·2·bucket_size elements per row) when they fit in this many
@@ -89,13 +89,15 @@ _KEEP_PROBS = 1 << 26
 
 
 def _pattern(c: int, causal: bool, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """Score offsets ``[c, 2c]`` shared by every chunk: −10⁵ on self (own-chunk column c + a for row a) and, when
-    causal, −inf on own-chunk columns after the query (slots follow positions inside a bucket-aligned chunk, and
-    previous-chunk keys are earlier)."""
+    """Score offsets ``[2, 1, c, c]`` shared by every chunk: index 0 the previous chunk (no offset: its keys are
+    other tokens, earlier ones when causal), index 1 the own chunk: −10⁵ on self (column a for row a) and, when
+    causal, −inf on columns after the query (slots follow positions inside a bucket-aligned chunk)."""
     rows = torch.arange(c, device=device)[:, None]
-    cols = torch.arange(2 * c, device=device)[None, :] - c
-    pat = torch.zeros(c, 2 * c, dtype=dtype, device=device).masked_fill_(cols == rows, -SELF_PENALTY)
-    return pat.masked_fill_(cols > rows, float("-inf")) if causal else pat
+    cols = torch.arange(c, device=device)[None, :]
+    own = torch.zeros(c, c, dtype=dtype, device=device).masked_fill_(cols == rows, -SELF_PENALTY)
+    if causal:
+        own.masked_fill_(cols > rows, float("-inf"))
+    return torch.stack([torch.zeros_like(own), own])[:, None]
 
 
 def _select(x: Tensor, index: Tensor) -> Tensor:
@@ -106,24 +108,62 @@ def _select(x: Tensor, index: Tensor) -> Tensor:
     return x.reshape(n * t, d).index_select(0, flat).view(-1, index.shape[-1], d)
 
 
-def _fold(w: Tensor, c: int) -> Tensor:
-    """Window gradients ``[M, nc, 2c, d]`` back onto the sorted slots ``[M, L, d]``: the own half of window j
-    belongs to chunk j, the previous half to chunk j − 1 (the half before chunk 0 is dropped)."""
-    m, nc, _, d = w.shape
-    g = w[:, :, c:].clone()
-    g[:, :-1] += w[:, 1:, :c]
-    return g.view(m, nc * c, d)
+def _tr(x: Tensor) -> Tensor:
+    return x.transpose(-1, -2)
 
 
-def _scores(qs: Tensor, kw: Tensor, code: Tensor, codew: Tensor, pattern: Tensor, c: int,
-            cdt: torch.dtype) -> Tensor:
-    """Masked scores ``[M, nc, c, 2c]`` of sorted, pre-scaled queries ``qs [M, L, d]`` against the key windows
-    ``kw [M, nc·2c, d]``; ``code [M, L]``, ``codew [M, nc, 2c]``."""
-    m, L, d = qs.shape
-    nc = L // c
-    s = torch.matmul(qs.view(m, nc, c, d), kw.view(m, nc, 2 * c, d).transpose(-1, -2)).to(cdt)
+def _pair_mm(a: Tensor, b: Tensor, out: Tensor) -> Tensor:
+    """Products of every chunk with its own chunk and with the previous one, without forming key windows.
+
+    a ``[K, c, e]`` (K = M·nc chunks in sorted order, row-major over the M rows), b ``[K, e, f]``, out
+    ``[2, K, c, f]``: ``out[1][j] = a[j] @ b[j]`` and ``out[0][j] = a[j] @ b[j − 1]`` (a shifted, zero-copy view
+    of the same tensors). ``out[0][0]`` — and every ``out[0][j]`` whose chunk j is the first of its row, which
+    pairs it with the last chunk of the previous row — is left for the caller's mask (code −1 never matches)."""
+    torch.bmm(a, b, out=out[1])
+    torch.bmm(a[1:], b[:-1], out=out[0, 1:])
+    out[0, 0].zero_()
+    return out
+
+
+def _pair_mm_t(p: Tensor, x: Tensor, out: Tensor) -> Tensor:
+    """Adjoint of ``_pair_mm`` on the key side: ``out[j] = p[1][j]ᵀ @ x[j] + p[0][j + 1]ᵀ @ x[j + 1]``, i.e. the
+    gradient of every key chunk from the queries of its own chunk and of the next one. p ``[2, K, c, c]``,
+    x ``[K, c, e]`` -> out ``[K, c, e]``."""
+    torch.bmm(_tr(p[1]), x, out=out)
+    out[:-1].baddbmm_(_tr(p[0, 1:]), x[1:])
+    return out
+
+
+def _scores(qs: Tensor, ks: Tensor, masked: Tensor, pattern: Tensor, cdt: torch.dtype, out: Tensor) -> Tensor:
+    """Masked scores ``[2, K, c, c]`` (previous chunk, own chunk) of sorted, pre-scaled query chunks
+    ``qs [K, c, d]`` against the sorted key chunks ``ks [K, c, d]``; ``masked [2, K, c, c]`` from ``_mask``."""
+    if out.dtype == qs.dtype:
+        s = _pair_mm(qs, _tr(ks), out)
+    else:
+        s = out.copy_(_pair_mm(qs, _tr(ks), torch.empty(out.shape, dtype=qs.dtype, device=qs.device)))
     s.add_(pattern)
-    return s.masked_fill_(code.view(m, nc, c, 1) != codew[:, :, None, :], float("-inf"))
+    return s.masked_fill_(masked, float("-inf"))
+
+
+#: floor of the shifted scores before ``exp``: torch's CPU ``exp`` leaves its vector path for any lane below about
+#: −88 (−inf of a mask, the −10⁵ self penalty), measured 10-25x slower on a block with scattered masked entries.
+#: e^−80 ≈ 1.8e−35 is below fp32 rounding of a row sum (>= 1); masked entries are then set to exactly 0.
+_EXP_FLOOR = -80.0
+
+
+def _probs_(s: Tensor, mx: Tensor, masked: Tensor) -> Tensor:
+    """In place ``exp(s − mx)`` of masked scores from ``_scores``, with masked entries exactly 0 (see
+    ``_EXP_FLOOR``); the self penalty's weight becomes e^−80 instead of e^−10⁵, the same 0 in fp32 row sums."""
+    return s.sub_(mx).clamp_(min=_EXP_FLOOR).exp_().masked_fill_(masked, 0.0)
+
+
+def _mask(geo: "_Geometry", g: slice) -> Tensor:
+    """``[2, K, c, c]`` bool, True where a query may not see a key (previous chunk, own chunk) for the rows ``g``:
+    the match codes differ (the previous chunk's codes are −1 before a row's first chunk)."""
+    c = geo.c
+    code = geo.code[g].flatten(0, 1)  # [M, L]
+    prev = F.pad(code, (c, 0), value=-1)[:, :-c]  # the previous chunk's codes, -1 before the first chunk
+    return code.reshape(-1, c, 1) != torch.stack([prev, code]).view(2, -1, 1, c)
 
 
 def _groups(n: int, rounds: int, L: int, c: int) -> list[slice]:
@@ -146,20 +186,25 @@ class _LSHAttention(torch.autograd.Function):
         keep = n * rounds * nc * c * 2 * c <= _KEEP_PROBS  # save P for backward instead of recomputing it
         saved = []  # per group: P, or (row max, factor) to recompute it
         for g in _groups(n, rounds, nc * c, c):
-            perm, wperm = geo.perm[g], geo.wperm[g]
+            perm = geo.perm[g]
             # (del: free each big intermediate as soon as it is used, the peak is what RSS sees)
-            qs = _select(q[g], perm).mul_(scale)  # [M, L, d], M = rows·rounds
-            kw = _select(k[g], wperm)  # [M, nc·2c, d]
-            s = _scores(qs, kw, geo.code[g].flatten(0, 1), geo.codew[g].flatten(0, 1), pattern, c, cdt)
-            del qs, kw  # s: [M, nc, c, 2c]
-            mx = s.amax(dim=-1, keepdim=True)  # finite: self is always allowed
-            p = s.sub_(mx).exp_()
+            qs = _select(q[g], perm).mul_(scale).view(-1, c, d)  # [K, c, d], K = rows·rounds·nc chunks
+            ks = _select(k[g], perm).view(-1, c, d)
+            masked = _mask(geo, g)
+            s = _scores(qs, ks, masked, pattern, cdt,
+                        torch.empty(2, qs.shape[0], c, c, dtype=cdt, device=q.device))  # [2, K, c, c]
+            del qs, ks
+            mx = s.amax(dim=-1, keepdim=True).amax(dim=0)  # [K, c, 1], finite: self is always allowed
+            p = _probs_(s, mx, masked)
+            del masked
             del s
-            norm = p.sum(dim=-1, keepdim=True)
-            vw = _select(v[g], wperm).view(-1, nc, 2 * c, d)
-            o = torch.matmul(p.to(q.dtype), vw).to(cdt)
-            del vw
-            o = o.div_(norm).view(-1, nc * c, d)  # o^(r) in sorted order
+            norm = p.sum(dim=-1, keepdim=True).sum(dim=0)  # [K, c, 1]
+            vs = _select(v[g], perm).view(-1, c, d)
+            pl = p.to(q.dtype)
+            o = torch.bmm(pl[1], vs)
+            o[1:].baddbmm_(pl[0, 1:], vs[:-1])
+            del vs, pl
+            o = o.to(cdt).div_(norm).view(-1, nc * c, d)  # o^(r) in sorted order
             z = (mx + norm.log()).view(-1, nc * c, 1)  # z^(r)
             rows = o.shape[0] // rounds
             index = _offsets(geo.inv[g], nc * c)
@@ -170,9 +215,9 @@ class _LSHAttention(torch.autograd.Function):
             del o, z
             # P = exp(s − z) = p · factor with factor = e^{z^(r) − z} / norm^(r), taken from the stable round
             # weights w (subtracting z from s directly would cancel catastrophically at the −10⁵ self scores)
-            empty = ~geo.filled[g].reshape(-1, nc, c, 1)
-            w = _select(w.reshape(-1, t, 1), perm.reshape(-1, 1, nc * c)).view(-1, nc, c, 1)
-            factor = w.div_(norm).masked_fill_(empty, 0.0)  # [M, nc, c, 1]
+            empty = ~geo.filled[g].reshape(-1, c, 1)
+            w = _select(w.reshape(-1, t, 1), perm.reshape(-1, 1, nc * c)).view(-1, c, 1)
+            factor = w.div_(norm).masked_fill_(empty, 0.0)  # [K, c, 1]
             if keep:
                 saved.append(p.mul_(factor))
             else:
@@ -197,34 +242,40 @@ class _LSHAttention(torch.autograd.Function):
         dq = torch.zeros(n, t, d, dtype=cdt, device=q.device)
         dk, dv = torch.zeros_like(dq), torch.zeros_like(dq)
         for i, g in enumerate(_groups(n, rounds, L, c)):
-            perm, wperm = geo.perm[g], geo.wperm[g]
+            perm = geo.perm[g]
             empty = ~geo.filled[g].reshape(-1, L, 1)  # slots holding no token
             rows = perm.shape[0]
             index = _offsets(geo.inv[g], L)
-            dl = _select(delta[g][..., None], perm).masked_fill_(empty, 0.0).view(-1, nc, c, 1)
-            qs = _select(q[g], perm)  # [M, L, d]
-            kw = _select(k[g], wperm).view(-1, nc, 2 * c, d)
+            dl = _select(delta[g][..., None], perm).masked_fill_(empty, 0.0).view(-1, c, 1)
+            qs = _select(q[g], perm).view(-1, c, d)  # [K, c, d]
+            ks = _select(k[g], perm).view(-1, c, d)
+            kk = qs.shape[0]
             if isinstance(saved[i], Tensor):
                 p = saved[i]
-            else:  # recompute the combined weights P = exp(s − max) · factor [M, nc, c, 2c] (bitwise the same s)
+            else:  # recompute the combined weights P = exp(s − max) · factor [2, K, c, c] (bitwise the same s)
                 mx, factor = saved[i]
-                s = _scores(qs * scale, kw, geo.code[g].flatten(0, 1), geo.codew[g].flatten(0, 1), pattern, c, cdt)
-                p = s.sub_(mx).exp_().mul_(factor)
-                del s
-            dob = _select(dout[g], perm).masked_fill_(empty, 0.0).view(-1, nc, c, d)
-            vw = _select(v[g], wperm).view(-1, nc, 2 * c, d)
-            ds = torch.matmul(dob, vw.transpose(-1, -2)).to(cdt)  # dP = dO·vᵀ [M, nc, c, 2c]
-            del vw
-            ds = ds.sub_(dl).mul_(p).to(q.dtype)  # dS = P ⊙ (dP − delta)
+                masked = _mask(geo, g)
+                p = _scores(qs * scale, ks, masked, pattern, cdt, torch.empty(2, kk, c, c, dtype=cdt, device=q.device))
+                p = _probs_(p, mx, masked).mul_(factor)
+                del masked
+            dob = _select(dout[g], perm).masked_fill_(empty, 0.0).view(-1, c, d)
+            vs = _select(v[g], perm).view(-1, c, d)
+            dp = _pair_mm(dob, _tr(vs), torch.empty(2, kk, c, c, dtype=q.dtype, device=q.device))  # dO·vᵀ
+            del vs
+            ds = dp.to(cdt).sub_(dl).mul_(p).to(q.dtype)  # dS = P ⊙ (dP − delta) (0 where P is)
+            del dp
 
             def add(acc: Tensor, grad: Tensor) -> None:  # un-sort (a permutation: gather) and sum the rounds
                 acc[g] += _select(grad.view(rows, rounds * L, d), index).view(rows, rounds, t, d).sum(dim=1)
 
-            add(dv, _fold(torch.matmul(p.to(q.dtype).transpose(-1, -2), dob), c))
+            buf = torch.empty(kk, c, d, dtype=q.dtype, device=q.device)
+            add(dv, _pair_mm_t(p.to(q.dtype), dob, buf))
             del p, dob
-            add(dq, torch.matmul(ds, kw).view(-1, L, d))
-            del kw
-            add(dk, _fold(torch.matmul(ds.transpose(-1, -2), qs.view(-1, nc, c, d)), c))
+            dq_s = torch.bmm(ds[1], ks, out=buf)
+            dq_s[1:].baddbmm_(ds[0, 1:], ks[:-1])
+            add(dq, dq_s)
+            del ks
+            add(dk, _pair_mm_t(ds, qs, buf))
             del ds, qs
         dq.mul_(scale)
         dk.mul_(scale)
