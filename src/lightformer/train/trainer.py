@@ -155,7 +155,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if tc.grad_clip:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip, foreach=True)
             self.optimizer.step()
             self.step += 1
             self.tokens += x.numel()
