@@ -57,6 +57,15 @@ def test_table_ratios_and_crossover():
     assert table.rows[0][0].startswith("sdpa")
 
 
+def test_cells_say_single_runs_and_timeout_limits():
+    one = dict(rec("lightformer", "softmax", 8192, 900.0, 300.0), repeats=1)
+    slow = dict(rec("lightformer", "softmax", 16384, None, None, "timeout"), elapsed_s=180.2)
+    (table,) = build_tables(RECORDS + [one, slow])
+    row = {r[0]: r for r in table.rows}["softmax"]
+    assert row[5].startswith("900 ms / 300 MiB (1 run)")
+    assert row[6] == "timeout (> 180 s)"
+
+
 def test_write_report_files(tmp_path):
     paths = write_report(RECORDS, tmp_path / "docs")
     md = paths["markdown"].read_text()

@@ -1,9 +1,9 @@
 """Report tables: one per (mode, dtype, causal, batch, dim, heads, threads) group, rows = implementations,
 columns = T. Shared by the Markdown and HTML reports and by the plots.
 
-A cell reads ``time ms / mem MiB`` and then the time ratios to the baselines measured in the same run at the same
+A cell reads ``time ms / mem MiB`` (``(1 run)`` when fewer than 3 timed runs were taken) and then the time ratios to the baselines measured in the same run at the same
 shape: ``×r SDPA`` and ``×r <peer>`` (ratio = this time / baseline time, < 1 = faster). A cell that did not
-measure shows its status (``oom``, ``timeout``, ``gate_failed`` ...). The last column is the crossover length
+measure shows its status (``oom``, ``timeout (> N s)`` with the seconds it was given, ``gate_failed`` ...). The last column is the crossover length
 against SDPA: the smallest measured T from which the implementation is faster than SDPA at every larger T where
 both were measured (``none`` if it is not faster at the largest such T).
 """
@@ -125,9 +125,13 @@ def build_tables(records: Iterable[dict[str, Any]]) -> list[Table]:
 
 
 def _cell_text(r: dict[str, Any], by_shape: dict) -> str:
+    if r["status"] == "timeout" and r.get("elapsed_s"):
+        return f"timeout (> {r['elapsed_s']:.0f} s)"
     if r["status"] != "ok":
         return r["status"]
     text = f"{r['time_ms']:.3g} ms / {r['mem_mib']:.3g} MiB"
+    if r.get("repeats") is not None and r["repeats"] < 3:  # fewer than the default three timed runs: say so
+        text += f" ({r['repeats']} run{'s' if r['repeats'] > 1 else ''})"
     ratios = []
     if r["impl"] != SDPA:
         s = _peer_time(by_shape, r, SDPA)
