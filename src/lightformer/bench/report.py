@@ -29,18 +29,21 @@ def _plot(table: Table, path: Path, metric: int, ylabel: str) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+    fig, ax = plt.subplots(figsize=(11, 5.5), dpi=100)
     drawn = False
-    for name, points in table.series.items():
+    colors = plt.get_cmap("tab20").colors
+    for i, (name, points) in enumerate(table.series.items()):
         ts = sorted(t for t in points if points[t][metric] is not None and points[t][metric] > 0)
         if not ts:
             continue
-        ax.plot(ts, [points[t][metric] for t in ts], marker="o", label=name)
+        # 20 colours, then markers tell series apart; peers are dashed
+        ax.plot(ts, [points[t][metric] for t in ts], marker="osv^D"[i // 20 % 5], color=colors[i % 20],
+                linestyle="--" if "peer" in name else "-", label=name)
         drawn = True
     if drawn:
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     else:
         ax.text(0.5, 0.5, "no successful measurement", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("sequence length T (tokens)")
@@ -48,7 +51,7 @@ def _plot(table: Table, path: Path, metric: int, ylabel: str) -> bool:
     ax.set_title(table.title, fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
     return drawn
 

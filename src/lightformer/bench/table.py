@@ -124,12 +124,17 @@ def build_tables(records: Iterable[dict[str, Any]]) -> list[Table]:
     return tables
 
 
+def _num(x: float) -> str:
+    """3 significant digits below 100, whole numbers above (``62697``, not ``6.27e+04``)."""
+    return f"{x:.0f}" if abs(x) >= 100 else f"{x:.3g}"
+
+
 def _cell_text(r: dict[str, Any], by_shape: dict) -> str:
     if r["status"] == "timeout" and r.get("elapsed_s"):
         return f"timeout (> {r['elapsed_s']:.0f} s)"
     if r["status"] != "ok":
         return r["status"]
-    text = f"{r['time_ms']:.3g} ms / {r['mem_mib']:.3g} MiB"
+    text = f"{_num(r['time_ms'])} ms / {_num(r['mem_mib'])} MiB"
     if r.get("repeats") is not None and r["repeats"] < 3:  # fewer than the default three timed runs: say so
         text += f" ({r['repeats']} run{'s' if r['repeats'] > 1 else ''})"
     ratios = []
