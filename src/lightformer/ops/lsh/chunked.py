@@ -45,7 +45,9 @@ class _Geometry:
     """Where every token sits in each round's sorted, chunked layout of L = nc·c slots.
 
     ``perm [N, R, L]`` slot -> token (empty slots point at token 0), ``inv [N, R, T]`` token -> slot, and per slot
-    the bucket ``sb`` (−1 if empty), key validity ``valid``, ``filled`` and the match ``code``. Non-causal: the paper's layout, slot = rank in the (bucket, position) order. Causal: every bucket
+    whether it holds a token (``filled``) and its match ``code`` (the bucket of a real key, a unique negative
+    number for a padded token or an empty slot). Non-causal: the paper's layout, slot = rank in the (bucket,
+    position) order. Causal: every bucket
     starts at a chunk boundary (slot = c·(chunks of the lower buckets) + rank inside the bucket), so the keys a
     query sees depend only on earlier tokens of its own bucket (see ``naive.round_mask``).
     """
@@ -74,13 +76,13 @@ class _Geometry:
             key_valid[:, None, :].expand(n, r, t).gather(-1, order)
         self.perm = torch.zeros(n, r, length, dtype=torch.long, device=dev).scatter_(-1, slot, order)
         self.inv = torch.empty_like(order).scatter_(-1, order, slot)
-        self.sb = torch.full((n, r, length), -1, dtype=torch.long, device=dev).scatter_(-1, slot, sb)
-        self.valid = torch.zeros(n, r, length, dtype=torch.bool, device=dev).scatter_(-1, slot, valid)
+        slot_bucket = torch.full((n, r, length), -1, dtype=torch.long, device=dev).scatter_(-1, slot, sb)
+        slot_valid = torch.zeros(n, r, length, dtype=torch.bool, device=dev).scatter_(-1, slot, valid)
         self.filled = torch.zeros(n, r, length, dtype=torch.bool, device=dev).scatter_(
             -1, slot, torch.ones_like(valid))
         # match code: a query may attend to a window key iff their codes are equal. Real keys carry their bucket;
         # padded tokens and empty slots carry a unique negative code, so they match nothing but themselves
-        self.code = torch.where(self.valid, self.sb, -10 - torch.arange(length, device=dev))
+        self.code = torch.where(slot_valid, slot_bucket, -10 - torch.arange(length, device=dev))
 
 
 #: forward saves the combined weights P (n_hashes·T·2·bucket_size elements per row) when they fit in this many
