@@ -6,6 +6,7 @@ import json
 import os
 
 import pytest
+import torch
 
 from lightformer.bench import load_records, run_cell, run_sweep
 from lightformer.bench.plan import expand
@@ -145,3 +146,21 @@ def test_peak_rss_reset_survives_a_thread_exit():
     grown_mib = (_peak_rss_kib() - before) / 1024
     del small
     assert 56 <= grown_mib <= 80
+
+
+def test_amp_bf16_runs_under_autocast_with_fp32_weights(tmp_path, tiny_grid):
+    from lightformer.bench.cell import _runner, build
+
+    cell = expand(tiny_grid(dtypes=["amp-bf16"], modes=["fwd+bwd"], causal=[True]))[0]
+    module, _ = build(cell)
+    x = torch.randn(cell.batch, cell.seq_len, cell.dim)
+    y = _runner(cell, module, x)(None)
+    assert y.dtype == torch.bfloat16, "the forward ran under bf16 autocast"
+    assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in module.parameters())
+    assert x.grad is not None and x.grad.dtype == torch.float32 and torch.isfinite(x.grad).all()
+    recs = run_sweep(tiny_grid(dtypes=["amp-bf16"], modes=["fwd", "fwd+bwd"], peers="sdpa"), tmp_path / "b.jsonl",
+                     progress=False)
+    assert len(recs) == 4
+    for r in recs:
+        check_schema(r, "ok")
+        assert r["dtype"] == "amp-bf16"

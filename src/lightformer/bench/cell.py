@@ -49,7 +49,8 @@ from .results import base_record
 
 RECORD_PREFIX = "LIGHTFORMER_RECORD "
 HOOK_ENV = "LIGHTFORMER_BENCH_HOOK"
-TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "fp64": "float64"}
+# the dtype of the module and input; ``amp-bf16`` keeps them fp32 and runs under bf16 autocast (``_runner``)
+TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "fp64": "float64", "amp-bf16": "float32"}
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -155,33 +156,46 @@ def build(cell: Cell) -> tuple[Any, str | None]:
 
 
 def _runner(cell: Cell, module: Any, x: Any) -> Callable[[int | None], Any]:
+    """``run(steps)``: one forward / forward+backward / decode of ``module`` on ``x`` per the cell's mode; for
+    ``amp-bf16`` the forward (and decode) runs under bf16 autocast and the backward outside it, as in training."""
+    import contextlib
+
     import torch
+
+    def precision():
+        if cell.dtype == "amp-bf16":
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     if cell.mode == "fwd":
         module.eval()
 
         def run(steps: int | None = None) -> Any:
-            with torch.no_grad():
+            with torch.no_grad(), precision():
                 return module(x)
         return run
     if cell.mode == "fwd+bwd":
         module.train()
         x.requires_grad_(True)
         grad = torch.randn(x.shape, dtype=x.dtype)
+        grads = {x.dtype: grad}
 
         def run(steps: int | None = None) -> Any:
             x.grad = None
             for p in module.parameters():
                 p.grad = None
-            y = module(x)
-            y.backward(grad)
+            with precision():
+                y = module(x)
+            if y.dtype not in grads:  # an autocast output is bf16: cast the fixed gradient once
+                grads[y.dtype] = grad.to(y.dtype)
+            y.backward(grads[y.dtype])
             return y.detach()
         return run
     module.eval()
 
     def run(steps: int | None = None) -> Any:
         n = cell.seq_len if steps is None else min(steps, cell.seq_len)
-        with torch.no_grad():
+        with torch.no_grad(), precision():
             state = module.init_state(cell.batch, device="cpu", dtype=x.dtype)
             ys = []
             for t in range(n):

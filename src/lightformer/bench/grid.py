@@ -31,7 +31,9 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-DTYPES = ("fp32", "bf16", "fp16", "fp64")
+#: ``amp-bf16``: fp32 weights and inputs, the run under ``torch.autocast("cpu", dtype=torch.bfloat16)`` (mixed
+#: precision, as in training); the others cast the module and the input to that dtype.
+DTYPES = ("fp32", "bf16", "fp16", "fp64", "amp-bf16")
 MODES = ("fwd", "fwd+bwd", "decode")
 #: ``impl`` of a cell that runs a lightformer mixer (peers use their own name).
 LIGHTFORMER = "lightformer"
@@ -76,7 +78,7 @@ class Cell:
         options: mixer options (the ``"T"`` sentinel is resolved in the subprocess).
         seq_len: T, tokens per sequence (for ``decode``: tokens decoded one by one).
         batch, dim, heads: B, D (model width), H.
-        dtype: ``fp32 | bf16 | fp16 | fp64``; mode: ``fwd | fwd+bwd | decode``; causal: causal masking.
+        dtype: ``fp32 | bf16 | fp16 | fp64 | amp-bf16`` (see ``DTYPES``); mode: ``fwd | fwd+bwd | decode``; causal: causal masking.
         threads: torch intra-op threads.
         warmup, repeats: untimed and timed runs (time = median of the timed runs).
         timeout_s: wall-clock limit of the subprocess (s). max_memory_mib: address-space headroom (MiB) given to
