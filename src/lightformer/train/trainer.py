@@ -17,6 +17,7 @@ from ..models.heads import LanguageModel
 from ..tasks.text import Corpus
 from . import checkpoint
 from .config import RunConfig
+from .optim import build_optimizer
 
 LN2 = math.log(2.0)
 
@@ -72,11 +73,7 @@ class Trainer:
         self.config = RunConfig(model_cfg, tc)
         torch.manual_seed(tc.seed)
         self.model = LanguageModel(model_cfg)
-        decay = [p for p in self.model.parameters() if p.dim() >= 2]
-        no_decay = [p for p in self.model.parameters() if p.dim() < 2]
-        self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=tc.lr, betas=(tc.beta1, tc.beta2), fused=True)  # one fused kernel per step, not ~10 ops per tensor
+        self.optimizer = build_optimizer(self.model, tc)
         self.generator = torch.Generator().manual_seed(tc.seed)
         self.step = 0
         self.tokens = 0
