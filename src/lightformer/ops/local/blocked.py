@@ -8,20 +8,22 @@ Algorithm. With the window ``-left <= p_k - p_q <= right`` (``(window - 1, 0)`` 
 window // 2)`` non-causal), the queries are cut into ``nb = ceil(T / Bq)`` blocks of ``Bq`` rows. Query block i
 (positions ``[i·Bq, (i+1)·Bq)``) can only see keys in ``[i·Bq - left, (i+1)·Bq - 1 + right]``: a span of
 ``Bq + left + right`` keys, rounded up to ``S = m·Bq`` so that every span is made of whole key blocks. K and V are
-zero-padded by ``left`` rows in front; the spans of consecutive blocks are overlapping strided views (``unfold``)
-of the padded K and V. The blocks are processed in groups of about ``2^22`` scores (all batches and heads
-together, so that the number of tensor ops per call stays small): per group, one copy of the key spans, one
-batched matmul ``[B·H·g, Bq, d] x [B·H·g, d, S]`` for the scores, the band mask ``0 <= j - a <= left + right``
+zero-padded by ``left`` rows in front; the span of block i is rows ``[i·Bq, i·Bq + S)`` of the padded ``[L, d]``
+matrix of one (batch, head), and the spans of consecutive blocks overlap: they are taken as zero-copy strided views
+(``as_strided``, batch stride ``Bq·d``), which the CPU batched matmul reads in place — no span is ever copied. The
+blocks are processed in groups of about ``2^22`` scores (all batches and heads together, so that the elementwise
+work is a few large ops per group): per group and (batch, head), one batched matmul ``[g, Bq, d] x [g, d, S]`` for
+the scores; then, for the whole group, the band mask ``0 <= j - a <= left + right``
 (query row a, span column j; the same ``[Bq, S]`` table for every block, ALiBi folded into it per head), the
-sequence-edge/key-padding mask only on the blocks that need it, an in-place softmax, one batched matmul for the
-output. No ``[T, T]`` tensor is ever formed.
+sequence-edge/key-padding mask only on the blocks that need it, an in-place softmax; per (batch, head) one batched
+matmul for the output, written in place. output. No ``[T, T]`` tensor is ever formed.
 
 Backward: the autograd function keeps the block probabilities ``P`` (``[B·H·nb, Bq, S]`` in all, O(T·S)
 elements — linear in T; on CPU keeping them is faster than recomputing them from a saved log-sum-exp as
 FlashAttention does) and the padded q, k, v and output (O(T·d)); per group it forms the usual softmax-attention
 backward restricted to the blocks (FlashAttention, Dao et al. 2022, Alg. 2):
-``dS = P ⊙ (dO·Vᵀ − rowsum(dO ⊙ O))``, ``dQ = dS·K``, ``dK = dSᵀ·Q``, ``dV = Pᵀ·dO``, the overlapping span
-gradients being folded back with ``m`` shifted adds.
+``dS = P ⊙ (dO·Vᵀ − rowsum(dO ⊙ O))``, ``dQ = dS·K``, ``dK = dSᵀ·Q``, ``dV = Pᵀ·dO`` (K and V again as span
+views), the overlapping span gradients being folded back with ``m`` shifted adds.
 
 Complexity: time O(B·H·T·S·d); memory O(B·H·T·(S + d)) (forward and backward), with
 ``S = Bq·(1 + ceil((left + right) / Bq))``; ``left`` and ``right`` are clipped to ``T - 1``, so a window longer
@@ -106,23 +108,10 @@ class _Plan:
         for i0 in range(0, self.nb, self.group):
             yield i0, min(self.nb, i0 + self.group)
 
-    def key_spans(self, kp: Tensor, i0: int, i1: int, dtype: torch.dtype) -> Tensor:
-        """The spans ``[B·H·g, S, d]`` of blocks ``[i0, i1)`` from the padded ``[B, H, L, d]`` keys (one copy)."""
+    def mask_(self, s: Tensor, i0: int, i1: int) -> Tensor:
+        """Add the band table (and ALiBi) to the scores ``s [B, H, g, Bq, S]`` of blocks ``[i0, i1)`` in place, and
+        mask the span columns that hold no key (sequence edge, padding) on the blocks that have any."""
         bq, span = self.bq, self.span
-        spans = kp[:, :, i0 * bq:(i1 - 1) * bq + span].unfold(2, span, bq).transpose(-1, -2)  # [B, H, g, S, d]
-        return spans.to(dtype).reshape(-1, span, kp.shape[-1])
-
-    def scores(self, qc: Tensor, kc: Tensor, i0: int, i1: int, buf: Tensor) -> Tensor:
-        """Biased, masked scores ``[B, H, g, Bq, S]`` (dtype of buf) of blocks ``[i0, i1)``, written into buf.
-
-        qc: ``[B·H·g, Bq, d]`` query blocks; kc: ``[B·H·g, S, d]`` key spans."""
-        bq, span, g = self.bq, self.span, i1 - i0
-        n = qc.shape[0]
-        if buf.dtype == qc.dtype:
-            s = torch.bmm(qc, kc.transpose(1, 2), out=buf[:n])
-        else:
-            s = buf[:n].copy_(torch.bmm(qc, kc.transpose(1, 2)))
-        s = s.view(self.b, self.h, g, bq, span)
         s.add_(self.table)
         for a, z in _runs(self.block_masked, i0, i1):  # only the blocks whose span holds a non-key
             cols = self.valid[:, a * bq:(z - 1) * bq + span].unfold(1, span, bq)  # [Bm, z - a, S]
@@ -131,6 +120,21 @@ class _Plan:
             # keep the softmax finite; the output row is zeroed and its gradient is zero
             s[:, :, a - i0:z - i0].masked_fill_(self.empty[:, a * bq:z * bq].view(-1, 1, z - a, bq, 1), 0.0)
         return s
+
+
+def _spans(rows: Tensor, i0: int, g: int, bq: int, span: int) -> Tensor:
+    """Zero-copy key spans of blocks ``[i0, i0 + g)``: ``rows [L, d]`` (contiguous) -> overlapping ``[g, S, d]`` view,
+    block i = rows ``[i·Bq, i·Bq + S)``. CPU batched matmuls take such views as they are (no copy)."""
+    d = rows.shape[1]
+    return rows.as_strided((g, span, d), (bq * d, d, 1), rows.storage_offset() + i0 * bq * d)
+
+
+def _bmm_into(out: Tensor, a: Tensor, b: Tensor, low: Tensor | None) -> Tensor:
+    """``out = a @ b`` for one ``[g, n, k] x [g, k, m]`` product; with ``low`` (a 16-bit scratch of out's shape) the
+    product runs in 16 bits and is widened into ``out`` (float32)."""
+    if low is None:
+        return torch.bmm(a, b, out=out)
+    return out.copy_(torch.bmm(a, b, out=low))
 
 
 def _runs(flags: list[bool], i0: int, i1: int):
@@ -147,32 +151,51 @@ def _runs(flags: list[bool], i0: int, i1: int):
 
 
 class _SlidingWindowAttention(torch.autograd.Function):
+    """Per group of query blocks and per (batch, head) ``j``, with zero-copy span views of the padded K and V:
+
+    forward   ``S = Q_blk · K_spanᵀ``, softmax, ``O_blk = P · V_span``;
+    backward  ``dP = dO_blk · V_spanᵀ``, ``dS = P ⊙ (dP − δ)``, ``dQ_blk = dS · K_span``, and the span gradients
+              ``dK_span = dSᵀ · Q_blk``, ``dV_span = Pᵀ · dO_blk`` into one reused ``[B·H, g, S, d]`` buffer,
+              folded into ``[B·H, L, d]`` accumulators with ``m`` shifted adds.
+
+    Row layouts only: a transposed copy of K or V (to feed the score matmul a plain ``[d, S]`` operand) costs more
+    than the transposed-operand matmul saves. Every matmul writes into a preallocated buffer (``out=``): a fresh
+    output of a few MiB is a fresh mmap, zero-filled page by page.
+    """
 
     @staticmethod
     def forward(ctx, q, k, v, plan, scale):
         b, h, t, d = q.shape
-        cdt = torch.float32 if q.dtype in _LOW_PRECISION else q.dtype
-        bq, nb, span = plan.bq, plan.nb, plan.span
-        qp = _padded(q, 0, nb * bq, scale)  # [B, H, nb·Bq, d], scale folded into q
-        kp = _padded(k, plan.left, plan.length)  # [B, H, L, d]
-        vp = _padded(v, plan.left, plan.length)
-        op = q.new_empty(b, h, nb * bq, d)
-        probs = []  # per group [B·H·g, Bq, S], kept for backward: O(T·S) in all
+        low = q.dtype in _LOW_PRECISION
+        cdt = torch.float32 if low else q.dtype
+        bh, bq, nb, span = b * h, plan.bq, plan.nb, plan.span
+        qp = _padded(q, 0, nb * bq, scale).view(bh, nb, bq, d)  # scale folded into q
+        kp = _padded(k, plan.left, plan.length).view(bh, plan.length, d)
+        vp = _padded(v, plan.left, plan.length).view(bh, plan.length, d)
+        op = q.new_empty(bh, nb, bq, d)
+        probs = []  # per group [B·H, g, Bq, S], kept for backward: O(T·S) in all
         keep = any(ctx.needs_input_grad[:3])  # without backward, one group buffer is reused
-        buf = None
+        buf = low_buf = p_low = None
         for i0, i1 in plan.groups():
-            g, rows = i1 - i0, slice(i0 * bq, i1 * bq)
-            qc = qp[:, :, rows].reshape(-1, bq, d)  # [B·H·g, Bq, d]
+            g = i1 - i0
             if keep or buf is None:
-                buf = torch.empty(b * h * plan.group, bq, span, dtype=cdt, device=q.device)
-            buf = buf[:qc.shape[0]]
-            s = plan.scores(qc, plan.key_spans(kp, i0, i1, q.dtype), i0, i1, buf).view(b, h, g * bq, span)
+                buf = torch.empty(bh, plan.group, bq, span, dtype=cdt, device=q.device)
+            s = buf[:, :g]
+            if low and low_buf is None:
+                low_buf = torch.empty(bh, plan.group, bq, span, dtype=q.dtype, device=q.device)
+                p_low = torch.empty_like(low_buf)
+            for j in range(bh):
+                k_span = _spans(kp[j], i0, g, bq, span).transpose(1, 2)
+                _bmm_into(s[j], qp[j, i0:i1], k_span, None if not low else low_buf[j, :g])
+            plan.mask_(s.view(b, h, g, bq, span), i0, i1)
             s.sub_(s.amax(-1, keepdim=True)).exp_()
             s.div_(s.sum(-1, keepdim=True))  # P, softmax statistics in cdt
             if keep:
-                probs.append(buf)
-            oc = torch.bmm(buf.to(q.dtype), plan.key_spans(vp, i0, i1, q.dtype))
-            op[:, :, rows] = oc.view(b, h, g * bq, d)
+                probs.append(s)
+            p = p_low[:, :g].copy_(s) if low else s
+            for j in range(bh):
+                torch.bmm(p[j], _spans(vp[j], i0, g, bq, span), out=op[j, i0:i1])
+        op = op.view(b, h, nb * bq, d)
         if any(plan.block_empty):
             op.masked_fill_(plan.empty.view(-1, 1, nb * bq, 1), 0.0)
         if keep:
@@ -187,56 +210,58 @@ class _SlidingWindowAttention(torch.autograd.Function):
         qp, kp, vp, op, *probs = ctx.saved_tensors
         plan, scale = ctx.plan, ctx.scale
         b, h, t, bq, nb, span, m, left = plan.b, plan.h, plan.t, plan.bq, plan.nb, plan.span, plan.m, plan.left
-        d = qp.shape[-1]
+        bh, d, length = b * h, qp.shape[-1], plan.length
         dtype = qp.dtype
+        low = dtype in _LOW_PRECISION
         cdt = probs[0].dtype
         dop = _padded(dout.to(dtype), 0, nb * bq).view(b, h, nb * bq, d)
         if any(plan.block_empty):  # rows that see no key pass no gradient
             dop.masked_fill_(plan.empty.view(-1, 1, nb * bq, 1), 0.0)
-        delta = None  # [B, H, nb·Bq, 1] = rowsum(P ⊙ dP) = rowsum(dO ⊙ O)
-        if cdt == dtype:
-            delta = (dop * op).sum(-1, keepdim=True)
+        delta = None  # [B·H, nb, Bq, 1] = rowsum(P ⊙ dP) = rowsum(dO ⊙ O)
+        if not low:
+            delta = (dop * op).sum(-1, keepdim=True).view(bh, nb, bq, 1)
+        dop = dop.view(bh, nb, bq, d)
+        # the span products of dK and dV in cdt: with 16-bit inputs, float32 products of the 16-bit values, else
+        # each of the m overlapping partial sums of a key would be rounded to 16 bits
+        q_c, do_c = (qp.to(cdt), dop.to(cdt)) if low else (qp, dop)
         dq = torch.empty_like(qp)
-        dkp = torch.zeros(kp.shape, dtype=cdt, device=kp.device)  # [B, H, L, d]
-        dvp = torch.zeros(vp.shape, dtype=cdt, device=vp.device)
+        dkp = torch.zeros(bh, length, d, dtype=cdt, device=qp.device)  # dK, dV over the padded rows
+        dvp = torch.zeros(bh, length, d, dtype=cdt, device=qp.device)
         dbuf = torch.empty_like(probs[0])
+        low_buf = torch.empty(dbuf.shape, dtype=dtype, device=dbuf.device) if low else None
+        part = torch.empty(bh, probs[0].shape[1], span, d, dtype=cdt, device=qp.device)
         for (i0, i1), p in zip(plan.groups(), probs):
-            g, rows = i1 - i0, slice(i0 * bq, i1 * bq)
-            keys = slice(i0 * bq, (i1 - 1) * bq + span)
-            qc = qp[:, :, rows].reshape(-1, bq, d)  # [B·H·g, Bq, d]
-            doc = dop[:, :, rows].reshape(-1, bq, d)
-            kc = plan.key_spans(kp, i0, i1, dtype)  # [B·H·g, S, d]
-            vc = plan.key_spans(vp, i0, i1, dtype)
-            n = qc.shape[0]
-            if cdt == dtype:
-                ds = torch.bmm(doc, vc.transpose(1, 2), out=dbuf[:n])
-            else:
-                ds = dbuf[:n].copy_(torch.bmm(doc, vc.transpose(1, 2)))
-            pv, ds = p.view(b, h, g * bq, span), ds.view(b, h, g * bq, span)  # P, dP
+            g = i1 - i0
+            ds = dbuf[:, :g]
+            for j in range(bh):  # dP
+                v_span = _spans(vp[j], i0, g, bq, span).transpose(1, 2)
+                _bmm_into(ds[j], dop[j, i0:i1], v_span, None if not low else low_buf[j, :g])
             if delta is None:  # 16-bit O is too coarse for rowsum(dO ⊙ O): use rowsum(P ⊙ dP) in float32
-                ds.sub_((pv * ds).sum(-1, keepdim=True)).mul_(pv)
+                ds.sub_((p * ds).sum(-1, keepdim=True)).mul_(p)
             else:
-                ds.sub_(delta[:, :, rows]).mul_(pv)  # dS = P ⊙ (dP − delta)
-            ds = ds.view(-1, bq, span)
-            dq[:, :, rows] = torch.bmm(ds.to(dtype), kc).view(b, h, g * bq, d)
-            # dK, dV: with 16-bit inputs the span products are formed in float32 (exact products of the 16-bit
-            # values), else the m overlapping partial sums of each key would each be rounded to 16 bits
-            _fold_add(dkp[:, :, keys], torch.bmm(ds.transpose(1, 2), qc.to(cdt)), m)
-            _fold_add(dvp[:, :, keys], torch.bmm(p.transpose(1, 2), doc.to(cdt)), m)
-        dq.mul_(scale)
-        return (dq[:, :, :t], dkp[:, :, left:left + t].to(dtype), dvp[:, :, left:left + t].to(dtype), None, None)
+                ds.sub_(delta[:, i0:i1]).mul_(p)  # dS = P ⊙ (dP − δ)
+            ds_mm = low_buf[:, :g].copy_(ds) if low else ds
+            for j in range(bh):
+                torch.bmm(ds_mm[j], _spans(kp[j], i0, g, bq, span), out=dq[j, i0:i1])
+            for grad, weights, rows in ((dkp, ds, q_c), (dvp, p, do_c)):
+                pv = part[:, :g]
+                for j in range(bh):
+                    torch.bmm(weights[j].transpose(1, 2), rows[j, i0:i1], out=pv[j])  # [g, S, d]
+                _fold_add(grad[:, i0 * bq:(i1 - 1) * bq + span], pv, m)
+        dq = dq.view(b, h, nb * bq, d)[:, :, :t].mul_(scale)
+        dk, dv = (x[:, left:left + t].view(b, h, t, d).to(dtype) for x in (dkp, dvp))
+        return dq, dk, dv, None, None
 
 
-def _fold_add(acc: Tensor, spans: Tensor, m: int) -> None:
-    """``acc [B, H, (g + m - 1)·Bq, d] += `` the overlapping spans ``[B·H·g, m·Bq, d]`` (adjoint of unfold)."""
-    b, h, rows, d = acc.shape
-    n, span, _ = spans.shape
+def _fold_add(acc: Tensor, parts: Tensor, m: int) -> None:
+    """``acc [B·H, (g + m − 1)·Bq, d] +=`` the overlapping spans ``parts [B·H, g, m·Bq, d]`` (the adjoint of taking
+    the spans)."""
+    bh, rows, d = acc.shape
+    g, span = parts.shape[1], parts.shape[2]
     bq = span // m
-    g = n // (b * h)
-    blocks = acc.view(b, h, rows // bq, bq, d)
-    parts = spans.view(b, h, g, m, bq, d)
+    blocks = acc.view(bh, rows // bq, bq, d)
     for r in range(m):
-        blocks[:, :, r:r + g] += parts[:, :, :, r]
+        blocks[:, r:r + g] += parts[:, :, r * bq:(r + 1) * bq]
 
 
 def _check(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None, alibi_slopes: Tensor | None,
