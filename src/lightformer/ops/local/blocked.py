@@ -129,12 +129,15 @@ def _spans(rows: Tensor, i0: int, g: int, bq: int, span: int) -> Tensor:
     return rows.as_strided((g, span, d), (bq * d, d, 1), rows.storage_offset() + i0 * bq * d)
 
 
-def _bmm_into(out: Tensor, a: Tensor, b: Tensor, low: Tensor | None) -> Tensor:
-    """``out = a @ b`` for one ``[g, n, k] x [g, k, m]`` product; with ``low`` (a 16-bit scratch of out's shape) the
-    product runs in 16 bits and is widened into ``out`` (float32)."""
+def _scores_into(out: Tensor, a: Tensor, spans: Tensor, low: Tensor | None, scratch: Tensor | None) -> Tensor:
+    """``out = a · spansᵀ`` for ``a [g, Bq, d]`` and a span view ``spans [g, S, d]``. With 16-bit inputs (``low``: a
+    16-bit scratch of out's shape, ``scratch``: one of ``[>= g, S, d]``) the spans are first copied into ``scratch``
+    — a 16-bit matmul with a transposed *strided* operand runs ~3x slower than the copy plus a contiguous one — and
+    the 16-bit product is widened into ``out`` (float32)."""
     if low is None:
-        return torch.bmm(a, b, out=out)
-    return out.copy_(torch.bmm(a, b, out=low))
+        return torch.bmm(a, spans.transpose(1, 2), out=out)
+    contiguous = scratch[:spans.shape[0]].copy_(spans)
+    return out.copy_(torch.bmm(a, contiguous.transpose(1, 2), out=low))
 
 
 def _runs(flags: list[bool], i0: int, i1: int):
@@ -175,7 +178,7 @@ class _SlidingWindowAttention(torch.autograd.Function):
         op = q.new_empty(bh, nb, bq, d)
         probs = []  # per group [B·H, g, Bq, S], kept for backward: O(T·S) in all
         keep = any(ctx.needs_input_grad[:3])  # without backward, one group buffer is reused
-        buf = low_buf = p_low = None
+        buf = low_buf = p_low = span_buf = None
         for i0, i1 in plan.groups():
             g = i1 - i0
             if keep or buf is None:
@@ -184,9 +187,10 @@ class _SlidingWindowAttention(torch.autograd.Function):
             if low and low_buf is None:
                 low_buf = torch.empty(bh, plan.group, bq, span, dtype=q.dtype, device=q.device)
                 p_low = torch.empty_like(low_buf)
+                span_buf = torch.empty(plan.group, span, d, dtype=q.dtype, device=q.device)
             for j in range(bh):
-                k_span = _spans(kp[j], i0, g, bq, span).transpose(1, 2)
-                _bmm_into(s[j], qp[j, i0:i1], k_span, None if not low else low_buf[j, :g])
+                _scores_into(s[j], qp[j, i0:i1], _spans(kp[j], i0, g, bq, span),
+                             low_buf[j, :g] if low else None, span_buf)
             plan.mask_(s.view(b, h, g, bq, span), i0, i1)
             s.sub_(s.amax(-1, keepdim=True)).exp_()
             s.div_(s.sum(-1, keepdim=True))  # P, softmax statistics in cdt
@@ -229,13 +233,14 @@ class _SlidingWindowAttention(torch.autograd.Function):
         dvp = torch.zeros(bh, length, d, dtype=cdt, device=qp.device)
         dbuf = torch.empty_like(probs[0])
         low_buf = torch.empty(dbuf.shape, dtype=dtype, device=dbuf.device) if low else None
+        span_buf = torch.empty(dbuf.shape[1], span, d, dtype=dtype, device=dbuf.device) if low else None
         part = torch.empty(bh, probs[0].shape[1], span, d, dtype=cdt, device=qp.device)
         for (i0, i1), p in zip(plan.groups(), probs):
             g = i1 - i0
             ds = dbuf[:, :g]
             for j in range(bh):  # dP
-                v_span = _spans(vp[j], i0, g, bq, span).transpose(1, 2)
-                _bmm_into(ds[j], dop[j, i0:i1], v_span, None if not low else low_buf[j, :g])
+                _scores_into(ds[j], dop[j, i0:i1], _spans(vp[j], i0, g, bq, span),
+                             low_buf[j, :g] if low else None, span_buf)
             if delta is None:  # 16-bit O is too coarse for rowsum(dO ⊙ O): use rowsum(P ⊙ dP) in float32
                 ds.sub_((p * ds).sum(-1, keepdim=True)).mul_(p)
             else:
