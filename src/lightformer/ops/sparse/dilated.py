@@ -6,8 +6,9 @@ query i sees the keys ``i + δ·o`` for the window offsets o (causal: ``o = 0, -
 
 Computation: the keys a query sees all share its residue ``i mod δ``, so the sequence is zero-padded to a multiple of
 δ (padding keys masked), split into δ interleaved sub-sequences ``x[r::δ]`` folded into the batch (``[B·δ, H, T/δ,
-d]``), where the pattern is a plain sliding window of ``window`` keys, computed block-wise by
-``longformer.longformer_attention`` with no global token; the result is interleaved back.
+d]``), where the pattern is a plain sliding window of ``window`` keys, computed by the sliding-window kernel
+``ops.local.blocked.sliding_window_attention`` (zero-copy key spans, O(T·window) memory); the result is interleaved
+back.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
-from .longformer import longformer_attention
+from ..local.blocked import sliding_window_attention
 from .naive import window_bounds
 
 
@@ -49,8 +50,8 @@ def dilated_window_attention(q: Tensor, k: Tensor, v: Tensor, *, window: int, di
         raise ValueError(f"q, k, v must be [B, H, T, d] of one shape, got {tuple(q.shape)}, {tuple(k.shape)}, "
                          f"{tuple(v.shape)}")
     if dilation == 1:
-        return longformer_attention(q, k, v, window=window, num_global=0, causal=causal,
-                                    key_padding_mask=key_padding_mask, scale=scale, block_size=block_size)
+        return sliding_window_attention(q, k, v, window=window, causal=causal, key_padding_mask=key_padding_mask,
+                                        scale=scale, block_size=block_size)
     b, _, t, _ = q.shape
     pad = -t % dilation
     if pad:
@@ -60,6 +61,6 @@ def dilated_window_attention(q: Tensor, k: Tensor, v: Tensor, *, window: int, di
     q, k, v = (rearrange(x, "b h (n r) d -> (b r) h n d", r=dilation) for x in (q, k, v))
     if key_padding_mask is not None:
         key_padding_mask = rearrange(key_padding_mask, "b (n r) -> (b r) n", r=dilation)
-    o = longformer_attention(q, k, v, window=window, num_global=0, causal=causal, key_padding_mask=key_padding_mask,
-                             scale=scale, block_size=block_size)  # [B·δ, H, T/δ, d]
+    o = sliding_window_attention(q, k, v, window=window, causal=causal, key_padding_mask=key_padding_mask,
+                                 scale=scale, block_size=block_size)  # [B·δ, H, T/δ, d]
     return rearrange(o, "(b r) h n d -> b h (n r) d", r=dilation)[:, :, :t]
