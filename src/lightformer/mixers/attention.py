@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from ..nn.heads import split_heads
 from ..nn.kv_cache import KVCache
 from ..nn.positions import Rotary, alibi_slopes
 from ..ops.softmax.bias import dense_bias
@@ -83,8 +84,7 @@ class AttentionMixer(Mixer):
         """x ``[B, T, D]`` -> q ``[B, H, T, d]``, k, v ``[B, H_kv, T, d]`` with RoPE at ``positions`` ``[T]``."""
         cfg = self.config
         h, hkv = cfg.num_heads, cfg.kv_heads
-        qkv = rearrange(self.qkv(x), "b t (n d) -> b n t d", d=cfg.head_dim)
-        q, k, v = qkv.split([h, hkv, hkv], dim=1)
+        q, k, v = split_heads(self.qkv(x), (h, hkv, hkv), cfg.head_dim)  # [B, n, T, d] views
         if self.rotary is not None:
             q, k = self.rotary(q, positions), self.rotary(k, positions)
         return q, k, v
