@@ -159,3 +159,56 @@ def test_block_size_and_shapes_are_validated():
         blocked.sliding_window_attention(q, q, q, window=4, causal=True, key_padding_mask=torch.ones(1, 7).bool())
     with pytest.raises(ValueError, match="alibi_slopes"):
         blocked.sliding_window_attention(q, q, q, window=4, causal=True, alibi_slopes=torch.ones(2))
+
+
+def _dense_lse(q, k, window, causal, key_padding_mask=None, scale=None):
+    """float64 reference: log Σ exp(scores) over each query's window (−inf where it sees no key)."""
+    t, d = q.shape[-2], q.shape[-1]
+    left, right = naive.window_bounds(window, causal)
+    rel = torch.arange(t)[None, :] - torch.arange(t)[:, None]  # key − query
+    allowed = (rel >= -left) & (rel <= right)
+    s = q @ k.transpose(-1, -2) * (scale or d ** -0.5)
+    s = s.masked_fill(~allowed, -math.inf)
+    if key_padding_mask is not None:
+        s = s.masked_fill(~key_padding_mask[:, None, None, :], -math.inf)
+    return torch.logsumexp(s, -1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidir"])
+@pytest.mark.parametrize("t", [7, 257])
+def test_log_sum_exp_and_its_gradient_match_the_dense_form(t, causal, dtype):
+    q, k, v, _, _, dout = _inputs(2, 2, t, 16, torch.float64, 3, False, False)
+    dl = torch.randn(2, 2, t, dtype=torch.float64)
+
+    def both(fn_out, fn_lse, dt):
+        qq, kk, vv = (x.detach().to(dt).requires_grad_() for x in (q, k, v))
+        out, lse = fn_out(qq, kk, vv), fn_lse(qq, kk, vv)
+        grads = torch.autograd.grad((out, lse), (qq, kk, vv), (dout.to(out.dtype), dl.to(lse.dtype)))
+        return [out.double(), lse.double()] + [g.double() for g in grads]
+
+    kw = dict(window=9, causal=causal)
+    ref = both(lambda *a: naive.sliding_window_attention(*a, **kw), lambda qq, kk, vv: _dense_lse(qq, kk, **kw),
+               torch.float64)
+    low = both(lambda *a: naive.sliding_window_attention(*a, **kw), lambda qq, kk, vv: _dense_lse(qq, kk, **kw), dtype)
+    calls = {}
+
+    def fast_out(qq, kk, vv):
+        calls["o"], calls["lse"] = blocked.sliding_window_attention(qq, kk, vv, block_size=8, return_lse=True, **kw)
+        return calls["o"]
+
+    fast = both(fast_out, lambda *a: calls["lse"], dtype)
+    assert calls["lse"].dtype == torch.float32
+    for name, r, lo, fa in zip(("out", "lse", "dq", "dk", "dv"), ref, low, fast):
+        err_fast, err_oracle = (fa - r).abs().max().item(), (lo - r).abs().max().item()
+        assert err_fast <= 2 * err_oracle + FLOORS[dtype], (name, err_fast, err_oracle)
+
+
+def test_log_sum_exp_is_minus_inf_where_a_query_sees_no_key():
+    q, k, v, _, _, _ = _inputs(1, 2, 12, 8, torch.float64, 4, False, False)
+    kpm = torch.ones(1, 12, dtype=torch.bool)
+    kpm[0, :6] = False  # causal window 3: queries 0..5 see only padded keys
+    out, lse = blocked.sliding_window_attention(q, k, v, window=3, causal=True, key_padding_mask=kpm,
+                                                return_lse=True, block_size=4)
+    assert torch.isinf(lse[..., :6]).all() and (lse[..., :6] < 0).all() and (out[..., :6, :] == 0).all()
+    torch.testing.assert_close(lse[..., 6:], _dense_lse(q, k, 3, True, kpm)[..., 6:])

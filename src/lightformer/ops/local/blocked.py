@@ -176,6 +176,7 @@ class _SlidingWindowAttention(torch.autograd.Function):
         kp = _padded(k, plan.left, plan.length).view(bh, plan.length, d)
         vp = _padded(v, plan.left, plan.length).view(bh, plan.length, d)
         op = q.new_empty(bh, nb, bq, d)
+        lse = torch.empty(bh, nb, bq, 1, dtype=cdt, device=q.device)  # log Σ_window exp(score) per query
         probs = []  # per group [B·H, g, Bq, S], kept for backward: O(T·S) in all
         keep = any(ctx.needs_input_grad[:3])  # without backward, one group buffer is reused
         buf = low_buf = p_low = span_buf = None
@@ -192,25 +193,30 @@ class _SlidingWindowAttention(torch.autograd.Function):
                 _scores_into(s[j], qp[j, i0:i1], _spans(kp[j], i0, g, bq, span),
                              low_buf[j, :g] if low else None, span_buf)
             plan.mask_(s.view(b, h, g, bq, span), i0, i1)
-            s.sub_(s.amax(-1, keepdim=True)).exp_()
-            s.div_(s.sum(-1, keepdim=True))  # P, softmax statistics in cdt
+            row_max = s.amax(-1, keepdim=True)
+            s.sub_(row_max).exp_()
+            row_sum = s.sum(-1, keepdim=True)
+            s.div_(row_sum)  # P, softmax statistics in cdt
+            torch.add(row_max, row_sum.log_(), out=lse[:, i0:i1])
             if keep:
                 probs.append(s)
             p = p_low[:, :g].copy_(s) if low else s
             for j in range(bh):
                 torch.bmm(p[j], _spans(vp[j], i0, g, bq, span), out=op[j, i0:i1])
         op = op.view(b, h, nb * bq, d)
+        lse = lse.view(b, h, nb * bq)
         if any(plan.block_empty):
             op.masked_fill_(plan.empty.view(-1, 1, nb * bq, 1), 0.0)
+            lse.masked_fill_(plan.empty.view(-1, 1, nb * bq), -math.inf)
         if keep:
             ctx.save_for_backward(qp, kp, vp, op, *probs)
         ctx.plan = plan
         ctx.scale = scale
-        return op[:, :, :t]
+        return op[:, :, :t], lse[:, :, :t]
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, dout):
+    def backward(ctx, dout, dlse):
         qp, kp, vp, op, *probs = ctx.saved_tensors
         plan, scale = ctx.plan, ctx.scale
         b, h, t, bq, nb, span, m, left = plan.b, plan.h, plan.t, plan.bq, plan.nb, plan.span, plan.m, plan.left
@@ -218,12 +224,20 @@ class _SlidingWindowAttention(torch.autograd.Function):
         dtype = qp.dtype
         low = dtype in _LOW_PRECISION
         cdt = probs[0].dtype
+        if dout is None:
+            dout = qp.new_zeros(b, h, t, d)
         dop = _padded(dout.to(dtype), 0, nb * bq).view(b, h, nb * bq, d)
+        # d lse / d s = P, so the log-sum-exp's gradient enters as dS = P ⊙ (dP − δ + dlse)
+        dl = None if dlse is None else _padded(dlse.to(cdt)[..., None], 0, nb * bq).view(b, h, nb * bq, 1)
         if any(plan.block_empty):  # rows that see no key pass no gradient
             dop.masked_fill_(plan.empty.view(-1, 1, nb * bq, 1), 0.0)
-        delta = None  # [B·H, nb, Bq, 1] = rowsum(P ⊙ dP) = rowsum(dO ⊙ O)
+            if dl is not None:
+                dl.masked_fill_(plan.empty.view(-1, 1, nb * bq, 1), 0.0)
+        delta = None  # [B·H, nb, Bq, 1] = rowsum(P ⊙ dP) − dlse = rowsum(dO ⊙ O) − dlse
         if not low:
-            delta = (dop * op).sum(-1, keepdim=True).view(bh, nb, bq, 1)
+            delta = (dop * op).sum(-1, keepdim=True)
+            delta = (delta if dl is None else delta.sub_(dl)).view(bh, nb, bq, 1)
+        dl = None if dl is None else dl.view(bh, nb, bq, 1)
         dop = dop.view(bh, nb, bq, d)
         # the span products of dK and dV in cdt: with 16-bit inputs, float32 products of the 16-bit values, else
         # each of the m overlapping partial sums of a key would be rounded to 16 bits
@@ -242,7 +256,8 @@ class _SlidingWindowAttention(torch.autograd.Function):
                 _scores_into(ds[j], dop[j, i0:i1], _spans(vp[j], i0, g, bq, span),
                              low_buf[j, :g] if low else None, span_buf)
             if delta is None:  # 16-bit O is too coarse for rowsum(dO ⊙ O): use rowsum(P ⊙ dP) in float32
-                ds.sub_((p * ds).sum(-1, keepdim=True)).mul_(p)
+                row = (p * ds).sum(-1, keepdim=True)
+                ds.sub_(row if dl is None else row.sub_(dl[:, i0:i1])).mul_(p)
             else:
                 ds.sub_(delta[:, i0:i1]).mul_(p)  # dS = P ⊙ (dP − δ)
             ds_mm = low_buf[:, :g].copy_(ds) if low else ds
@@ -287,7 +302,8 @@ def _check(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None, ali
 
 def sliding_window_attention(q: Tensor, k: Tensor, v: Tensor, *, window: int, causal: bool,
                              key_padding_mask: Tensor | None = None, alibi_slopes: Tensor | None = None,
-                             scale: float | None = None, block_size: int | None = None) -> Tensor:
+                             scale: float | None = None, block_size: int | None = None,
+                             return_lse: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """Sliding-window softmax attention in O(T·window) time and memory (forward and backward).
 
     Args:
@@ -299,9 +315,13 @@ def sliding_window_attention(q: Tensor, k: Tensor, v: Tensor, *, window: int, ca
         alibi_slopes: ``[H]``, adds ``-slope_h · |p_q - p_k|`` to the scores (a constant: no gradient).
         scale: score scale, default ``1/sqrt(d)``.
         block_size: query block size ``Bq``; default ``default_block_size(window, causal)``; clipped to T.
+        return_lse: also return the log-sum-exp of each query's window scores (differentiable), to merge this
+            attention with attention over other keys (``o = Σ_parts o_i·exp(lse_i − lse)``).
 
     Returns:
         ``[B, H, T, d]`` in the dtype of ``q``; a query that sees no key outputs zeros (and passes zero gradients).
+        With ``return_lse``: ``(output, lse)``, lse ``[B, H, T]`` float32 (float64 for float64), ``-inf`` for a
+        query that sees no key.
 
     Raises:
         ValueError: ``window`` or ``block_size`` is not a positive int, or a shape does not match.
@@ -310,10 +330,13 @@ def sliding_window_attention(q: Tensor, k: Tensor, v: Tensor, *, window: int, ca
     _check(q, k, v, key_padding_mask, alibi_slopes, block_size)
     b, h, t, d = q.shape
     if t == 0 or b * h == 0:
-        return q.new_zeros(q.shape)
+        lse = torch.full(q.shape[:3], -math.inf, dtype=torch.float64 if q.dtype == torch.float64 else torch.float32,
+                         device=q.device)
+        return (q.new_zeros(q.shape), lse) if return_lse else q.new_zeros(q.shape)
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     left, right = min(left, t - 1), min(right, t - 1)  # a window wider than the sequence sees all of it
     bq = min(block_size or default_block_size(window, causal), t)
     cdt = torch.float32 if q.dtype in _LOW_PRECISION else q.dtype
     plan = _Plan(b, h, t, left, right, bq, key_padding_mask, alibi_slopes, cdt, q.device)
-    return _SlidingWindowAttention.apply(q, k, v, plan, scale)
+    out, lse = _SlidingWindowAttention.apply(q, k, v, plan, scale)
+    return (out, lse) if return_lse else out

@@ -5,14 +5,14 @@ of keys around it ("Sliding Window") and ``num_global`` pre-selected tokens (her
 every key and are attended by every query ("Global Attention", the symmetric global pattern of Eq. 1 with shared
 projections). Same signature and result as ``naive.longformer_attention``.
 
-Computation (``blocked.gathered_attention``):
-    * rows ``i < g`` (global queries, ``g = min(num_global, T)``): one pattern whose blocks see all T keys (causal:
-      ``j <= i``): O(g·T·d);
-    * rows ``i >= g``: query blocks of ``Bq`` rows gather the g global keys plus their window span of
-      ``Bq + left + right`` keys; span columns at positions ``< g`` are emptied (``-1``), since the global columns
-      already hold those keys, so each allowed pair is counted once: O(T·(g + Bq + left + right)·d).
-The two row ranges are disjoint, so the output is their concatenation (no log-sum-exp merge is needed); both run
-as segments of one ``gathered_attention`` call (one autograd node, one dK/dV accumulation).
+Computation, with ``g = min(num_global, T)``:
+    * rows ``i >= g``: the union of two disjoint key sets, merged exactly through their log-sum-exps —
+      the window keys at positions ``>= g`` (the sliding-window kernel ``ops.local.blocked``, zero-copy key spans,
+      keys ``< g`` hidden by its padding mask) and the g global keys (one ``[T, g]`` score block):
+      ``o = (o_win·e^(lse_win − c) + Σ_j e^(s_j − c)·v_j) / (e^(lse_win − c) + Σ_j e^(s_j − c))``, ``c`` the row's
+      largest exponent, so nothing overflows and a row that sees no key gets 0 without a 0/0;
+    * rows ``i < g`` (global queries): dense attention to every key (causal: ``j <= i``), O(g·T·d).
+The global parts run in float32 for 16-bit inputs.
 """
 
 from __future__ import annotations
@@ -20,20 +20,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .blocked import BlockPattern, gathered_attention
+import math
+
+from ..local.blocked import sliding_window_attention
+from .blocked import BlockPattern
 from .naive import window_bounds
 
 #: query rows per block of the global rows (they see all T keys: keep a block's scores small)
 GLOBAL_ROWS_BLOCK = 16
-
-
-def default_block_size(window: int, causal: bool) -> int:
-    """``Bq`` when not given: a block spends ``Bq + left + right`` columns on ``left + right + 1`` useful keys, but
-    the gathered keys are ``(Bq + left + right) / Bq`` copies of K and V and small blocks give small matmuls; half the
-    reach, a power of two in [16, 128], balances the two (measured on AVX-512, window 256: 128 beats 32 and 64)."""
-    left, right = window_bounds(window, causal)
-    reach = max(left + right, 1)
-    return int(min(128, max(16, 1 << max(0, (reach // 2).bit_length() - 1))))
 
 
 def global_rows_pattern(g: int, causal: bool) -> BlockPattern:
@@ -42,24 +36,17 @@ def global_rows_pattern(g: int, causal: bool) -> BlockPattern:
     return BlockPattern(block_size=min(g, GLOBAL_ROWS_BLOCK), key_index=None, rule=rule, q_offset=0)
 
 
-def window_pattern(t: int, *, left: int, right: int, num_global: int, causal: bool, block_size: int,
-                   device: torch.device) -> BlockPattern:
-    """Rows ``g..T-1``: ``[1, nb, g + Bq + left + right]`` key lists = global keys, then the window span."""
-    g = min(num_global, t)
-    nb = -(-(t - g) // block_size)
-    span = block_size + left + right
-    starts = g + torch.arange(nb, device=device) * block_size - left  # first span key of each block
-    win = starts[:, None] + torch.arange(span, device=device)[None, :]  # [nb, span]
-    win = torch.where((win >= g) & (win < t), win, torch.full_like(win, -1))  # < g: held by the global columns
-    idx = torch.cat([torch.arange(g, device=device).expand(nb, g), win], dim=1)[None]  # [1, nb, S]
+def _masked_scores(q: Tensor, k: Tensor, scale: float, hide: Tensor | None) -> Tensor:
+    """``q kᵀ·scale`` in float32 (float64 for float64) with ``hide`` (broadcastable bool, True = hidden) at −inf."""
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    s = torch.matmul(q.to(acc), k.to(acc).transpose(-1, -2)).mul_(scale)
+    return s if hide is None else s.masked_fill(hide, -math.inf)
 
-    # band: the same for every block; global columns always visible (their keys precede every row here),
-    # window column c of row a holds the key at offset rel = c - a - left from the query
-    a = torch.arange(block_size, device=device)[:, None]
-    rel = torch.arange(span, device=device)[None, :] - a - left  # [Bq, span]
-    band = torch.cat([torch.ones(block_size, g, dtype=torch.bool, device=device), (rel >= -left) & (rel <= right)],
-                     dim=1)  # [Bq, S]; causal: right = 0
-    return BlockPattern(block_size=block_size, key_index=idx, band=band, q_offset=g)
+
+def _shift(x: Tensor) -> Tensor:
+    """A detached per-row shift: ``x`` with ``-inf`` (rows that see nothing) replaced by 0."""
+    x = x.detach()
+    return torch.where(torch.isinf(x), torch.zeros_like(x), x)
 
 
 def longformer_attention(q: Tensor, k: Tensor, v: Tensor, *, window: int, num_global: int, causal: bool,
@@ -75,7 +62,8 @@ def longformer_attention(q: Tensor, k: Tensor, v: Tensor, *, window: int, num_gl
         causal: hide keys after the query.
         key_padding_mask: ``[B, T]`` bool, True = real key.
         scale: score scale, default ``1/sqrt(d)``.
-        block_size: query rows per block (default ``default_block_size``); any value gives the same result.
+        block_size: query rows per block of the sliding-window kernel (default: its own); any value gives the
+            same result.
 
     Returns:
         ``[B, H, T, d]`` in the dtype of q.
@@ -83,7 +71,7 @@ def longformer_attention(q: Tensor, k: Tensor, v: Tensor, *, window: int, num_gl
     Raises:
         ValueError: ``window``, ``num_global`` or ``block_size`` out of range, or mismatched shapes.
     """
-    left, right = window_bounds(window, causal)
+    window_bounds(window, causal)  # validates window
     if isinstance(num_global, bool) or not isinstance(num_global, int) or num_global < 0:
         raise ValueError(f"num_global must be an int >= 0, got {num_global!r}")
     if block_size is not None and (isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1):
@@ -91,12 +79,36 @@ def longformer_attention(q: Tensor, k: Tensor, v: Tensor, *, window: int, num_gl
     if q.dim() != 4 or k.shape != q.shape or v.shape != q.shape:
         raise ValueError(f"q, k, v must be [B, H, T, d] of one shape, got {tuple(q.shape)}, {tuple(k.shape)}, "
                          f"{tuple(v.shape)}")
-    t = q.shape[2]
+    b, h, t, _ = q.shape
     g = min(num_global, t)
-    left, right = min(left, t - 1), min(right, t - 1)  # a window wider than the sequence sees all of it
-    bq = min(block_size or default_block_size(window, causal), max(t - g, 1))
-    parts = [(0, global_rows_pattern(g, causal))] if g else []
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    if g == 0:
+        return sliding_window_attention(q, k, v, window=window, causal=causal, key_padding_mask=key_padding_mask,
+                                        scale=scale, block_size=block_size)
+    real = torch.ones(b, t, dtype=torch.bool, device=q.device) if key_padding_mask is None else key_padding_mask
+    pad = ~real[:, None, None, :]  # [B, 1, 1, T], True = padded key
+    outs = []
+    # global rows: every key (causal: j <= i, all of them global keys since i < g)
+    kg = t if not causal else g
+    hide = pad[..., :kg]
+    if causal:
+        hide = hide | torch.ones(g, g, dtype=torch.bool, device=q.device).triu_(1)
+    s = _masked_scores(q[:, :, :g], k[:, :, :kg], scale, hide)  # [B, H, g, kg]
+    e = torch.exp(s - _shift(s.amax(-1, keepdim=True)))
+    z = e.sum(-1, keepdim=True)
+    outs.append(torch.matmul(e, v[:, :, :kg].to(e.dtype)) / torch.where(z == 0, torch.ones_like(z), z))
     if t > g:
-        parts.append((g, window_pattern(t, left=left, right=right, num_global=g, causal=causal, block_size=bq,
-                                        device=q.device)))
-    return gathered_attention(q, k, v, parts, key_padding_mask=key_padding_mask, scale=scale)
+        # window part: keys < g are global keys, counted once, in the global block below
+        win_real = real.clone()
+        win_real[:, :g] = False
+        o_w, lse_w = sliding_window_attention(q, k, v, window=window, causal=causal, key_padding_mask=win_real,
+                                              scale=scale, block_size=block_size, return_lse=True)
+        o_w, lse_w = o_w[:, :, g:], lse_w[:, :, g:, None]  # [B, H, T − g, d], [B, H, T − g, 1]
+        s = _masked_scores(q[:, :, g:], k[:, :, :g], scale, pad[..., :g])  # [B, H, T − g, g]
+        c = _shift(torch.maximum(lse_w, s.amax(-1, keepdim=True)))
+        a_w = torch.exp(lse_w - c)  # the window's total weight, relative to e^c
+        e = torch.exp(s - c)
+        den = a_w + e.sum(-1, keepdim=True)
+        num = o_w.to(e.dtype) * a_w + torch.matmul(e, v[:, :, :g].to(e.dtype))
+        outs.append(num / torch.where(den == 0, torch.ones_like(den), den))
+    return torch.cat(outs, dim=2).to(q.dtype)
