@@ -40,21 +40,23 @@ _LOW_PRECISION = (torch.float16, torch.bfloat16)
 # exp(-80) ≈ 1.8e-35 is still a normal fp32 number; below that, exp falls into the slow denormal range
 _EXP_FLOOR = -80.0
 
-# elements of one [B·H, block_q, block_k] score buffer (8 MiB in fp32); the backward holds two of them
-_BLOCK_ELEMENTS = 1 << 21
+# elements of one [B·H, block_q, block_k] score buffer (4 MiB in fp32); the backward holds two of them
+_BLOCK_ELEMENTS = 1 << 20
 
 
 def default_block_size(tq: int, tk: int, batch_heads: int) -> tuple[int, int]:
     """The ``(block_q, block_k)`` used when ``block_size`` is not given.
 
-    Key blocks of up to 512 and query blocks as tall as a score buffer of ``2**21`` elements (8 MiB fp32) allows,
-    at most 1024 rows (both shrink, to 64, when there are many batch·heads): every op of the inner loop is a batched matmul or one elementwise pass over all
-    ``batch_heads``, so few large blocks amortise the per-op overhead (Python dispatch and thread synchronisation),
-    while the buffers stay a fixed size, independent of ``T``.
+    Key and query blocks of up to 256 rows, as large as a score buffer of ``2**20`` elements (4 MiB fp32) allows
+    (both shrink, to 64, when there are many batch·heads): every op of the inner loop is a batched matmul or one
+    elementwise pass over all ``batch_heads``, so blocks must be large enough to amortise the per-op overhead
+    (Python dispatch, thread synchronisation), and small enough that a block's scores stay in cache between the
+    passes over them. Measured fwd+bwd at T=4096, 8 heads, fp32: (256, 256) 1295 ms, (512, 512) 1420 ms,
+    (1024, 512) 1467 ms, (128, 256) 1421 ms. The buffers stay a fixed size, independent of ``T``.
     """
     bh = max(batch_heads, 1)
-    bk = min(max(tk, 1), 512, max(64, _BLOCK_ELEMENTS // (bh * 64) // 64 * 64))
-    bq = min(max(tq, 1), 1024, max(64, _BLOCK_ELEMENTS // (bh * bk) // 64 * 64))
+    bk = min(max(tk, 1), 256, max(64, _BLOCK_ELEMENTS // (bh * 64) // 64 * 64))
+    bq = min(max(tq, 1), 256, max(64, _BLOCK_ELEMENTS // (bh * bk) // 64 * 64))
     return bq, bk
 
 
