@@ -109,6 +109,8 @@ def longformer_attention(q: Tensor, k: Tensor, v: Tensor, *, window: int, num_gl
         a_w = torch.exp(lse_w - c)  # the window's total weight, relative to e^c
         e = torch.exp(s - c)
         den = a_w + e.sum(-1, keepdim=True)
-        num = o_w.to(e.dtype) * a_w + torch.matmul(e, v[:, :, :g].to(e.dtype))
-        outs.append(num / torch.where(den == 0, torch.ones_like(den), den))
+        den = torch.where(den == 0, torch.ones_like(den), den)
+        # o = o_w·(a_w/den) + (e/den)·V_g: the weights are [.., 1] and [.., g]; one fused pass over the output rows
+        # (addcmul reads o_w in its own dtype)
+        outs.append(torch.addcmul(torch.matmul(e / den, v[:, :, :g].to(e.dtype)), o_w, a_w / den))
     return torch.cat(outs, dim=2).to(q.dtype)
