@@ -138,7 +138,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # the 10-minute char-level Shakespeare run (target <= 1.55 nats/char; nanoGPT's 4-layer 256-dim anchor reaches
     # 1.6472 in ~10 minutes): Muon on the block matrices reaches in 500 steps what AdamW did in ~1500. Measured
-    # 1.5115 nats/char after 1596 steps in 9m34s on 2 cores (AdamW, lr 2e-3: 1.5889 after 2059 steps)
+    # 1.5051 nats/char after 1865 steps in 9m34s on 2 cores (docs/results/shakespeare_char_train.txt; AdamW, lr 2e-3:
+    # 1.5889 after 2059 steps)
     "shakespeare-char": {
         "model": {"dim": 256, "num_layers": 4, "num_heads": 4, "max_len": 128, "dropout": 0.0,
                   "ffn": "gelu", "position": "learned", "mixer": "tiled_softmax"},
