@@ -79,6 +79,9 @@ def nystrom_attention(q: Tensor, k: Tensor, v: Tensor, *, num_landmarks: int, pi
     small = torch.float32 if dt in _LOW else dt  # dtype of the [m, m] algebra
     if hkv != h:
         k, v = k.repeat_interleave(h // hkv, dim=1), v.repeat_interleave(h // hkv, dim=1)
+    # q, k, v arrive as strided views of the fused QKV projection; against them every batched matmul (kᵀ above
+    # all) makes a transposing copy (~0.7 GB/s): one plain row copy each here is far cheaper
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
 
     avg, valid = averaging_matrix(key_padding_mask, b, t, m, q.device, dt)
     avg = avg[:, None]  # [B, 1, m, T]
