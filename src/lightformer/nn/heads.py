@@ -51,7 +51,4 @@ def split_heads(y: Tensor, sizes: tuple[int, ...], head_dim: int) -> tuple[Tenso
     """
     if y.dim() != 3 or y.shape[-1] != sum(sizes) * head_dim:
         raise ValueError(f"y must be [B, T, {sum(sizes)}·{head_dim}], got {tuple(y.shape)}")
-    if not torch.is_grad_enabled() or not y.requires_grad:
-        b, t, _ = y.shape
-        return tuple(part.permute(0, 2, 1, 3) for part in y.view(b, t, sum(sizes), head_dim).split(list(sizes), 2))
     return _SplitHeads.apply(y, tuple(sizes), head_dim)

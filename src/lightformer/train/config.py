@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..models.config import ModelConfig
+from .optim import OPTIMIZERS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -80,8 +81,8 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if self.optimizer not in ("adamw", "muon"):
-            raise ValueError(f"optimizer must be 'adamw' or 'muon', got {self.optimizer!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be {' or '.join(map(repr, OPTIMIZERS))}, got {self.optimizer!r}")
         if self.max_steps is None and self.max_time is None:
             raise ValueError("set max_steps or max_time (or both)")
         if self.max_steps is not None and self.max_steps <= 0:

@@ -16,7 +16,7 @@ work is a few large ops per group): per group and (batch, head), one batched mat
 the scores; then, for the whole group, the band mask ``0 <= j - a <= left + right``
 (query row a, span column j; the same ``[Bq, S]`` table for every block, ALiBi folded into it per head), the
 sequence-edge/key-padding mask only on the blocks that need it, an in-place softmax; per (batch, head) one batched
-matmul for the output, written in place. output. No ``[T, T]`` tensor is ever formed.
+matmul for the output, written in place. No ``[T, T]`` tensor is ever formed.
 
 Backward: the autograd function keeps the block probabilities ``P`` (``[B·H·nb, Bq, S]`` in all, O(T·S)
 elements — linear in T; on CPU keeping them is faster than recomputing them from a saved log-sum-exp as
@@ -330,9 +330,11 @@ def sliding_window_attention(q: Tensor, k: Tensor, v: Tensor, *, window: int, ca
     _check(q, k, v, key_padding_mask, alibi_slopes, block_size)
     b, h, t, d = q.shape
     if t == 0 or b * h == 0:
-        lse = torch.full(q.shape[:3], -math.inf, dtype=torch.float64 if q.dtype == torch.float64 else torch.float32,
-                         device=q.device)
-        return (q.new_zeros(q.shape), lse) if return_lse else q.new_zeros(q.shape)
+        out = q.new_zeros(q.shape)
+        if not return_lse:
+            return out
+        return out, torch.full(q.shape[:3], -math.inf, dtype=torch.float64 if q.dtype == torch.float64
+                               else torch.float32, device=q.device)
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     left, right = min(left, t - 1), min(right, t - 1)  # a window wider than the sequence sees all of it
     bq = min(block_size or default_block_size(window, causal), t)

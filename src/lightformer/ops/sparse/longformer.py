@@ -79,9 +79,9 @@ def longformer_attention(q: Tensor, k: Tensor, v: Tensor, *, window: int, num_gl
     if q.dim() != 4 or k.shape != q.shape or v.shape != q.shape:
         raise ValueError(f"q, k, v must be [B, H, T, d] of one shape, got {tuple(q.shape)}, {tuple(k.shape)}, "
                          f"{tuple(v.shape)}")
-    b, h, t, _ = q.shape
+    b, _, t, d = q.shape
     g = min(num_global, t)
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     if g == 0:
         return sliding_window_attention(q, k, v, window=window, causal=causal, key_padding_mask=key_padding_mask,
                                         scale=scale, block_size=block_size)
