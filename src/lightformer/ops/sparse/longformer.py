@@ -12,15 +12,17 @@ Computation, with ``g = min(num_global, T)``:
       ``o = (o_win·e^(lse_win − c) + Σ_j e^(s_j − c)·v_j) / (e^(lse_win − c) + Σ_j e^(s_j − c))``, ``c`` the row's
       largest exponent, so nothing overflows and a row that sees no key gets 0 without a 0/0;
     * rows ``i < g`` (global queries): dense attention to every key (causal: ``j <= i``), O(g·T·d).
-The global parts run in float32 for 16-bit inputs.
+Both global parts are one autograd function (``_GlobalTokens``) that writes each gradient once; their matmuls run
+in the input dtype, their softmax statistics and the merge in float32 for 16-bit inputs.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
+
 import torch
 from torch import Tensor
-
-import math
 
 from ..local.blocked import sliding_window_attention
 from .blocked import BlockPattern
@@ -36,17 +38,120 @@ def global_rows_pattern(g: int, causal: bool) -> BlockPattern:
     return BlockPattern(block_size=min(g, GLOBAL_ROWS_BLOCK), key_index=None, rule=rule, q_offset=0)
 
 
-def _masked_scores(q: Tensor, k: Tensor, scale: float, hide: Tensor | None) -> Tensor:
-    """``q kᵀ·scale`` in float32 (float64 for float64) with ``hide`` (broadcastable bool, True = hidden) at −inf."""
-    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
-    s = torch.matmul(q.to(acc), k.to(acc).transpose(-1, -2)).mul_(scale)
-    return s if hide is None else s.masked_fill(hide, -math.inf)
+#: query rows per chunk of the merge with the global keys (temporaries of ``[C, d]``: ~1 MiB, cache-sized)
+MERGE_ROWS = 4096
 
 
-def _shift(x: Tensor) -> Tensor:
-    """A detached per-row shift: ``x`` with ``-inf`` (rows that see nothing) replaced by 0."""
-    x = x.detach()
-    return torch.where(torch.isinf(x), torch.zeros_like(x), x)
+def _chunks(start: int, stop: int):
+    """``(a, z)`` row ranges of at most ``MERGE_ROWS`` covering ``[start, stop)``."""
+    for a in range(start, stop, MERGE_ROWS):
+        yield a, min(stop, a + MERGE_ROWS)
+
+
+def _finite(x: Tensor) -> Tensor:
+    """``x`` with ``-inf`` (rows that see no key) replaced by 0: a safe shift for ``exp``."""
+    return x.masked_fill(torch.isinf(x), 0.0)
+
+
+class _GlobalTokens(torch.autograd.Function):
+    """The global-token part of Longformer around a finished sliding-window result, per (batch, head) row.
+
+    Inputs q, k, v ``[B, H, T, d]`` (any strides), the window output ``o_w [B, H, T, d]`` and its log-sum-exp
+    ``lse_w [B, H, T]`` (keys ``< g`` hidden from the window), ``hide [B, T]`` (True = padded key). Output
+    ``[B, H, T, d]``:
+
+    * rows ``i < g`` (global queries): ``softmax(q_i Kᵀ·scale) V`` over every real key (causal: ``j <= i``);
+    * rows ``i >= g``: the window merged with the g global keys, ``o = p_w·o_w + Σ_j p_j v_j`` with
+      ``p_w = e^(lse_w − L)``, ``p_j = e^(s_j − L)``, ``L = log(e^lse_w + Σ_j e^s_j)`` (shifted by the row's largest
+      exponent; a row that sees nothing gets 0).
+
+    Backward, with ``c = dO·o = p_w (dO·o_w) + Σ_j p_j (dO·v_j)``: ``d o_w = p_w dO``, ``d lse_w = p_w (dO·o_w − c)``,
+    ``dS_j = p_j (dO·v_j − c)``; the global rows use the softmax backward with ``rowsum(P ⊙ dP)``. Every gradient
+    is written once, full size, so autograd adds nothing but the window kernel's own. Work runs per row to keep the
+    temporaries small; statistics in float32 (float64 for float64), matmuls in the input dtype.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, o_w, lse_w, hide, g, causal, scale):
+        b, h, t, d = q.shape
+        cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
+        tiny = torch.finfo(cdt).tiny
+        out = q.new_empty(b, h, t, d)
+        kg = g if causal else t  # keys a global query may see
+        causal_hide = torch.ones(g, g, dtype=torch.bool, device=q.device).triu_(1) if causal else None
+        p_rows = []  # per row: the global rows' weights [g, kg]
+        p_glob = torch.empty(b, h, t - g, g, dtype=cdt, device=q.device)  # the other rows' global-key weights
+        p_win = torch.empty(b, h, t - g, 1, dtype=cdt, device=q.device)  # ... and their window's total weight
+        for r in itertools.product(range(b), range(h)):
+            hr = hide[r[0]]
+            # global rows: every key (causal: the earlier ones, all of them global keys since i < g)
+            s = torch.mm(q[r][:g], k[r][:kg].t()).to(cdt).mul_(scale)  # [g, kg]
+            mask = hr[None, :kg] if causal_hide is None else hr[None, :kg] | causal_hide
+            s.masked_fill_(mask, -math.inf)
+            p = s.sub_(_finite(s.amax(-1, keepdim=True))).exp_()
+            p.div_(p.sum(-1, keepdim=True).clamp_(min=tiny))
+            torch.mm(p.to(q.dtype), v[r][:kg], out=out[r][:g])
+            p_rows.append(p)
+            # the other rows, in chunks (small temporaries): window merged with the g global keys
+            k_g, v_g, hide_g = k[r][:g].to(cdt), v[r][:g].to(cdt), hr[None, :g]
+            for a, z in _chunks(g, t):
+                s = torch.mm(q[r][a:z].to(cdt), k_g.t()).mul_(scale).masked_fill_(hide_g, -math.inf)  # [C, g]
+                lw = lse_w[r][a:z, None].to(cdt)  # [C, 1]
+                shift = _finite(torch.maximum(lw, s.amax(-1, keepdim=True)))
+                pw = torch.sub(lw, shift, out=p_win[r][a - g:z - g]).exp_()
+                pg = torch.sub(s, shift, out=p_glob[r][a - g:z - g]).exp_()
+                den = (pw + pg.sum(-1, keepdim=True)).clamp_(min=tiny)
+                pw.div_(den)
+                pg.div_(den)
+                out[r][a:z] = torch.mm(pg, v_g).addcmul_(o_w[r][a:z].to(cdt), pw)
+        ctx.save_for_backward(q, k, v, o_w, p_glob, p_win)
+        ctx.p_rows = p_rows
+        ctx.g, ctx.causal, ctx.scale = g, causal, scale
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dout):
+        q, k, v, o_w, p_glob, p_win = ctx.saved_tensors
+        p_rows, g, causal, scale = ctx.p_rows, ctx.g, ctx.causal, ctx.scale
+        b, h, t, d = q.shape
+        dt, cdt = q.dtype, p_glob.dtype
+        kg = g if causal else t
+        dq, dk, dv = q.new_empty(b, h, t, d), q.new_empty(b, h, t, d), q.new_empty(b, h, t, d)
+        do_w, dlse = o_w.new_empty(b, h, t, d), torch.empty(b, h, t, dtype=cdt, device=q.device)
+        do_w[:, :, :g].zero_()  # global rows do not use the window
+        dlse[:, :, :g].zero_()
+        if causal:  # keys >= g get gradients only from the global rows' causal part: none
+            dk[:, :, g:].zero_()
+            dv[:, :, g:].zero_()
+        for i, r in enumerate(itertools.product(range(b), range(h))):
+            do = dout[r]
+            # global rows: dS = P ⊙ (dP − rowsum(P ⊙ dP))
+            p = p_rows[i]
+            dp = torch.mm(do[:g].to(dt), v[r][:kg].t()).to(cdt)
+            ds = dp.sub_((p * dp).sum(-1, keepdim=True)).mul_(p).mul_(scale).to(dt)  # [g, kg]
+            torch.mm(ds, k[r][:kg], out=dq[r][:g])
+            torch.mm(ds.t(), q[r][:g], out=dk[r][:kg])
+            torch.mm(p.to(dt).t(), do[:g].to(dt), out=dv[r][:kg])
+            # the other rows, in chunks
+            k_g, v_g = k[r][:g].to(cdt), v[r][:g].to(cdt)
+            dk_g = torch.zeros(g, d, dtype=cdt, device=q.device)
+            dv_g = torch.zeros(g, d, dtype=cdt, device=q.device)
+            for a, z in _chunks(g, t):
+                pg, pw = p_glob[r][a - g:z - g], p_win[r][a - g:z - g]  # [C, g], [C, 1]
+                doc = do[a:z].to(cdt)
+                dot_w = (doc * o_w[r][a:z].to(cdt)).sum(-1, keepdim=True)  # dO·o_w
+                dpg = torch.mm(doc, v_g.t())  # dO·v_j [C, g]
+                c = (pg * dpg).sum(-1, keepdim=True).addcmul_(pw, dot_w)  # dO·o
+                dlse[r][a:z] = dot_w.sub_(c).mul_(pw).squeeze(-1)
+                do_w[r][a:z] = doc * pw
+                ds = dpg.sub_(c).mul_(pg).mul_(scale)  # [C, g]
+                dq[r][a:z] = torch.mm(ds, k_g)
+                dk_g.addmm_(ds.t(), q[r][a:z].to(cdt))
+                dv_g.addmm_(pg.t(), doc)
+            dk[r][:g] = dk_g.add_(dk[r][:g])
+            dv[r][:g] = dv_g.add_(dv[r][:g])
+        return dq, dk, dv, do_w, dlse, None, None, None, None
 
 
 def longformer_attention(q: Tensor, k: Tensor, v: Tensor, *, window: int, num_global: int, causal: bool,
@@ -86,31 +191,13 @@ def longformer_attention(q: Tensor, k: Tensor, v: Tensor, *, window: int, num_gl
         return sliding_window_attention(q, k, v, window=window, causal=causal, key_padding_mask=key_padding_mask,
                                         scale=scale, block_size=block_size)
     real = torch.ones(b, t, dtype=torch.bool, device=q.device) if key_padding_mask is None else key_padding_mask
-    pad = ~real[:, None, None, :]  # [B, 1, 1, T], True = padded key
-    outs = []
-    # global rows: every key (causal: j <= i, all of them global keys since i < g)
-    kg = t if not causal else g
-    hide = pad[..., :kg]
-    if causal:
-        hide = hide | torch.ones(g, g, dtype=torch.bool, device=q.device).triu_(1)
-    s = _masked_scores(q[:, :, :g], k[:, :, :kg], scale, hide)  # [B, H, g, kg]
-    e = torch.exp(s - _shift(s.amax(-1, keepdim=True)))
-    z = e.sum(-1, keepdim=True)
-    outs.append(torch.matmul(e, v[:, :, :kg].to(e.dtype)) / torch.where(z == 0, torch.ones_like(z), z))
+    cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
     if t > g:
-        # window part: keys < g are global keys, counted once, in the global block below
+        # window part: keys < g are global keys, counted once, by _GlobalTokens
         win_real = real.clone()
         win_real[:, :g] = False
         o_w, lse_w = sliding_window_attention(q, k, v, window=window, causal=causal, key_padding_mask=win_real,
                                               scale=scale, block_size=block_size, return_lse=True)
-        o_w, lse_w = o_w[:, :, g:], lse_w[:, :, g:, None]  # [B, H, T − g, d], [B, H, T − g, 1]
-        s = _masked_scores(q[:, :, g:], k[:, :, :g], scale, pad[..., :g])  # [B, H, T − g, g]
-        c = _shift(torch.maximum(lse_w, s.amax(-1, keepdim=True)))
-        a_w = torch.exp(lse_w - c)  # the window's total weight, relative to e^c
-        e = torch.exp(s - c)
-        den = a_w + e.sum(-1, keepdim=True)
-        den = torch.where(den == 0, torch.ones_like(den), den)
-        # o = o_w·(a_w/den) + (e/den)·V_g: the weights are [.., 1] and [.., g]; one fused pass over the output rows
-        # (addcmul reads o_w in its own dtype)
-        outs.append(torch.addcmul(torch.matmul(e / den, v[:, :, :g].to(e.dtype)), o_w, a_w / den))
-    return torch.cat(outs, dim=2).to(q.dtype)
+    else:  # every row is a global row
+        o_w, lse_w = q.new_zeros(q.shape), torch.full(q.shape[:3], -math.inf, dtype=cdt, device=q.device)
+    return _GlobalTokens.apply(q, k, v, o_w, lse_w, ~real, g, causal, scale)
