@@ -120,3 +120,48 @@ def test_decode_step_matches_recurrence():
         steps.append(y)
     torch.testing.assert_close(torch.stack(steps, 1), simple.aft_simple(q, k, v, causal=True), rtol=1e-10,
                                atol=1e-12)
+
+
+@pytest.mark.parametrize("use_next", [True, False], ids=["tridiagonal", "lower"])
+@pytest.mark.parametrize("nb", [1, 2, 5])
+def test_block_tridiagonal_matmul_equals_the_dense_block_matrix(use_next, nb):
+    """``local.block_tridiagonal_matmul`` against the explicit ``[nb·L, nb·L]`` block matrix applied to x (and to
+    x_prev for the previous-block products): outputs and the gradients of a, x and x_prev, in float64."""
+    g = torch.Generator().manual_seed(nb)
+    lb, n, b = 3, 4, 2
+    a = torch.randn(nb, lb, 3 * lb, generator=g, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(b, nb, lb, n, generator=g, dtype=torch.float64, requires_grad=True)
+    x_prev = torch.randn(b, nb, lb, n, generator=g, dtype=torch.float64, requires_grad=True)
+    dy = torch.randn(b, nb, lb, n, generator=g, dtype=torch.float64)
+
+    def dense(a, x, x_prev):
+        same = torch.zeros(nb * lb, nb * lb, dtype=a.dtype)
+        prev = torch.zeros_like(same)
+        for j in range(nb):
+            rows = slice(j * lb, (j + 1) * lb)
+            same = same.index_put((torch.arange(rows.start, rows.stop)[:, None],
+                                   torch.arange(rows.start, rows.stop)[None, :]), a[j, :, lb:2 * lb])
+            if j > 0:
+                prev = prev.index_put((torch.arange(rows.start, rows.stop)[:, None],
+                                       torch.arange(rows.start - lb, rows.start)[None, :]), a[j, :, :lb])
+            if use_next and j < nb - 1:
+                same = same.index_put((torch.arange(rows.start, rows.stop)[:, None],
+                                       torch.arange(rows.stop, rows.stop + lb)[None, :]), a[j, :, 2 * lb:])
+        y = same @ x.flatten(1, 2) + prev @ x_prev.flatten(1, 2)
+        return y.view(b, nb, lb, n)
+
+    got = local.block_tridiagonal_matmul(a, x, x_prev, use_next=use_next)
+    ref = dense(a, x, x_prev)
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-12)
+    for g1, g2 in zip(torch.autograd.grad(got, (a, x, x_prev), dy), torch.autograd.grad(ref, (a, x, x_prev), dy)):
+        torch.testing.assert_close(g1, g2, rtol=0, atol=1e-12)
+    # x_prev defaults to x (one gradient, both uses summed)
+    got = local.block_tridiagonal_matmul(a, x, use_next=use_next)
+    ref = dense(a, x, x)
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-12)
+    torch.testing.assert_close(torch.autograd.grad(got, x, dy)[0], torch.autograd.grad(ref, x, dy)[0],
+                               rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="x_prev"):
+        local.block_tridiagonal_matmul(a, x, x_prev[:1])
+    with pytest.raises(ValueError, match=r"a must be \[nb, L, 3L\]"):
+        local.block_tridiagonal_matmul(a[..., :lb], x)

@@ -11,7 +11,8 @@ where μ_t = max(0, max_band w_{t,·}) keeps every exponent <= 0 (it cancels in 
 AFT-simple's (a per-channel total, or a causal prefix sum from ``simple.causal_prefix``). For the band sum the
 sequence is cut into blocks of L >= s − 1 positions, so a query block reaches only its own block and its two
 neighbours: the band is three ``[L, L]`` coefficient blocks (previous, same, next; built by skewing the rows of the
-band biases) times the ``[L, 2C]`` terms [e·V, e] of those blocks — three batched matmuls, no gathered spans.
+band biases) times the ``[L, 2C]`` terms [e·V, e] of those blocks — three batched matmuls over zero-copy block
+slices accumulated in place (``block_tridiagonal_matmul``, its own backward), no gathered spans.
 Causal: only previous and same blocks; each block c has its own stabiliser M_c (the running max at its end, from
 ``simple.causal_prefix``), so the previous block's terms are rescaled by e^{M_{c−1} − M_c} <= 1.
 Same semantics as ``naive.aft_local``.
@@ -66,6 +67,80 @@ def band_blocks(w_band: Tensor, window: int, t: int, lb: int, causal: bool, dtyp
     return e3, torch.exp(-mu).view(nb, lb, 1)
 
 
+class _BlockTridiagonal(torch.autograd.Function):
+    """``y[:, j] = A_prev[j] x_prev[:, j − 1] + A_same[j] x[:, j] + A_next[j] x[:, j + 1]`` for the coefficient blocks
+    ``a [nb, L, 3L]`` (columns: previous | same | next block) and terms ``x, x_prev [B, nb, L, N]`` (missing
+    neighbours count as 0). Every product is a batched matmul over zero-copy block slices, accumulated in place
+    (``baddbmm_``): no rolled, concatenated or zero-filled full-size copies, forward or backward."""
+
+    @staticmethod
+    def forward(ctx, a, x, x_prev, use_next):
+        nb, lb = a.shape[0], a.shape[1]
+        a_prev, a_same, a_next = a[..., :lb], a[..., lb:2 * lb], a[..., 2 * lb:]
+        y = torch.empty_like(x)
+        for i in range(x.shape[0]):
+            torch.matmul(a_same, x[i], out=y[i])
+            if nb > 1:
+                y[i, 1:].baddbmm_(a_prev[1:], x_prev[i, :-1])
+                if use_next:
+                    y[i, :-1].baddbmm_(a_next[:-1], x[i, 1:])
+        ctx.save_for_backward(a, x, x_prev)
+        ctx.use_next = use_next
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy):
+        a, x, x_prev = ctx.saved_tensors
+        use_next, same_x = ctx.use_next, x_prev is x
+        nb, lb = a.shape[0], a.shape[1]
+        a_prev, a_same, a_next = (a[..., :lb].transpose(1, 2), a[..., lb:2 * lb].transpose(1, 2),
+                                  a[..., 2 * lb:].transpose(1, 2))
+        da = dx = dx_prev = None
+        if ctx.needs_input_grad[0]:
+            parts = torch.zeros(3, nb, lb, lb, dtype=a.dtype, device=a.device)  # d a_prev, d a_same, d a_next
+            for i in range(x.shape[0]):
+                parts[1].baddbmm_(dy[i], x[i].transpose(1, 2))
+                if nb > 1:
+                    parts[0, 1:].baddbmm_(dy[i, 1:], x_prev[i, :-1].transpose(1, 2))
+                    if use_next:
+                        parts[2, :-1].baddbmm_(dy[i, :-1], x[i, 1:].transpose(1, 2))
+            da = parts.permute(1, 2, 0, 3).reshape(nb, lb, 3 * lb)
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            dx = torch.empty_like(x)
+            dx_prev = dx if same_x else torch.zeros_like(x_prev)
+            for i in range(x.shape[0]):
+                torch.matmul(a_same, dy[i], out=dx[i])
+                if nb > 1:
+                    dx_prev[i, :-1].baddbmm_(a_prev[1:], dy[i, 1:])
+                    if use_next:
+                        dx[i, 1:].baddbmm_(a_next[:-1], dy[i, :-1])
+            if same_x:
+                dx_prev = None
+        return da, dx, dx_prev, None
+
+
+def block_tridiagonal_matmul(a: Tensor, x: Tensor, x_prev: Tensor | None = None, *, use_next: bool = True) -> Tensor:
+    """Block-tridiagonal matrix times terms, differentiable in ``a``, ``x`` and ``x_prev``.
+
+    Args:
+        a: ``[nb, L, 3L]`` coefficient blocks; block row j has ``A_prev[j] = a[j, :, :L]`` (for block j − 1),
+            ``A_same[j] = a[j, :, L:2L]``, ``A_next[j] = a[j, :, 2L:]`` (for block j + 1).
+        x: ``[B, nb, L, N]`` terms. x_prev: the terms the previous-block products read (default ``x``; the causal
+            form passes x rescaled to the receiving block's stabiliser). use_next: include the next-block products.
+
+    Returns:
+        ``[B, nb, L, N]``, ``y[:, j] = A_prev[j] x_prev[:, j − 1] + A_same[j] x[:, j] + A_next[j] x[:, j + 1]``.
+    """
+    if a.dim() != 3 or x.dim() != 4 or a.shape[0] != x.shape[1] or a.shape[2] != 3 * a.shape[1] \
+            or x.shape[2] != a.shape[1]:
+        raise ValueError(f"a must be [nb, L, 3L] and x [B, nb, L, N], got a {tuple(a.shape)}, x {tuple(x.shape)}")
+    x_prev = x if x_prev is None else x_prev
+    if x_prev.shape != x.shape:
+        raise ValueError(f"x_prev must have x's shape {tuple(x.shape)}, got {tuple(x_prev.shape)}")
+    return _BlockTridiagonal.apply(a, x, x_prev, use_next)
+
+
 def aft_local(q: Tensor, k: Tensor, v: Tensor, w_band: Tensor, window: int, *, causal: bool = False,
               key_padding_mask: Tensor | None = None, block_size: int | None = None) -> Tensor:
     """AFT-local: q, k, v ``[B, T, C]``, ``w_band`` ``[>= T, 2·window − 1]`` -> ``[B, T, C]``. ``block_size``: L,
@@ -88,20 +163,12 @@ def aft_local(q: Tensor, k: Tensor, v: Tensor, w_band: Tensor, window: int, *, c
         x = x.view(b, nb, lb, 2 * c)
         g_nd = x.sum(dim=(1, 2))[:, None, None]  # [B, 1, 1, 2C]
     e3, base = band_blocks(w_band, window, t, lb, causal, sd)
-    band = e3[..., lb:2 * lb] @ x  # same block  [B, nb, L, 2C]
-    if nb > 1:
-        # neighbours through whole-tensor matmuls and rolls (slices of x would zero-fill it in the backward pass):
-        # prev[j] = block j's terms as seen by block j + 1 (last one unused, its coefficients are 0)
-        zero = torch.zeros_like(e3[:1, :, :lb])
-        prev = torch.cat([e3[1:, :, :lb], zero]) @ x  # [B, nb, L, 2C]
-        prev = torch.roll(prev, 1, dims=1)  # now indexed by the receiving block; block 0 gets the zero block
-        if causal:  # rescale block c−1's stabiliser to block c's
-            decay = F.pad(torch.exp(m[:, :-1] - m[:, 1:]), (0, 0, 1, 0)).repeat(1, 1, 2)  # [B, nb, 2C]
-            prev = prev * decay[:, :, None]
-        band = band + prev
-        if not causal:  # nxt[j] = block j's terms as seen by block j − 1
-            nxt = torch.cat([zero, e3[:-1, :, 2 * lb:]]) @ x
-            band = band + torch.roll(nxt, -1, dims=1)
+    x_prev = x
+    if causal and nb > 1:  # rescale block c−1's terms to block c's stabiliser: e^{M_{c−1} − M_c} <= 1
+        # block j's terms as block j + 1 sees them: factor e^{M_j − M_{j+1}} (the last block's is unused)
+        decay = F.pad(torch.exp(m[:, :-1] - m[:, 1:]), (0, 0, 0, 1), value=1.0).repeat(1, 1, 2)  # [B, nb, 2C]
+        x_prev = x * decay[:, :, None]
+    band = block_tridiagonal_matmul(e3, x, x_prev, use_next=not causal)  # [B, nb, L, 2C]
     nd = base * g_nd + band  # [B, nb, L, 2C]
     y = first_rows(ratio_of_halves(nd), t)
     return (torch.sigmoid(q.to(sd)) * y).to(q.dtype)
