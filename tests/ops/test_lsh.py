@@ -40,13 +40,15 @@ def test_fast_equals_naive(dtype, t, causal):
 
 
 @pytest.mark.parametrize("causal", [False, True])
-def test_recomputed_backward_equals_saved(causal, monkeypatch):
-    """Long sequences recompute P in backward instead of saving it: both give the oracle's gradients (float64)."""
+def test_recomputed_backward_and_row_groups_equal_the_oracle(causal, monkeypatch):
+    """Long sequences recompute P in backward instead of saving it, and long or many rows are processed in several
+    groups: every combination gives the oracle's output and gradients (float64)."""
     qk, v, buckets, mask = _case(63, seed=5)
     opts = dict(bucket_size=8, causal=causal, key_padding_mask=mask)
     grads = []
-    for keep in (1 << 26, 0):
+    for keep, group in ((1 << 26, 1 << 21), (0, 1 << 21), (1 << 26, 1), (0, 1)):  # group 1: one row per group
         monkeypatch.setattr(chunked, "_KEEP_PROBS", keep)
+        monkeypatch.setattr(chunked, "_GROUP_SCORES", group)
         a, b = qk.double().requires_grad_(True), v.double().requires_grad_(True)
         y = chunked.lsh_attention(a, b, buckets, **opts)
         grads.append([y, *torch.autograd.grad(y, [a, b], torch.ones_like(y))])

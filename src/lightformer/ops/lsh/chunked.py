@@ -3,7 +3,7 @@
 Kitaev, Kaiser, Levskaya 2020, "Reformer: The Efficient Transformer", Sec. 2 (Fig. 2) and App. A. Same signature
 and semantics as ``ops.lsh.naive.lsh_attention`` (masks, self penalty, log-sum-exp combination: see there).
 
-All rounds of a group of (batch, head) rows at once (groups sized to ~2²⁴ score elements):
+All rounds of a group of (batch, head) rows at once (groups of ~2²¹ score elements, see ``_groups``):
     1. place the tokens in each round's sorted layout (``_Geometry``: sorted by (bucket, position); causal: every
        bucket starts on a chunk boundary) of L = nc·c slots (c = bucket_size) and gather q, k and v into it with
        one ``index_select`` each: ``[K, c, d]`` chunks, K = rows·rounds·nc, row-major;
@@ -184,10 +184,16 @@ def _mask(geo: "_Geometry", g: slice) -> Tensor:
     return code.reshape(-1, c, 1) != torch.stack([prev, code]).view(2, -1, 1, c)
 
 
+#: score elements per group of rows (8 MiB of float32 scores, 4 MiB gathers at bucket 64). Buffers this small are
+#: recycled by the C allocator; at 2²⁴ (one group of 8 heads at T = 4096) every 32-64 MiB score or gather buffer was a
+#: fresh mmap, zero-filled page by page: fwd+bwd 4K fp32 ~741-796 ms at 2²⁴ against ~581-585 ms at 2²¹.
+_GROUP_SCORES = 1 << 21
+
+
 def _groups(n: int, rounds: int, L: int, c: int) -> list[slice]:
-    """Slices of whole (batch, head) rows, all rounds at once, with ~2²⁴ score elements per group (at least one
-    row: 2²⁴·n_hashes/4 elements per row at T = 65536)."""
-    per = max(1, (1 << 24) // (rounds * L * 2 * c))
+    """Slices of whole (batch, head) rows, all rounds at once, with ~``_GROUP_SCORES`` score elements per group (at
+    least one row: 2²⁴·n_hashes/4 elements per row at T = 65536)."""
+    per = max(1, _GROUP_SCORES // (rounds * L * 2 * c))
     return [slice(i, min(n, i + per)) for i in range(0, n, per)]
 
 
