@@ -13,8 +13,9 @@ Projections: the paper uses separate Q_g, K_g, V_g projections for the global at
 Projections for Global Attention"); here the global and local parts share the fused QKV projection of
 ``AttentionMixer`` (so the parameters are those of ``softmax`` and a state dict loads into either).
 
-x: ``[B, T, D]`` -> ``[B, T, D]``; time O(T·(window + num_global)·d), memory O(T·(window + num_global)) for short
-sequences and O(T·d) kept for the backward on long ones (checkpointed chunks, see ``ops/sparse/blocked.py``).
+x: ``[B, T, D]`` -> ``[B, T, D]``; time O(T·(window + num_global)·d), memory O(T·(window + num_global)) (the window
+probabilities kept for the backward, see ``ops/local/blocked.py``, and ``[T, num_global]`` global-key weights, see
+``ops/sparse/longformer.py``).
 Padding masks and RoPE supported; no decode path.
 """
 
