@@ -12,7 +12,7 @@ from lightformer.ops.sparse import blocked, naive
 from lightformer.ops.sparse.bigbird import bigbird_attention, block_valid, random_blocks
 from lightformer.ops.sparse.dilated import dilated_window_attention
 from lightformer.ops.sparse.hilo import hilo_attention
-from lightformer.ops.sparse.longformer import longformer_attention
+from lightformer.ops.sparse.longformer import global_rows_attention, longformer_attention
 
 H, D = 4, 8
 LENGTHS = (1, 7, 63, 257)
@@ -126,6 +126,27 @@ def test_longformer_window_covering_the_sequence_is_exact_softmax():
         got = longformer_attention(q, k, v, window=2 * t, num_global=4, causal=causal, block_size=8)
         ref = softmax_naive.attention(q, k, v, causal=causal)
         assert (got - ref).abs().max().item() < 1e-12
+
+
+def test_global_rows_are_the_first_rows_of_dense_softmax():
+    """``global_rows_attention`` (the global query rows of Longformer and BigBird) equals the first g rows of dense
+    softmax attention, outputs and gradients in float64, with causality and padding (including a row whose only
+    visible keys are padded: 0)."""
+    t, g = 37, 5
+    q, k, v = qkv(t)
+    mask = padding_mask(t)
+    mask[1, :2] = False  # row 0 of batch 1 sees no real key when causal
+    grad_out = torch.randn(2, H, g, D, dtype=torch.float64)
+    for causal in (False, True):
+        got = out_and_grads(lambda a, b, c: global_rows_attention(a, b, c, g, causal=causal, key_padding_mask=mask),
+                            q, k, v, grad_out)
+        ref = out_and_grads(lambda a, b, c: softmax_naive.attention(a, b, c, causal=causal,
+                                                                    key_padding_mask=mask)[:, :, :g],
+                            q, k, v, grad_out)
+        for what, a, b in zip(("out", "dq", "dk", "dv"), got, ref):
+            assert (a - b).abs().max().item() < 1e-12, f"causal={causal} {what}"
+    with pytest.raises(ValueError, match="num_rows"):
+        global_rows_attention(q, k, v, t + 1, causal=False)
 
 
 def test_dilation_one_is_the_sliding_window():

@@ -4,12 +4,13 @@ Zaheer et al. 2020, "Big Bird: Transformers for Longer Sequences", Sec. 2 (rando
 App. D (the blocked implementation, ITC: internal global tokens = the first ``num_global`` blocks). Same signature
 and result as ``naive.bigbird_attention``.
 
-Computation (``blocked.gathered_attention``): the global query blocks (rows ``< g·block_size``) see every key; each
-other query block n gathers the key blocks ``[0 .. g-1, n-1, n, n+1, random_blocks[n]]`` into one
-``[nblocks, (3 + g + r)·block_size]`` key list (causal: ``n+1`` is dropped, it is all future), and all blocks are one
-batched matmul. A window block that is also global is emptied (``-1``) so each key counts once; random blocks never
-repeat a window or global block (``random_blocks`` guarantees it). T not a multiple of ``block_size``: the last block
-is partial, its missing keys are empty columns (never truncation).
+Computation: the global query blocks (rows ``< g·block_size``) see every key (``longformer.global_rows_attention``:
+dense rows, no key lists); each other query block n (``blocked.gathered_attention``) gathers the key blocks
+``[0 .. g-1, n-1, n, n+1, random_blocks[n]]`` into one ``[nblocks, (3 + g + r)·block_size]`` key list (causal: ``n+1``
+is dropped, it is all future), and all blocks are one batched matmul. A window block that is also global is emptied
+(``-1``) so each key counts once; random blocks never repeat a window or global block (``random_blocks`` guarantees
+it). T not a multiple of ``block_size``: the last block is partial, its missing keys are empty columns (never
+truncation).
 
 Random blocks (``random_blocks``): a deterministic choice, fixed by a seed. Each (query block n, key block m) pair gets
 the priority ``hash32(seed, n, m)`` (a fixed 32-bit integer hash); block n takes the ``num_random`` candidate blocks of
@@ -25,7 +26,7 @@ import torch
 from torch import Tensor
 
 from .blocked import BlockPattern, gathered_attention
-from .longformer import global_rows_pattern
+from .longformer import global_rows_attention
 
 _MASK32 = 0xFFFFFFFF
 _NONE = 1 << 40  # priority of a non-candidate: above every 32-bit hash
@@ -131,8 +132,13 @@ def bigbird_attention(q: Tensor, k: Tensor, v: Tensor, *, block_size: int, num_g
     if random_blocks.dim() != 3 or random_blocks.shape[1] != nb or random_blocks.shape[0] not in (1, q.shape[0]):
         raise ValueError(f"random_blocks must be [1 or B, nb={nb}, r], got {tuple(random_blocks.shape)}")
     g_rows = min(num_global * block_size, t)
-    parts = [(0, global_rows_pattern(g_rows, causal))] if g_rows else []
+    outs = []
+    if g_rows:  # global query blocks: every key, O(g·T·d), no gathered key lists
+        outs.append(global_rows_attention(q, k, v, g_rows, causal=causal, key_padding_mask=key_padding_mask,
+                                          scale=scale))
     if t > g_rows:
-        parts.append((g_rows, local_pattern(t, block_size=block_size, num_global=num_global, random=random_blocks,
-                                            causal=causal, device=q.device)))
-    return gathered_attention(q, k, v, parts, key_padding_mask=key_padding_mask, scale=scale)
+        pattern = local_pattern(t, block_size=block_size, num_global=num_global, random=random_blocks,
+                                causal=causal, device=q.device)
+        outs.append(gathered_attention(q[:, :, g_rows:], k, v, pattern, key_padding_mask=key_padding_mask,
+                                       scale=scale))
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)

@@ -25,18 +25,7 @@ import torch
 from torch import Tensor
 
 from ..local.blocked import sliding_window_attention
-from .blocked import BlockPattern
 from .naive import window_bounds
-
-#: query rows per block of the global rows (they see all T keys: keep a block's scores small)
-GLOBAL_ROWS_BLOCK = 16
-
-
-def global_rows_pattern(g: int, causal: bool) -> BlockPattern:
-    """Rows ``0..g-1`` attend to every key (causal: earlier ones)."""
-    rule = (lambda qp, kp: kp <= qp) if causal else None
-    return BlockPattern(block_size=min(g, GLOBAL_ROWS_BLOCK), key_index=None, rule=rule, q_offset=0)
-
 
 #: query rows per chunk of the merge with the global keys (temporaries of ``[C, d]``: ~1 MiB, cache-sized)
 MERGE_ROWS = 4096
@@ -51,6 +40,87 @@ def _chunks(start: int, stop: int):
 def _finite(x: Tensor) -> Tensor:
     """``x`` with ``-inf`` (rows that see no key) replaced by 0: a safe shift for ``exp``."""
     return x.masked_fill(torch.isinf(x), 0.0)
+
+
+def _global_rows_forward(q: Tensor, k: Tensor, v: Tensor, hide: Tensor, g: int, causal: bool, scale: float,
+                         out: Tensor) -> Tensor:
+    """Rows ``i < g`` of one (batch, head): ``softmax(q_i Kᵀ·scale) V`` over every real key (causal: ``j <= i``),
+    written into ``out [g, d]``. q, k, v ``[T, d]``, hide ``[T]`` (True = padded key). Returns the weights
+    ``[g, kg]`` (kg = g causal, else T) in float32 (float64 for float64) for ``_global_rows_backward``."""
+    cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
+    kg = g if causal else k.shape[0]  # causal: a global row i < g sees only keys <= i, all of them < g
+    s = torch.mm(q[:g], k[:kg].t()).to(cdt).mul_(scale)  # [g, kg]
+    mask = hide[None, :kg]
+    if causal:
+        mask = mask | torch.ones(g, g, dtype=torch.bool, device=q.device).triu_(1)
+    s.masked_fill_(mask, -math.inf)
+    p = s.sub_(_finite(s.amax(-1, keepdim=True))).exp_()
+    p.div_(p.sum(-1, keepdim=True).clamp_(min=torch.finfo(cdt).tiny))  # a row that sees nothing: 0
+    torch.mm(p.to(q.dtype), v[:kg], out=out)
+    return p
+
+
+def _global_rows_backward(p: Tensor, dout: Tensor, q: Tensor, k: Tensor, v: Tensor, scale: float, dq: Tensor,
+                          dk: Tensor, dv: Tensor) -> None:
+    """Adjoint of ``_global_rows_forward`` (dS = P ⊙ (dP − rowsum(P ⊙ dP))): writes ``dq [g, d]`` and the first kg
+    rows of ``dk``, ``dv`` (``[T, d]``; the caller zeroes the others when kg < T)."""
+    g, kg = p.shape
+    dt = q.dtype
+    dout = dout.to(dt)
+    dp = torch.mm(dout, v[:kg].t()).to(p.dtype)
+    ds = dp.sub_((p * dp).sum(-1, keepdim=True)).mul_(p).mul_(scale).to(dt)  # [g, kg]
+    torch.mm(ds, k[:kg], out=dq)
+    torch.mm(ds.t(), q[:g], out=dk[:kg])
+    torch.mm(p.to(dt).t(), dout, out=dv[:kg])
+
+
+class _GlobalRows(torch.autograd.Function):
+    """Rows ``i < g``: dense attention to every key (see ``global_rows_attention``); per (batch, head) row."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, hide, g, causal, scale):
+        b, h, t, d = q.shape
+        out = q.new_empty(b, h, g, d)
+        ctx.p_rows = [_global_rows_forward(q[r], k[r], v[r], hide[r[0]], g, causal, scale, out[r])
+                      for r in itertools.product(range(b), range(h))]
+        ctx.save_for_backward(q, k, v)
+        ctx.g, ctx.causal, ctx.scale = g, causal, scale
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dout):
+        q, k, v = ctx.saved_tensors
+        g, causal = ctx.g, ctx.causal
+        dq, dk, dv = torch.zeros_like(q), q.new_empty(q.shape), q.new_empty(q.shape)
+        if causal:  # keys >= g are seen by no global row
+            dk[:, :, g:].zero_()
+            dv[:, :, g:].zero_()
+        for i, r in enumerate(itertools.product(range(q.shape[0]), range(q.shape[1]))):
+            _global_rows_backward(ctx.p_rows[i], dout[r], q[r], k[r], v[r], ctx.scale, dq[r][:g], dk[r], dv[r])
+        return dq, dk, dv, None, None, None, None
+
+
+def global_rows_attention(q: Tensor, k: Tensor, v: Tensor, num_rows: int, *, causal: bool,
+                          key_padding_mask: Tensor | None = None, scale: float | None = None) -> Tensor:
+    """The first ``num_rows`` queries attend to every key (causal: to keys ``j <= i``): the global rows of Longformer
+    and of BigBird-ITC. O(num_rows·T·d); no block pattern, no mask tensor of T columns per row beyond the scores.
+
+    Args:
+        q, k, v: ``[B, H, T, d]`` (any strides), float64 / float32 / bfloat16.
+        num_rows: g, 1 <= g <= T.
+        key_padding_mask: ``[B, T]`` bool, True = real key.
+        scale: score scale, default ``1/sqrt(d)``.
+
+    Returns:
+        ``[B, H, g, d]`` in the dtype of q (a row that sees no key gives 0). Gradients flow to q (its first g rows),
+        k and v; the softmax statistics run in float32 (float64 for float64), the matmuls in the input dtype.
+    """
+    b, _, t, d = q.shape
+    if not 1 <= num_rows <= t:
+        raise ValueError(f"num_rows must be in [1, T={t}], got {num_rows}")
+    hide = torch.zeros(b, t, dtype=torch.bool, device=q.device) if key_padding_mask is None else ~key_padding_mask
+    return _GlobalRows.apply(q, k, v, hide, num_rows, causal, 1.0 / math.sqrt(d) if scale is None else float(scale))
 
 
 class _GlobalTokens(torch.autograd.Function):
@@ -77,21 +147,12 @@ class _GlobalTokens(torch.autograd.Function):
         cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
         tiny = torch.finfo(cdt).tiny
         out = q.new_empty(b, h, t, d)
-        kg = g if causal else t  # keys a global query may see
-        causal_hide = torch.ones(g, g, dtype=torch.bool, device=q.device).triu_(1) if causal else None
         p_rows = []  # per row: the global rows' weights [g, kg]
         p_glob = torch.empty(b, h, t - g, g, dtype=cdt, device=q.device)  # the other rows' global-key weights
         p_win = torch.empty(b, h, t - g, 1, dtype=cdt, device=q.device)  # ... and their window's total weight
         for r in itertools.product(range(b), range(h)):
             hr = hide[r[0]]
-            # global rows: every key (causal: the earlier ones, all of them global keys since i < g)
-            s = torch.mm(q[r][:g], k[r][:kg].t()).to(cdt).mul_(scale)  # [g, kg]
-            mask = hr[None, :kg] if causal_hide is None else hr[None, :kg] | causal_hide
-            s.masked_fill_(mask, -math.inf)
-            p = s.sub_(_finite(s.amax(-1, keepdim=True))).exp_()
-            p.div_(p.sum(-1, keepdim=True).clamp_(min=tiny))
-            torch.mm(p.to(q.dtype), v[r][:kg], out=out[r][:g])
-            p_rows.append(p)
+            p_rows.append(_global_rows_forward(q[r], k[r], v[r], hr, g, causal, scale, out[r][:g]))
             # the other rows, in chunks (small temporaries): window merged with the g global keys
             k_g, v_g, hide_g = k[r][:g].to(cdt), v[r][:g].to(cdt), hr[None, :g]
             for a, z in _chunks(g, t):
@@ -115,8 +176,7 @@ class _GlobalTokens(torch.autograd.Function):
         q, k, v, o_w, p_glob, p_win = ctx.saved_tensors
         p_rows, g, causal, scale = ctx.p_rows, ctx.g, ctx.causal, ctx.scale
         b, h, t, d = q.shape
-        dt, cdt = q.dtype, p_glob.dtype
-        kg = g if causal else t
+        cdt = p_glob.dtype
         dq, dk, dv = q.new_empty(b, h, t, d), q.new_empty(b, h, t, d), q.new_empty(b, h, t, d)
         do_w, dlse = o_w.new_empty(b, h, t, d), torch.empty(b, h, t, dtype=cdt, device=q.device)
         do_w[:, :, :g].zero_()  # global rows do not use the window
@@ -126,13 +186,7 @@ class _GlobalTokens(torch.autograd.Function):
             dv[:, :, g:].zero_()
         for i, r in enumerate(itertools.product(range(b), range(h))):
             do = dout[r]
-            # global rows: dS = P ⊙ (dP − rowsum(P ⊙ dP))
-            p = p_rows[i]
-            dp = torch.mm(do[:g].to(dt), v[r][:kg].t()).to(cdt)
-            ds = dp.sub_((p * dp).sum(-1, keepdim=True)).mul_(p).mul_(scale).to(dt)  # [g, kg]
-            torch.mm(ds, k[r][:kg], out=dq[r][:g])
-            torch.mm(ds.t(), q[r][:g], out=dk[r][:kg])
-            torch.mm(p.to(dt).t(), do[:g].to(dt), out=dv[r][:kg])
+            _global_rows_backward(p_rows[i], do[:g], q[r], k[r], v[r], scale, dq[r][:g], dk[r], dv[r])
             # the other rows, in chunks
             k_g, v_g = k[r][:g].to(cdt), v[r][:g].to(cdt)
             dk_g = torch.zeros(g, d, dtype=cdt, device=q.device)
