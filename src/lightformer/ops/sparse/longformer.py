@@ -42,18 +42,20 @@ def _finite(x: Tensor) -> Tensor:
     return x.masked_fill(torch.isinf(x), 0.0)
 
 
-def _global_rows_forward(q: Tensor, k: Tensor, v: Tensor, hide: Tensor, g: int, causal: bool, scale: float,
+def _global_rows_forward(q: Tensor, k: Tensor, v: Tensor, hide: Tensor | None, g: int, causal: bool, scale: float,
                          out: Tensor) -> Tensor:
     """Rows ``i < g`` of one (batch, head): ``softmax(q_i Kᵀ·scale) V`` over every real key (causal: ``j <= i``),
-    written into ``out [g, d]``. q, k, v ``[T, d]``, hide ``[T]`` (True = padded key). Returns the weights
+    written into ``out [g, d]``. q, k, v ``[T, d]``, hide ``[T]`` (True = padded key) or None. Returns the weights
     ``[g, kg]`` (kg = g causal, else T) in float32 (float64 for float64) for ``_global_rows_backward``."""
     cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
     kg = g if causal else k.shape[0]  # causal: a global row i < g sees only keys <= i, all of them < g
     s = torch.mm(q[:g], k[:kg].t()).to(cdt).mul_(scale)  # [g, kg]
-    mask = hide[None, :kg]
+    mask = None if hide is None else hide[None, :kg]
     if causal:
-        mask = mask | torch.ones(g, g, dtype=torch.bool, device=q.device).triu_(1)
-    s.masked_fill_(mask, -math.inf)
+        future = torch.ones(g, g, dtype=torch.bool, device=q.device).triu_(1)
+        mask = future if mask is None else mask | future
+    if mask is not None:  # (a full-width masked_fill for nothing costs as much as the exp)
+        s.masked_fill_(mask, -math.inf)
     p = s.sub_(_finite(s.amax(-1, keepdim=True))).exp_()
     p.div_(p.sum(-1, keepdim=True).clamp_(min=torch.finfo(cdt).tiny))  # a row that sees nothing: 0
     torch.mm(p.to(q.dtype), v[:kg], out=out)
@@ -81,7 +83,8 @@ class _GlobalRows(torch.autograd.Function):
     def forward(ctx, q, k, v, hide, g, causal, scale):
         b, h, t, d = q.shape
         out = q.new_empty(b, h, g, d)
-        ctx.p_rows = [_global_rows_forward(q[r], k[r], v[r], hide[r[0]], g, causal, scale, out[r])
+        ctx.p_rows = [_global_rows_forward(q[r], k[r], v[r], None if hide is None else hide[r[0]], g, causal, scale,
+                                           out[r])
                       for r in itertools.product(range(b), range(h))]
         ctx.save_for_backward(q, k, v)
         ctx.g, ctx.causal, ctx.scale = g, causal, scale
@@ -119,7 +122,7 @@ def global_rows_attention(q: Tensor, k: Tensor, v: Tensor, num_rows: int, *, cau
     b, _, t, d = q.shape
     if not 1 <= num_rows <= t:
         raise ValueError(f"num_rows must be in [1, T={t}], got {num_rows}")
-    hide = torch.zeros(b, t, dtype=torch.bool, device=q.device) if key_padding_mask is None else ~key_padding_mask
+    hide = None if key_padding_mask is None else ~key_padding_mask
     return _GlobalRows.apply(q, k, v, hide, num_rows, causal, 1.0 / math.sqrt(d) if scale is None else float(scale))
 
 
@@ -127,7 +130,7 @@ class _GlobalTokens(torch.autograd.Function):
     """The global-token part of Longformer around a finished sliding-window result, per (batch, head) row.
 
     Inputs q, k, v ``[B, H, T, d]`` (any strides), the window output ``o_w [B, H, T, d]`` and its log-sum-exp
-    ``lse_w [B, H, T]`` (keys ``< g`` hidden from the window), ``hide [B, T]`` (True = padded key). Output
+    ``lse_w [B, H, T]`` (keys ``< g`` hidden from the window), ``hide [B, T]`` (True = padded key) or None. Output
     ``[B, H, T, d]``:
 
     * rows ``i < g`` (global queries): ``softmax(q_i Kᵀ·scale) V`` over every real key (causal: ``j <= i``);
@@ -151,12 +154,14 @@ class _GlobalTokens(torch.autograd.Function):
         p_glob = torch.empty(b, h, t - g, g, dtype=cdt, device=q.device)  # the other rows' global-key weights
         p_win = torch.empty(b, h, t - g, 1, dtype=cdt, device=q.device)  # ... and their window's total weight
         for r in itertools.product(range(b), range(h)):
-            hr = hide[r[0]]
+            hr = None if hide is None else hide[r[0]]
             p_rows.append(_global_rows_forward(q[r], k[r], v[r], hr, g, causal, scale, out[r][:g]))
             # the other rows, in chunks (small temporaries): window merged with the g global keys
-            k_g, v_g, hide_g = k[r][:g].to(cdt), v[r][:g].to(cdt), hr[None, :g]
+            k_g, v_g = k[r][:g].to(cdt), v[r][:g].to(cdt)
             for a, z in _chunks(g, t):
-                s = torch.mm(q[r][a:z].to(cdt), k_g.t()).mul_(scale).masked_fill_(hide_g, -math.inf)  # [C, g]
+                s = torch.mm(q[r][a:z].to(cdt), k_g.t()).mul_(scale)  # [C, g]
+                if hr is not None:
+                    s.masked_fill_(hr[None, :g], -math.inf)
                 lw = lse_w[r][a:z, None].to(cdt)  # [C, 1]
                 shift = _finite(torch.maximum(lw, s.amax(-1, keepdim=True)))
                 pw = torch.sub(lw, shift, out=p_win[r][a - g:z - g]).exp_()
@@ -254,4 +259,5 @@ def longformer_attention(q: Tensor, k: Tensor, v: Tensor, *, window: int, num_gl
                                               scale=scale, block_size=block_size, return_lse=True)
     else:  # every row is a global row
         o_w, lse_w = q.new_zeros(q.shape), torch.full(q.shape[:3], -math.inf, dtype=cdt, device=q.device)
-    return _GlobalTokens.apply(q, k, v, o_w, lse_w, ~real, g, causal, scale)
+    hide = None if key_padding_mask is None else ~key_padding_mask
+    return _GlobalTokens.apply(q, k, v, o_w, lse_w, hide, g, causal, scale)
