@@ -129,15 +129,13 @@ def _spans(rows: Tensor, i0: int, g: int, bq: int, span: int) -> Tensor:
     return rows.as_strided((g, span, d), (bq * d, d, 1), rows.storage_offset() + i0 * bq * d)
 
 
-def _scores_into(out: Tensor, a: Tensor, spans: Tensor, low: Tensor | None, scratch: Tensor | None) -> Tensor:
-    """``out = a · spansᵀ`` for ``a [g, Bq, d]`` and a span view ``spans [g, S, d]``. With 16-bit inputs (``low``: a
-    16-bit scratch of out's shape, ``scratch``: one of ``[>= g, S, d]``) the spans are first copied into ``scratch``
-    — a 16-bit matmul with a transposed *strided* operand runs ~3x slower than the copy plus a contiguous one — and
-    the 16-bit product is widened into ``out`` (float32)."""
-    if low is None:
-        return torch.bmm(a, spans.transpose(1, 2), out=out)
-    contiguous = scratch[:spans.shape[0]].copy_(spans)
-    return out.copy_(torch.bmm(a, contiguous.transpose(1, 2), out=low))
+def _scores_into(out: Tensor, a: Tensor, spans: Tensor, scratch: Tensor | None) -> Tensor:
+    """``out = a · spansᵀ`` (in a's dtype) for ``a [g, Bq, d]`` and a span view ``spans [g, S, d]``. With 16-bit
+    inputs (``scratch``: a 16-bit ``[>= g, S, d]`` buffer) the spans are first copied into ``scratch``: a 16-bit matmul
+    with a transposed *strided* operand runs ~3x slower than the copy plus a contiguous one."""
+    if scratch is not None:
+        spans = scratch[:spans.shape[0]].copy_(spans)
+    return torch.bmm(a, spans.transpose(1, 2), out=out)
 
 
 def _runs(flags: list[bool], i0: int, i1: int):
@@ -189,9 +187,11 @@ class _SlidingWindowAttention(torch.autograd.Function):
                 low_buf = torch.empty(bh, plan.group, bq, span, dtype=q.dtype, device=q.device)
                 p_low = torch.empty_like(low_buf)
                 span_buf = torch.empty(plan.group, span, d, dtype=q.dtype, device=q.device)
+            raw = low_buf[:, :g] if low else s  # the products in the input dtype
             for j in range(bh):
-                _scores_into(s[j], qp[j, i0:i1], _spans(kp[j], i0, g, bq, span),
-                             low_buf[j, :g] if low else None, span_buf)
+                _scores_into(raw[j], qp[j, i0:i1], _spans(kp[j], i0, g, bq, span), span_buf)
+            if low:  # widen first: mixed-dtype elementwise ops run 3-10x slower than a widening copy
+                s.copy_(raw)
             plan.mask_(s.view(b, h, g, bq, span), i0, i1)
             row_max = s.amax(-1, keepdim=True)
             s.sub_(row_max).exp_()
@@ -239,9 +239,10 @@ class _SlidingWindowAttention(torch.autograd.Function):
             delta = (delta if dl is None else delta.sub_(dl)).view(bh, nb, bq, 1)
         dl = None if dl is None else dl.view(bh, nb, bq, 1)
         dop = dop.view(bh, nb, bq, d)
-        # the span products of dK and dV in cdt: with 16-bit inputs, float32 products of the 16-bit values, else
-        # each of the m overlapping partial sums of a key would be rounded to 16 bits
-        q_c, do_c = (qp.to(cdt), dop.to(cdt)) if low else (qp, dop)
+        # the span products of dK and dV in cdt: with 16-bit inputs, float32 products of the 16-bit values (rows
+        # widened per group into a reused buffer), else each of the m overlapping partial sums of a key would be
+        # rounded to 16 bits
+        rows_buf = torch.empty(bh, probs[0].shape[1], bq, d, dtype=cdt, device=qp.device) if low else None
         dq = torch.empty_like(qp)
         dkp = torch.zeros(bh, length, d, dtype=cdt, device=qp.device)  # dK, dV over the padded rows
         dvp = torch.zeros(bh, length, d, dtype=cdt, device=qp.device)
@@ -252,10 +253,11 @@ class _SlidingWindowAttention(torch.autograd.Function):
         for (i0, i1), p in zip(plan.groups(), probs):
             g = i1 - i0
             ds = dbuf[:, :g]
+            dp = low_buf[:, :g] if low else ds
             for j in range(bh):  # dP
-                _scores_into(ds[j], dop[j, i0:i1], _spans(vp[j], i0, g, bq, span),
-                             low_buf[j, :g] if low else None, span_buf)
+                _scores_into(dp[j], dop[j, i0:i1], _spans(vp[j], i0, g, bq, span), span_buf)
             if delta is None:  # 16-bit O is too coarse for rowsum(dO ⊙ O): use rowsum(P ⊙ dP) in float32
+                ds.copy_(dp)  # widened first (see the forward)
                 row = (p * ds).sum(-1, keepdim=True)
                 ds.sub_(row if dl is None else row.sub_(dl[:, i0:i1])).mul_(p)
             else:
@@ -263,10 +265,11 @@ class _SlidingWindowAttention(torch.autograd.Function):
             ds_mm = low_buf[:, :g].copy_(ds) if low else ds
             for j in range(bh):
                 torch.bmm(ds_mm[j], _spans(kp[j], i0, g, bq, span), out=dq[j, i0:i1])
-            for grad, weights, rows in ((dkp, ds, q_c), (dvp, p, do_c)):
+            for grad, weights, src in ((dkp, ds, qp), (dvp, p, dop)):
+                rows = rows_buf[:, :g].copy_(src[:, i0:i1]) if low else src[:, i0:i1]
                 pv = part[:, :g]
                 for j in range(bh):
-                    torch.bmm(weights[j].transpose(1, 2), rows[j, i0:i1], out=pv[j])  # [g, S, d]
+                    torch.bmm(weights[j].transpose(1, 2), rows[j], out=pv[j])  # [g, S, d]
                 _fold_add(grad[:, i0 * bq:(i1 - 1) * bq + span], pv, m)
         dq = dq.view(b, h, nb * bq, d)[:, :, :t].mul_(scale)
         dk, dv = (x[:, left:left + t].view(b, h, t, d).to(dtype) for x in (dkp, dvp))
