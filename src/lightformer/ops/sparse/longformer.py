@@ -107,7 +107,8 @@ class _GlobalRows(torch.autograd.Function):
 def global_rows_attention(q: Tensor, k: Tensor, v: Tensor, num_rows: int, *, causal: bool,
                           key_padding_mask: Tensor | None = None, scale: float | None = None) -> Tensor:
     """The first ``num_rows`` queries attend to every key (causal: to keys ``j <= i``): the global rows of Longformer
-    and of BigBird-ITC. O(num_rows·T·d); no block pattern, no mask tensor of T columns per row beyond the scores.
+    (Beltagy et al. 2020, Sec. 3.1, "Global Attention") and of BigBird-ITC (Zaheer et al. 2020, App. D). Time
+    O(num_rows·T·d); memory O(num_rows·T) for the weights kept for the backward (float32).
 
     Args:
         q, k, v: ``[B, H, T, d]`` (any strides), float64 / float32 / bfloat16.
