@@ -164,8 +164,9 @@ def aft_local(q: Tensor, k: Tensor, v: Tensor, w_band: Tensor, window: int, *, c
         g_nd = x.sum(dim=(1, 2))[:, None, None]  # [B, 1, 1, 2C]
     e3, base = band_blocks(w_band, window, t, lb, causal, sd)
     x_prev = x
-    if causal and nb > 1:  # rescale block c−1's terms to block c's stabiliser: e^{M_{c−1} − M_c} <= 1
-        # block j's terms as block j + 1 sees them: factor e^{M_j − M_{j+1}} (the last block's is unused)
+    if causal and nb > 1:
+        # block j's terms as block j + 1 sees them, rescaled to its stabiliser: e^{M_j − M_{j+1}} <= 1 (the last
+        # block's factor is unused)
         decay = F.pad(torch.exp(m[:, :-1] - m[:, 1:]), (0, 0, 0, 1), value=1.0).repeat(1, 1, 2)  # [B, nb, 2C]
         x_prev = x * decay[:, :, None]
     band = block_tridiagonal_matmul(e3, x, x_prev, use_next=not causal)  # [B, nb, L, 2C]
