@@ -27,8 +27,9 @@ from torch import Tensor
 from ..local.blocked import sliding_window_attention
 from .naive import window_bounds
 
-#: query rows per chunk of the merge with the global keys (temporaries of ``[C, d]``: ~1 MiB, cache-sized)
-MERGE_ROWS = 4096
+#: query rows per chunk of the merge with the global keys, for every (batch, head) at once (temporaries of
+#: ``[B, H, C, d]``: 4 MiB at B·H = 8, small enough for the C allocator to recycle)
+MERGE_ROWS = 2048
 
 
 def _chunks(start: int, stop: int):
@@ -141,8 +142,8 @@ class _GlobalTokens(torch.autograd.Function):
 
     Backward, with ``c = dO·o = p_w (dO·o_w) + Σ_j p_j (dO·v_j)``: ``d o_w = p_w dO``, ``d lse_w = p_w (dO·o_w − c)``,
     ``dS_j = p_j (dO·v_j − c)``; the global rows use the softmax backward with ``rowsum(P ⊙ dP)``. Every gradient
-    is written once, full size, so autograd adds nothing but the window kernel's own. Work runs per row to keep the
-    temporaries small; statistics in float32 (float64 for float64), matmuls in the input dtype.
+    is written once, full size, so autograd adds nothing but the window kernel's own. The merge runs in chunks of rows
+    (all batch rows and heads at once) to keep the temporaries small; statistics in float32 (float64 for float64), matmuls in the input dtype.
     """
 
     @staticmethod
@@ -151,26 +152,25 @@ class _GlobalTokens(torch.autograd.Function):
         cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
         tiny = torch.finfo(cdt).tiny
         out = q.new_empty(b, h, t, d)
-        p_rows = []  # per row: the global rows' weights [g, kg]
+        p_rows = [_global_rows_forward(q[r], k[r], v[r], None if hide is None else hide[r[0]], g, causal, scale,
+                                       out[r][:g])
+                  for r in itertools.product(range(b), range(h))]  # per row: the global rows' weights [g, kg]
         p_glob = torch.empty(b, h, t - g, g, dtype=cdt, device=q.device)  # the other rows' global-key weights
         p_win = torch.empty(b, h, t - g, 1, dtype=cdt, device=q.device)  # ... and their window's total weight
-        for r in itertools.product(range(b), range(h)):
-            hr = None if hide is None else hide[r[0]]
-            p_rows.append(_global_rows_forward(q[r], k[r], v[r], hr, g, causal, scale, out[r][:g]))
-            # the other rows, in chunks (small temporaries): window merged with the g global keys
-            k_g, v_g = k[r][:g].to(cdt), v[r][:g].to(cdt)
-            for a, z in _chunks(g, t):
-                s = torch.mm(q[r][a:z].to(cdt), k_g.t()).mul_(scale)  # [C, g]
-                if hr is not None:
-                    s.masked_fill_(hr[None, :g], -math.inf)
-                lw = lse_w[r][a:z, None].to(cdt)  # [C, 1]
-                shift = _finite(torch.maximum(lw, s.amax(-1, keepdim=True)))
-                pw = torch.sub(lw, shift, out=p_win[r][a - g:z - g]).exp_()
-                pg = torch.sub(s, shift, out=p_glob[r][a - g:z - g]).exp_()
-                den = (pw + pg.sum(-1, keepdim=True)).clamp_(min=tiny)
-                pw.div_(den)
-                pg.div_(den)
-                out[r][a:z] = torch.mm(pg, v_g).addcmul_(o_w[r][a:z].to(cdt), pw)
+        # the other rows, in chunks of rows of every (batch, head) at once: window merged with the g global keys
+        k_g, v_g = k[:, :, :g].to(cdt), v[:, :, :g].to(cdt)  # [B, H, g, d]
+        for a, z in _chunks(g, t):
+            s = torch.matmul(q[:, :, a:z].to(cdt), k_g.transpose(-1, -2)).mul_(scale)  # [B, H, C, g]
+            if hide is not None:
+                s.masked_fill_(hide[:, None, None, :g], -math.inf)
+            lw = lse_w[:, :, a:z, None].to(cdt)  # [B, H, C, 1]
+            shift = _finite(torch.maximum(lw, s.amax(-1, keepdim=True)))
+            pw = torch.sub(lw, shift, out=p_win[:, :, a - g:z - g]).exp_()
+            pg = torch.sub(s, shift, out=p_glob[:, :, a - g:z - g]).exp_()
+            den = (pw + pg.sum(-1, keepdim=True)).clamp_(min=tiny)
+            pw.div_(den)
+            pg.div_(den)
+            out[:, :, a:z] = torch.matmul(pg, v_g).addcmul_(o_w[:, :, a:z].to(cdt), pw)
         ctx.save_for_backward(q, k, v, o_w, p_glob, p_win)
         ctx.p_rows = p_rows
         ctx.g, ctx.causal, ctx.scale = g, causal, scale
@@ -191,26 +191,25 @@ class _GlobalTokens(torch.autograd.Function):
             dk[:, :, g:].zero_()
             dv[:, :, g:].zero_()
         for i, r in enumerate(itertools.product(range(b), range(h))):
-            do = dout[r]
-            _global_rows_backward(p_rows[i], do[:g], q[r], k[r], v[r], scale, dq[r][:g], dk[r], dv[r])
-            # the other rows, in chunks
-            k_g, v_g = k[r][:g].to(cdt), v[r][:g].to(cdt)
-            dk_g = torch.zeros(g, d, dtype=cdt, device=q.device)
-            dv_g = torch.zeros(g, d, dtype=cdt, device=q.device)
-            for a, z in _chunks(g, t):
-                pg, pw = p_glob[r][a - g:z - g], p_win[r][a - g:z - g]  # [C, g], [C, 1]
-                doc = do[a:z].to(cdt)
-                dot_w = (doc * o_w[r][a:z].to(cdt)).sum(-1, keepdim=True)  # dO·o_w
-                dpg = torch.mm(doc, v_g.t())  # dO·v_j [C, g]
-                c = (pg * dpg).sum(-1, keepdim=True).addcmul_(pw, dot_w)  # dO·o
-                dlse[r][a:z] = dot_w.sub_(c).mul_(pw).squeeze(-1)
-                do_w[r][a:z] = doc * pw
-                ds = dpg.sub_(c).mul_(pg).mul_(scale)  # [C, g]
-                dq[r][a:z] = torch.mm(ds, k_g)
-                dk_g.addmm_(ds.t(), q[r][a:z].to(cdt))
-                dv_g.addmm_(pg.t(), doc)
-            dk[r][:g] = dk_g.add_(dk[r][:g])
-            dv[r][:g] = dv_g.add_(dv[r][:g])
+            _global_rows_backward(p_rows[i], dout[r][:g], q[r], k[r], v[r], scale, dq[r][:g], dk[r], dv[r])
+        # the other rows, in chunks
+        k_g, v_g = k[:, :, :g].to(cdt), v[:, :, :g].to(cdt)
+        dk_g = torch.zeros(b, h, g, d, dtype=cdt, device=q.device)
+        dv_g = torch.zeros(b, h, g, d, dtype=cdt, device=q.device)
+        for a, z in _chunks(g, t):
+            pg, pw = p_glob[:, :, a - g:z - g], p_win[:, :, a - g:z - g]  # [B, H, C, g], [B, H, C, 1]
+            doc = dout[:, :, a:z].to(cdt)
+            dot_w = (doc * o_w[:, :, a:z].to(cdt)).sum(-1, keepdim=True)  # dO·o_w
+            dpg = torch.matmul(doc, v_g.transpose(-1, -2))  # dO·v_j [B, H, C, g]
+            c = (pg * dpg).sum(-1, keepdim=True).addcmul_(pw, dot_w)  # dO·o
+            dlse[:, :, a:z] = dot_w.sub_(c).mul_(pw).squeeze(-1)
+            do_w[:, :, a:z] = doc * pw
+            ds = dpg.sub_(c).mul_(pg).mul_(scale)  # [B, H, C, g]
+            dq[:, :, a:z] = torch.matmul(ds, k_g)
+            dk_g += torch.matmul(ds.transpose(-1, -2), q[:, :, a:z].to(cdt))
+            dv_g += torch.matmul(pg.transpose(-1, -2), doc)
+        dk[:, :, :g] = dk_g.add_(dk[:, :, :g])
+        dv[:, :, :g] = dv_g.add_(dv[:, :, :g])
         return dq, dk, dv, do_w, dlse, None, None, None, None
 
 
