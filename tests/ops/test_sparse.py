@@ -128,6 +128,23 @@ def test_longformer_window_covering_the_sequence_is_exact_softmax():
         assert (got - ref).abs().max().item() < 1e-12
 
 
+@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
+def test_longformer_merge_in_several_row_chunks_equals_oracle(causal, monkeypatch):
+    """The merge of the window with the global keys runs in chunks of ``MERGE_ROWS`` rows; with chunks of 7 rows
+    (several per call, the last one partial) it still gives the oracle's output and gradients (float64)."""
+    from lightformer.ops.sparse import longformer as lf
+    monkeypatch.setattr(lf, "MERGE_ROWS", 7)
+    fast, oracle, opts = PATTERNS["longformer"]
+    for t in (7, 63):
+        q, k, v = qkv(t)
+        grad_out = torch.randn(2, H, t, D, dtype=torch.float64)
+        for mask in (None, padding_mask(t)):
+            got = out_and_grads(fast, q, k, v, grad_out, causal=causal, key_padding_mask=mask, **opts)
+            ref = out_and_grads(oracle, q, k, v, grad_out, causal=causal, key_padding_mask=mask, **opts)
+            for what, a, b in zip(("out", "dq", "dk", "dv"), got, ref):
+                assert (a - b).abs().max().item() < 1e-11, f"T={t} mask={mask is not None} {what}"
+
+
 def test_global_rows_are_the_first_rows_of_dense_softmax():
     """``global_rows_attention`` (the global query rows of Longformer and BigBird) equals the first g rows of dense
     softmax attention, outputs and gradients in float64, with causality and padding (including a row whose only
