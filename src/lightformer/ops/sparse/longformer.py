@@ -44,64 +44,65 @@ def _finite(x: Tensor) -> Tensor:
 
 
 def _global_rows_forward(q: Tensor, k: Tensor, v: Tensor, hide: Tensor | None, g: int, causal: bool, scale: float,
-                         out: Tensor) -> Tensor:
-    """Rows ``i < g`` of one (batch, head): ``softmax(q_i Kᵀ·scale) V`` over every real key (causal: ``j <= i``),
-    written into ``out [g, d]``. q, k, v ``[T, d]``, hide ``[T]`` (True = padded key) or None. Returns the weights
-    ``[g, kg]`` (kg = g causal, else T) in float32 (float64 for float64) for ``_global_rows_backward``."""
+                         out: Tensor) -> list[Tensor]:
+    """Rows ``i < g`` of every (batch, head): ``softmax(q_i Kᵀ·scale) V`` over every real key (causal: ``j <= i``),
+    written into ``out [B, H, g, d]``. q, k, v ``[B, H, T, d]``, hide ``[B, T]`` (True = padded key) or None. Returns
+    the weights of each (batch, head) row, ``[g, kg]`` (kg = g causal, else T) in float32 (float64 for float64), for
+    ``_global_rows_backward``."""
+    b, h, t, _ = q.shape
     cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
-    kg = g if causal else k.shape[0]  # causal: a global row i < g sees only keys <= i, all of them < g
-    s = torch.mm(q[:g], k[:kg].t()).to(cdt).mul_(scale)  # [g, kg]
-    mask = None if hide is None else hide[None, :kg]
-    if causal:
-        future = torch.ones(g, g, dtype=torch.bool, device=q.device).triu_(1)
-        mask = future if mask is None else mask | future
-    if mask is not None:  # (a full-width masked_fill for nothing costs as much as the exp)
-        s.masked_fill_(mask, -math.inf)
-    p = s.sub_(_finite(s.amax(-1, keepdim=True))).exp_()
-    p.div_(p.sum(-1, keepdim=True).clamp_(min=torch.finfo(cdt).tiny))  # a row that sees nothing: 0
-    torch.mm(p.to(q.dtype), v[:kg], out=out)
-    return p
+    kg = g if causal else t  # causal: a global row i < g sees only keys <= i, all of them < g
+    future = torch.ones(g, g, dtype=torch.bool, device=q.device).triu_(1) if causal else None
+    probs = []
+    for r in itertools.product(range(b), range(h)):
+        s = torch.mm(q[r][:g], k[r][:kg].t()).to(cdt).mul_(scale)  # [g, kg]
+        mask = None if hide is None else hide[r[0]][None, :kg]
+        if future is not None:
+            mask = future if mask is None else mask | future
+        if mask is not None:  # (a full-width masked_fill for nothing costs as much as the exp)
+            s.masked_fill_(mask, -math.inf)
+        p = s.sub_(_finite(s.amax(-1, keepdim=True))).exp_()
+        p.div_(p.sum(-1, keepdim=True).clamp_(min=torch.finfo(cdt).tiny))  # a row that sees nothing: 0
+        torch.mm(p.to(q.dtype), v[r][:kg], out=out[r])
+        probs.append(p)
+    return probs
 
 
-def _global_rows_backward(p: Tensor, dout: Tensor, q: Tensor, k: Tensor, v: Tensor, scale: float, dq: Tensor,
-                          dk: Tensor, dv: Tensor) -> None:
-    """Adjoint of ``_global_rows_forward`` (dS = P ⊙ (dP − rowsum(P ⊙ dP))): writes ``dq [g, d]`` and the first kg
-    rows of ``dk``, ``dv`` (``[T, d]``; the caller zeroes the others when kg < T)."""
-    g, kg = p.shape
+def _global_rows_backward(probs: list[Tensor], dout: Tensor, q: Tensor, k: Tensor, v: Tensor, scale: float,
+                          dq: Tensor, dk: Tensor, dv: Tensor) -> None:
+    """Adjoint of ``_global_rows_forward`` (dS = P ⊙ (dP − rowsum(P ⊙ dP))) for ``dout [B, H, g, d]``: writes
+    ``dq [B, H, g, d]`` and all of ``dk``, ``dv`` ``[B, H, T, d]`` (causal: zero for the keys ``>= g``)."""
+    g, kg = probs[0].shape
     dt = q.dtype
-    dout = dout.to(dt)
-    dp = torch.mm(dout, v[:kg].t()).to(p.dtype)
-    ds = dp.sub_((p * dp).sum(-1, keepdim=True)).mul_(p).mul_(scale).to(dt)  # [g, kg]
-    torch.mm(ds, k[:kg], out=dq)
-    torch.mm(ds.t(), q[:g], out=dk[:kg])
-    torch.mm(p.to(dt).t(), dout, out=dv[:kg])
+    if kg < q.shape[2]:  # keys >= g are seen by no global row
+        dk[:, :, kg:].zero_()
+        dv[:, :, kg:].zero_()
+    for p, r in zip(probs, itertools.product(range(q.shape[0]), range(q.shape[1]))):
+        do = dout[r].to(dt)
+        dp = torch.mm(do, v[r][:kg].t()).to(p.dtype)
+        ds = dp.sub_((p * dp).sum(-1, keepdim=True)).mul_(p).mul_(scale).to(dt)  # [g, kg]
+        torch.mm(ds, k[r][:kg], out=dq[r])
+        torch.mm(ds.t(), q[r][:g], out=dk[r][:kg])
+        torch.mm(p.to(dt).t(), do, out=dv[r][:kg])
 
 
 class _GlobalRows(torch.autograd.Function):
-    """Rows ``i < g``: dense attention to every key (see ``global_rows_attention``); per (batch, head) row."""
+    """Rows ``i < g``: dense attention to every key (see ``global_rows_attention``)."""
 
     @staticmethod
     def forward(ctx, q, k, v, hide, g, causal, scale):
-        b, h, t, d = q.shape
-        out = q.new_empty(b, h, g, d)
-        ctx.p_rows = [_global_rows_forward(q[r], k[r], v[r], None if hide is None else hide[r[0]], g, causal, scale,
-                                           out[r])
-                      for r in itertools.product(range(b), range(h))]
+        out = q.new_empty(*q.shape[:2], g, q.shape[3])
+        ctx.probs = _global_rows_forward(q, k, v, hide, g, causal, scale, out)
         ctx.save_for_backward(q, k, v)
-        ctx.g, ctx.causal, ctx.scale = g, causal, scale
+        ctx.g, ctx.scale = g, scale
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dout):
         q, k, v = ctx.saved_tensors
-        g, causal = ctx.g, ctx.causal
         dq, dk, dv = torch.zeros_like(q), q.new_empty(q.shape), q.new_empty(q.shape)
-        if causal:  # keys >= g are seen by no global row
-            dk[:, :, g:].zero_()
-            dv[:, :, g:].zero_()
-        for i, r in enumerate(itertools.product(range(q.shape[0]), range(q.shape[1]))):
-            _global_rows_backward(ctx.p_rows[i], dout[r], q[r], k[r], v[r], ctx.scale, dq[r][:g], dk[r], dv[r])
+        _global_rows_backward(ctx.probs, dout, q, k, v, ctx.scale, dq[:, :, :ctx.g], dk, dv)
         return dq, dk, dv, None, None, None, None
 
 
@@ -129,7 +130,7 @@ def global_rows_attention(q: Tensor, k: Tensor, v: Tensor, num_rows: int, *, cau
 
 
 class _GlobalTokens(torch.autograd.Function):
-    """The global-token part of Longformer around a finished sliding-window result, per (batch, head) row.
+    """The global-token part of Longformer around a finished sliding-window result.
 
     Inputs q, k, v ``[B, H, T, d]`` (any strides), the window output ``o_w [B, H, T, d]`` and its log-sum-exp
     ``lse_w [B, H, T]`` (keys ``< g`` hidden from the window), ``hide [B, T]`` (True = padded key) or None. Output
@@ -142,8 +143,9 @@ class _GlobalTokens(torch.autograd.Function):
 
     Backward, with ``c = dO·o = p_w (dO·o_w) + Σ_j p_j (dO·v_j)``: ``d o_w = p_w dO``, ``d lse_w = p_w (dO·o_w − c)``,
     ``dS_j = p_j (dO·v_j − c)``; the global rows use the softmax backward with ``rowsum(P ⊙ dP)``. Every gradient
-    is written once, full size, so autograd adds nothing but the window kernel's own. The merge runs in chunks of rows
-    (all batch rows and heads at once) to keep the temporaries small; statistics in float32 (float64 for float64), matmuls in the input dtype.
+    is written once, full size, so autograd adds nothing but the window kernel's own. The global rows run per
+    (batch, head) with their matmuls in the input dtype; the merge runs in chunks of ``MERGE_ROWS`` rows of every
+    (batch, head) at once, all in float32 (float64 for float64).
     """
 
     @staticmethod
@@ -152,9 +154,7 @@ class _GlobalTokens(torch.autograd.Function):
         cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
         tiny = torch.finfo(cdt).tiny
         out = q.new_empty(b, h, t, d)
-        p_rows = [_global_rows_forward(q[r], k[r], v[r], None if hide is None else hide[r[0]], g, causal, scale,
-                                       out[r][:g])
-                  for r in itertools.product(range(b), range(h))]  # per row: the global rows' weights [g, kg]
+        p_rows = _global_rows_forward(q, k, v, hide, g, causal, scale, out[:, :, :g])
         p_glob = torch.empty(b, h, t - g, g, dtype=cdt, device=q.device)  # the other rows' global-key weights
         p_win = torch.empty(b, h, t - g, 1, dtype=cdt, device=q.device)  # ... and their window's total weight
         # the other rows, in chunks of rows of every (batch, head) at once: window merged with the g global keys
@@ -173,26 +173,22 @@ class _GlobalTokens(torch.autograd.Function):
             out[:, :, a:z] = torch.matmul(pg, v_g).addcmul_(o_w[:, :, a:z].to(cdt), pw)
         ctx.save_for_backward(q, k, v, o_w, p_glob, p_win)
         ctx.p_rows = p_rows
-        ctx.g, ctx.causal, ctx.scale = g, causal, scale
+        ctx.g, ctx.scale = g, scale
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dout):
         q, k, v, o_w, p_glob, p_win = ctx.saved_tensors
-        p_rows, g, causal, scale = ctx.p_rows, ctx.g, ctx.causal, ctx.scale
+        g, scale = ctx.g, ctx.scale
         b, h, t, d = q.shape
         cdt = p_glob.dtype
         dq, dk, dv = q.new_empty(b, h, t, d), q.new_empty(b, h, t, d), q.new_empty(b, h, t, d)
         do_w, dlse = o_w.new_empty(b, h, t, d), torch.empty(b, h, t, dtype=cdt, device=q.device)
         do_w[:, :, :g].zero_()  # global rows do not use the window
         dlse[:, :, :g].zero_()
-        if causal:  # keys >= g get gradients only from the global rows' causal part: none
-            dk[:, :, g:].zero_()
-            dv[:, :, g:].zero_()
-        for i, r in enumerate(itertools.product(range(b), range(h))):
-            _global_rows_backward(p_rows[i], dout[r][:g], q[r], k[r], v[r], scale, dq[r][:g], dk[r], dv[r])
-        # the other rows, in chunks
+        _global_rows_backward(ctx.p_rows, dout[:, :, :g], q, k, v, scale, dq[:, :, :g], dk, dv)
+        # the other rows, in chunks (the global keys' gradients from them are added to the global rows')
         k_g, v_g = k[:, :, :g].to(cdt), v[:, :, :g].to(cdt)
         dk_g = torch.zeros(b, h, g, d, dtype=cdt, device=q.device)
         dv_g = torch.zeros(b, h, g, d, dtype=cdt, device=q.device)
