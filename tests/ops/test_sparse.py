@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lightformer.ops.softmax import naive as softmax_naive
-from lightformer.ops.sparse import blocked, naive
+from lightformer.ops.sparse import blocked, longformer, naive
 from lightformer.ops.sparse.bigbird import bigbird_attention, block_valid, random_blocks
 from lightformer.ops.sparse.dilated import dilated_window_attention
 from lightformer.ops.sparse.hilo import hilo_attention
@@ -74,9 +74,11 @@ def padding_mask(t: int) -> torch.Tensor:
 @pytest.mark.parametrize("chunked", [False, True], ids=["whole", "chunked_checkpointed"])
 def test_equals_oracle_float64(name, causal, chunked, monkeypatch):
     """Same result as the dense-mask oracle to float64 rounding, with and without padding, for both memory
-    paths of the kernel: all blocks at once, and chunks of a few blocks under activation checkpointing."""
+    paths of the kernel: all blocks at once, and chunks of a few blocks under activation checkpointing; and for
+    longformer's merge with its global keys in one chunk of rows, and in several (the last one partial)."""
     if chunked:
         monkeypatch.setattr(blocked, "CHECKPOINT_BYTES", 20000)  # several chunks per call at T = 257
+        monkeypatch.setattr(longformer, "MERGE_ROWS", 7)  # several merge chunks from T = 63
     fast, oracle, opts = PATTERNS[name]
     for t in LENGTHS:
         q, k, v = qkv(t)
@@ -126,23 +128,6 @@ def test_longformer_window_covering_the_sequence_is_exact_softmax():
         got = longformer_attention(q, k, v, window=2 * t, num_global=4, causal=causal, block_size=8)
         ref = softmax_naive.attention(q, k, v, causal=causal)
         assert (got - ref).abs().max().item() < 1e-12
-
-
-@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
-def test_longformer_merge_in_several_row_chunks_equals_oracle(causal, monkeypatch):
-    """The merge of the window with the global keys runs in chunks of ``MERGE_ROWS`` rows; with chunks of 7 rows
-    (several per call, the last one partial) it still gives the oracle's output and gradients (float64)."""
-    from lightformer.ops.sparse import longformer as lf
-    monkeypatch.setattr(lf, "MERGE_ROWS", 7)
-    fast, oracle, opts = PATTERNS["longformer"]
-    for t in (7, 63):
-        q, k, v = qkv(t)
-        grad_out = torch.randn(2, H, t, D, dtype=torch.float64)
-        for mask in (None, padding_mask(t)):
-            got = out_and_grads(fast, q, k, v, grad_out, causal=causal, key_padding_mask=mask, **opts)
-            ref = out_and_grads(oracle, q, k, v, grad_out, causal=causal, key_padding_mask=mask, **opts)
-            for what, a, b in zip(("out", "dq", "dk", "dv"), got, ref):
-                assert (a - b).abs().max().item() < 1e-11, f"T={t} mask={mask is not None} {what}"
 
 
 def test_global_rows_are_the_first_rows_of_dense_softmax():
