@@ -76,8 +76,8 @@ class _Plan:
     """Everything about one call that does not depend on the values of q, k, v: sizes, masks, groups."""
 
     def __init__(self, b: int, h: int, t: int, left: int, right: int, bq: int, key_padding_mask: Tensor | None,
-                 alibi_slopes: Tensor | None, cdt: torch.dtype, device: torch.device):
-        self.b, self.h, self.t, self.left, self.bq = b, h, t, left, bq
+                 alibi_slopes: Tensor | None, cdt: torch.dtype, device: torch.device, with_lse: bool = False):
+        self.b, self.h, self.t, self.left, self.bq, self.with_lse = b, h, t, left, bq, with_lse
         self.nb = -(-t // bq)
         self.m = 1 + -(-(left + right) // bq)
         self.span = self.m * bq
@@ -174,45 +174,50 @@ class _SlidingWindowAttention(torch.autograd.Function):
         kp = _padded(k, plan.left, plan.length).view(bh, plan.length, d)
         vp = _padded(v, plan.left, plan.length).view(bh, plan.length, d)
         op = q.new_empty(bh, nb, bq, d)
-        lse = torch.empty(bh, nb, bq, 1, dtype=cdt, device=q.device)  # log Σ_window exp(score) per query
+        # log Σ_window exp(score) per query, only when asked for (``plan.with_lse``)
+        lse = torch.empty(bh, nb, bq, 1, dtype=cdt, device=q.device) if plan.with_lse else None
         probs = []  # per group [B·H, g, Bq, S], kept for backward: O(T·S) in all
         keep = any(ctx.needs_input_grad[:3])  # without backward, one group buffer is reused
         buf = low_buf = p_low = span_buf = None
+        scores = bh * plan.group * bq * span
         for i0, i1 in plan.groups():
             g = i1 - i0
             if keep or buf is None:
-                buf = torch.empty(bh, plan.group, bq, span, dtype=cdt, device=q.device)
-            s = buf[:, :g]
+                buf = torch.empty(bh * g * bq * span if keep else scores, dtype=cdt, device=q.device)
+            s = _lead(buf, bh, g, bq, span)
             if low and low_buf is None:
-                low_buf = torch.empty(bh, plan.group, bq, span, dtype=q.dtype, device=q.device)
+                low_buf = torch.empty(scores, dtype=q.dtype, device=q.device)
                 p_low = torch.empty_like(low_buf)
                 span_buf = torch.empty(plan.group, span, d, dtype=q.dtype, device=q.device)
-            raw = low_buf[:, :g] if low else s  # the products in the input dtype
+            raw = _lead(low_buf, bh, g, bq, span) if low else s  # the products in the input dtype
             for j in range(bh):
                 _scores_into(raw[j], qp[j, i0:i1], _spans(kp[j], i0, g, bq, span), span_buf)
             if low:  # widen first: mixed-dtype elementwise ops run 3-10x slower than a widening copy
                 s.copy_(raw)
             plan.mask_(s.view(b, h, g, bq, span), i0, i1)
-            row_max = s.amax(-1, keepdim=True)
-            s.sub_(row_max).exp_()
-            row_sum = s.sum(-1, keepdim=True)
-            s.div_(row_sum)  # P, softmax statistics in cdt
-            torch.add(row_max, row_sum.log_(), out=lse[:, i0:i1])
+            row_max = s.amax(-1, keepdim=True) if lse is not None else None
+            # P in place, in cdt: torch's fused softmax is one op, and its exp is not slowed by the -inf band
+            # entries (a plain exp_ of masked scores leaves the vector path: docs/architecture.md, CPU facts)
+            torch._softmax(s, -1, False, out=s)
+            if lse is not None:  # P = 1 / Σ exp(s − max) at the row's maximum, so lse = max − log max(P)
+                torch.sub(row_max, s.amax(-1, keepdim=True).log_(), out=lse[:, i0:i1])
             if keep:
                 probs.append(s)
-            p = p_low[:, :g].copy_(s) if low else s
+            p = _lead(p_low, bh, g, bq, span).copy_(s) if low else s
             for j in range(bh):
                 torch.bmm(p[j], _spans(vp[j], i0, g, bq, span), out=op[j, i0:i1])
         op = op.view(b, h, nb * bq, d)
-        lse = lse.view(b, h, nb * bq)
+        if lse is not None:
+            lse = lse.view(b, h, nb * bq)
         if any(plan.block_empty):
             op.masked_fill_(plan.empty.view(-1, 1, nb * bq, 1), 0.0)
-            lse.masked_fill_(plan.empty.view(-1, 1, nb * bq), -math.inf)
+            if lse is not None:
+                lse.masked_fill_(plan.empty.view(-1, 1, nb * bq), -math.inf)
         if keep:
             ctx.save_for_backward(qp, kp, vp, op, *probs)
         ctx.plan = plan
         ctx.scale = scale
-        return op[:, :, :t], lse[:, :, :t]
+        return op[:, :, :t], (lse[:, :, :t] if lse is not None else None)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -242,18 +247,19 @@ class _SlidingWindowAttention(torch.autograd.Function):
         # the span products of dK and dV in cdt: with 16-bit inputs, float32 products of the 16-bit values (rows
         # widened per group into a reused buffer), else each of the m overlapping partial sums of a key would be
         # rounded to 16 bits
-        rows_buf = torch.empty(bh, probs[0].shape[1], bq, d, dtype=cdt, device=qp.device) if low else None
+        group, dev = plan.group, qp.device
+        rows_buf = torch.empty(bh * group * bq * d, dtype=cdt, device=dev) if low else None
         dq = torch.empty_like(qp)
-        dkp = torch.zeros(bh, length, d, dtype=cdt, device=qp.device)  # dK, dV over the padded rows
-        dvp = torch.zeros(bh, length, d, dtype=cdt, device=qp.device)
-        dbuf = torch.empty_like(probs[0])
-        low_buf = torch.empty(dbuf.shape, dtype=dtype, device=dbuf.device) if low else None
-        span_buf = torch.empty(dbuf.shape[1], span, d, dtype=dtype, device=dbuf.device) if low else None
-        part = torch.empty(bh, probs[0].shape[1], span, d, dtype=cdt, device=qp.device)
+        dkp = torch.zeros(bh, length, d, dtype=cdt, device=dev)  # dK, dV over the padded rows
+        dvp = torch.zeros(bh, length, d, dtype=cdt, device=dev)
+        dbuf = torch.empty(bh * group * bq * span, dtype=cdt, device=dev)
+        low_buf = torch.empty(dbuf.shape, dtype=dtype, device=dev) if low else None
+        span_buf = torch.empty(group, span, d, dtype=dtype, device=dev) if low else None
+        part = torch.empty(bh * group * span * d, dtype=cdt, device=dev)
         for (i0, i1), p in zip(plan.groups(), probs):
             g = i1 - i0
-            ds = dbuf[:, :g]
-            dp = low_buf[:, :g] if low else ds
+            ds = _lead(dbuf, bh, g, bq, span)
+            dp = _lead(low_buf, bh, g, bq, span) if low else ds
             for j in range(bh):  # dP
                 _scores_into(dp[j], dop[j, i0:i1], _spans(vp[j], i0, g, bq, span), span_buf)
             if delta is None:  # 16-bit O is too coarse for rowsum(dO ⊙ O): use rowsum(P ⊙ dP) in float32
@@ -262,18 +268,24 @@ class _SlidingWindowAttention(torch.autograd.Function):
                 ds.sub_(row if dl is None else row.sub_(dl[:, i0:i1])).mul_(p)
             else:
                 ds.sub_(delta[:, i0:i1]).mul_(p)  # dS = P ⊙ (dP − δ)
-            ds_mm = low_buf[:, :g].copy_(ds) if low else ds
+            ds_mm = _lead(low_buf, bh, g, bq, span).copy_(ds) if low else ds
             for j in range(bh):
                 torch.bmm(ds_mm[j], _spans(kp[j], i0, g, bq, span), out=dq[j, i0:i1])
             for grad, weights, src in ((dkp, ds, qp), (dvp, p, dop)):
-                rows = rows_buf[:, :g].copy_(src[:, i0:i1]) if low else src[:, i0:i1]
-                pv = part[:, :g]
+                rows = _lead(rows_buf, bh, g, bq, d).copy_(src[:, i0:i1]) if low else src[:, i0:i1]
+                pv = _lead(part, bh, g, span, d)
                 for j in range(bh):
                     torch.bmm(weights[j].transpose(1, 2), rows[j], out=pv[j])  # [g, S, d]
                 _fold_add(grad[:, i0 * bq:(i1 - 1) * bq + span], pv, m)
         dq = dq.view(b, h, nb * bq, d)[:, :, :t].mul_(scale)
         dk, dv = (x[:, left:left + t].view(b, h, t, d).to(dtype) for x in (dkp, dvp))
         return dq, dk, dv, None, None
+
+
+def _lead(flat: Tensor, *shape: int) -> Tensor:
+    """The first ``prod(shape)`` elements of a flat work buffer as a contiguous ``shape`` tensor (a smaller last
+    group reuses the front of the buffer and stays contiguous, which the in-place softmax needs)."""
+    return flat[:math.prod(shape)].view(shape)
 
 
 def _fold_add(acc: Tensor, parts: Tensor, m: int) -> None:
@@ -342,6 +354,6 @@ def sliding_window_attention(q: Tensor, k: Tensor, v: Tensor, *, window: int, ca
     left, right = min(left, t - 1), min(right, t - 1)  # a window wider than the sequence sees all of it
     bq = min(block_size or default_block_size(window, causal), t)
     cdt = torch.float32 if q.dtype in _LOW_PRECISION else q.dtype
-    plan = _Plan(b, h, t, left, right, bq, key_padding_mask, alibi_slopes, cdt, q.device)
+    plan = _Plan(b, h, t, left, right, bq, key_padding_mask, alibi_slopes, cdt, q.device, with_lse=return_lse)
     out, lse = _SlidingWindowAttention.apply(q, k, v, plan, scale)
     return (out, lse) if return_lse else out
