@@ -22,16 +22,16 @@ Backward: the autograd function keeps the block probabilities ``P`` (``[B·H·nb
 elements — linear in T; on CPU keeping them is faster than recomputing them from a saved log-sum-exp as
 FlashAttention does) and the padded q, k, v and output (O(T·d)); per group it forms the usual softmax-attention
 backward restricted to the blocks (FlashAttention, Dao et al. 2022, Alg. 2):
-``dS = P ⊙ (dO·Vᵀ − rowsum(dO ⊙ O))``, ``dQ = dS·K``, ``dK = dSᵀ·Q``, ``dV = Pᵀ·dO`` (K and V again as span
-views), the overlapping span gradients being folded back with ``m`` shifted adds.
+``dS = P ⊙ (dP − rowsum(P ⊙ dP))`` with ``dP = dO·Vᵀ`` (torch's fused softmax backward, in place),
+``dQ = dS·K``, ``dK = dSᵀ·Q``, ``dV = Pᵀ·dO`` (K and V again as span views), the overlapping span gradients being
+folded back with ``m`` shifted adds.
 
 Complexity: time O(B·H·T·S·d); memory O(B·H·T·(S + d)) (forward and backward), with
 ``S = Bq·(1 + ceil((left + right) / Bq))``; ``left`` and ``right`` are clipped to ``T - 1``, so a window longer
 than the sequence costs O(T²) at most and never more than the dense oracle.
 
 Dtypes: float64, float32, bfloat16 (and float16). With 16-bit inputs the forward matmuls, ``dO·Vᵀ`` and ``dS·K``
-run in the input dtype; the softmax statistics, the bias, ``dS`` (with ``rowsum(P ⊙ dP)``, as 16-bit ``O`` is too
-coarse) and the ``dK``/``dV`` span products and their overlap sums run in float32, since rounding each of the ``m``
+run in the input dtype; the softmax statistics, the bias, ``dS`` and the ``dK``/``dV`` span products and their overlap sums run in float32, since rounding each of the ``m``
 overlapping partial sums to 16 bits would be up to ~3x less accurate than the dense oracle.
 """
 
@@ -214,7 +214,7 @@ class _SlidingWindowAttention(torch.autograd.Function):
             if lse is not None:
                 lse.masked_fill_(plan.empty.view(-1, 1, nb * bq), -math.inf)
         if keep:
-            ctx.save_for_backward(qp, kp, vp, op, *probs)
+            ctx.save_for_backward(qp, kp, vp, *probs)
         ctx.plan = plan
         ctx.scale = scale
         return op[:, :, :t], (lse[:, :, :t] if lse is not None else None)
@@ -222,7 +222,7 @@ class _SlidingWindowAttention(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dout, dlse):
-        qp, kp, vp, op, *probs = ctx.saved_tensors
+        qp, kp, vp, *probs = ctx.saved_tensors
         plan, scale = ctx.plan, ctx.scale
         b, h, t, bq, nb, span, m, left = plan.b, plan.h, plan.t, plan.bq, plan.nb, plan.span, plan.m, plan.left
         bh, d, length = b * h, qp.shape[-1], plan.length
@@ -238,10 +238,6 @@ class _SlidingWindowAttention(torch.autograd.Function):
             dop.masked_fill_(plan.empty.view(-1, 1, nb * bq, 1), 0.0)
             if dl is not None:
                 dl.masked_fill_(plan.empty.view(-1, 1, nb * bq, 1), 0.0)
-        delta = None  # [B·H, nb, Bq, 1] = rowsum(P ⊙ dP) − dlse = rowsum(dO ⊙ O) − dlse
-        if not low:
-            delta = (dop * op).sum(-1, keepdim=True)
-            delta = (delta if dl is None else delta.sub_(dl)).view(bh, nb, bq, 1)
         dl = None if dl is None else dl.view(bh, nb, bq, 1)
         dop = dop.view(bh, nb, bq, d)
         # the span products of dK and dV in cdt: with 16-bit inputs, float32 products of the 16-bit values (rows
@@ -250,8 +246,10 @@ class _SlidingWindowAttention(torch.autograd.Function):
         group, dev = plan.group, qp.device
         rows_buf = torch.empty(bh * group * bq * d, dtype=cdt, device=dev) if low else None
         dq = torch.empty_like(qp)
-        dkp = torch.zeros(bh, length, d, dtype=cdt, device=dev)  # dK, dV over the padded rows
-        dvp = torch.zeros(bh, length, d, dtype=cdt, device=dev)
+        dkp = torch.empty(bh, length, d, dtype=cdt, device=dev)  # dK, dV over the padded rows (see _fold_add)
+        dvp = torch.empty(bh, length, d, dtype=cdt, device=dev)
+        dkp[:, :(m - 1) * bq].zero_()
+        dvp[:, :(m - 1) * bq].zero_()
         dbuf = torch.empty(bh * group * bq * span, dtype=cdt, device=dev)
         low_buf = torch.empty(dbuf.shape, dtype=dtype, device=dev) if low else None
         span_buf = torch.empty(group, span, d, dtype=dtype, device=dev) if low else None
@@ -262,12 +260,12 @@ class _SlidingWindowAttention(torch.autograd.Function):
             dp = _lead(low_buf, bh, g, bq, span) if low else ds
             for j in range(bh):  # dP
                 _scores_into(dp[j], dop[j, i0:i1], _spans(vp[j], i0, g, bq, span), span_buf)
-            if delta is None:  # 16-bit O is too coarse for rowsum(dO ⊙ O): use rowsum(P ⊙ dP) in float32
+            if low:
                 ds.copy_(dp)  # widened first (see the forward)
-                row = (p * ds).sum(-1, keepdim=True)
-                ds.sub_(row if dl is None else row.sub_(dl[:, i0:i1])).mul_(p)
-            else:
-                ds.sub_(delta[:, i0:i1]).mul_(p)  # dS = P ⊙ (dP − δ)
+            # dS = P ⊙ (dP − rowsum(P ⊙ dP)) in cdt, by torch's fused softmax backward, in place
+            torch._softmax_backward_data(ds, p, -1, cdt, grad_input=ds)
+            if dl is not None:
+                ds.addcmul_(p, dl[:, i0:i1])
             ds_mm = _lead(low_buf, bh, g, bq, span).copy_(ds) if low else ds
             for j in range(bh):
                 torch.bmm(ds_mm[j], _spans(kp[j], i0, g, bq, span), out=dq[j, i0:i1])
@@ -290,12 +288,15 @@ def _lead(flat: Tensor, *shape: int) -> Tensor:
 
 def _fold_add(acc: Tensor, parts: Tensor, m: int) -> None:
     """``acc [B·H, (g + m − 1)·Bq, d] +=`` the overlapping spans ``parts [B·H, g, m·Bq, d]`` (the adjoint of taking
-    the spans)."""
+    the spans), for groups folded in order into an accumulator whose first ``m − 1`` blocks start at zero: the
+    last ``g`` blocks of ``acc`` are not yet touched by earlier groups, so the last span slice is assigned to them
+    rather than added (no zero-fill of the whole accumulator)."""
     bh, rows, d = acc.shape
     g, span = parts.shape[1], parts.shape[2]
     bq = span // m
     blocks = acc.view(bh, rows // bq, bq, d)
-    for r in range(m):
+    blocks[:, m - 1:m - 1 + g] = parts[:, :, (m - 1) * bq:]
+    for r in range(m - 1):
         blocks[:, r:r + g] += parts[:, :, r * bq:(r + 1) * bq]
 
 
