@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lightformer.ops.softmax import naive as softmax_naive
-from lightformer.ops.sparse import blocked, longformer, naive
+from lightformer.ops.sparse import bigbird_local, blocked, longformer, naive
 from lightformer.ops.sparse.bigbird import bigbird_attention, block_valid, random_blocks
 from lightformer.ops.sparse.dilated import dilated_window_attention
 from lightformer.ops.sparse.hilo import hilo_attention
@@ -74,11 +74,13 @@ def padding_mask(t: int) -> torch.Tensor:
 @pytest.mark.parametrize("chunked", [False, True], ids=["whole", "chunked_checkpointed"])
 def test_equals_oracle_float64(name, causal, chunked, monkeypatch):
     """Same result as the dense-mask oracle to float64 rounding, with and without padding, for both memory
-    paths of the kernel: all blocks at once, and chunks of a few blocks under activation checkpointing; and for
-    longformer's merge with its global keys in one chunk of rows, and in several (the last one partial)."""
+    paths of the gathered kernel: all blocks at once, and chunks of a few blocks under activation checkpointing;
+    for BigBird's local blocks in one group and in groups of one block (index and fold offsets across groups);
+    and for longformer's merge with its global keys in one chunk of rows, and in several (the last one partial)."""
     if chunked:
         monkeypatch.setattr(blocked, "CHECKPOINT_BYTES", 20000)  # several chunks per call at T = 257
         monkeypatch.setattr(longformer, "MERGE_ROWS", 7)  # several merge chunks from T = 63
+        monkeypatch.setattr(bigbird_local, "_GROUP_SCORES", 500)  # one local block per group
     fast, oracle, opts = PATTERNS[name]
     for t in LENGTHS:
         q, k, v = qkv(t)

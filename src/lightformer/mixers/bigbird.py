@@ -17,8 +17,9 @@ of (seed, n, which blocks exist and hold a real token), see ``ops/sparse/bigbird
 "re-drawn" for a new length only in that blocks which do not exist are not chosen, so a right-padded batch sees the
 same random blocks as its unpadded sequences. There is no redraw during training.
 
-x: ``[B, T, D]`` -> ``[B, T, D]``; time O(T·block_size·(3 + num_global + num_random)·d), computed blockwise: the key
-blocks of each query block are gathered into ``[nblocks, (3 + g + r)·block_size]`` and attended in one batched matmul.
+x: ``[B, T, D]`` -> ``[B, T, D]``; time O(T·block_size·(3 + num_global + num_random)·d), computed blockwise
+(``ops/sparse/bigbird_local.py``: per group of query blocks, their ``(3 + g + r)·block_size`` key rows side by side,
+one softmax, the probabilities kept for the backward: memory O(T·block_size·(3 + g + r))).
 Parameters: the fused QKV and output projections of ``AttentionMixer`` (those of ``softmax``).
 """
 

@@ -5,10 +5,10 @@ App. D (the blocked implementation, ITC: internal global tokens = the first ``nu
 and result as ``naive.bigbird_attention``.
 
 Computation: the global query blocks (rows ``< g·block_size``) see every key (``longformer.global_rows_attention``:
-dense rows, no key lists); each other query block n (``blocked.gathered_attention``) gathers the key blocks
-``[0 .. g-1, n-1, n, n+1, random_blocks[n]]`` into one ``[nblocks, (3 + g + r)·block_size]`` key list (causal: ``n+1``
-is dropped, it is all future), and all blocks are one batched matmul. A window block that is also global is emptied
-(``-1``) so each key counts once; random blocks never repeat a window or global block (``random_blocks`` guarantees
+dense rows, no key lists); each other query block n sees the key blocks ``[0 .. g-1, n-1, n, n+1, random_blocks[n]]``
+(causal: ``n+1`` is dropped, it is all future) under one softmax (``bigbird_local``: the global keys are shared,
+the window keys zero-copy span views, only the random blocks are gathered). A window block that is also global is
+masked so each key counts once; random blocks never repeat a window or global block (``random_blocks`` guarantees
 it). T not a multiple of ``block_size``: the last block is partial, its missing keys are empty columns (never
 truncation).
 
@@ -25,7 +25,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .blocked import BlockPattern, gathered_attention
+from .bigbird_local import LocalPlan, local_blocks_attention
+from .blocked import BlockPattern
 from .longformer import global_rows_attention
 
 _MASK32 = 0xFFFFFFFF
@@ -139,6 +140,9 @@ def bigbird_attention(q: Tensor, k: Tensor, v: Tensor, *, block_size: int, num_g
     if t > g_rows:
         pattern = local_pattern(t, block_size=block_size, num_global=num_global, random=random_blocks,
                                 causal=causal, device=q.device)
-        outs.append(gathered_attention(q[:, :, g_rows:], k, v, pattern, key_padding_mask=key_padding_mask,
-                                       scale=scale))
+        cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
+        plan = LocalPlan(q.shape[0], q.shape[1], t, block_size, pattern.key_index, pattern.band, random_blocks,
+                         min(num_global, nb), causal, key_padding_mask, cdt)
+        outs.append(local_blocks_attention(q[:, :, g_rows:], k, v, plan,
+                                           q.shape[-1] ** -0.5 if scale is None else float(scale)))
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
