@@ -140,9 +140,8 @@ def bigbird_attention(q: Tensor, k: Tensor, v: Tensor, *, block_size: int, num_g
     if t > g_rows:
         pattern = local_pattern(t, block_size=block_size, num_global=num_global, random=random_blocks,
                                 causal=causal, device=q.device)
-        cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
         plan = LocalPlan(q.shape[0], q.shape[1], t, block_size, pattern.key_index, pattern.band, random_blocks,
-                         min(num_global, nb), causal, key_padding_mask, cdt)
+                         min(num_global, nb), causal, key_padding_mask, q.dtype)
         outs.append(local_blocks_attention(q[:, :, g_rows:], k, v, plan,
                                            q.shape[-1] ** -0.5 if scale is None else float(scale)))
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)

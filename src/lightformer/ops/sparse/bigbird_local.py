@@ -20,9 +20,10 @@ the backward is the softmax-attention backward per block (FlashAttention, Dao et
 ``dSᵀ·Q``, ``Pᵀ·dO`` of every block scattered back (``LocalPlan.scatter_add``: summed onto the global rows, folded
 onto the overlapping window spans, ``index_add_`` onto the random blocks).
 
-Time O(B·H·T·S·d), memory O(B·H·T·(S + d)). Dtypes: float64, float32, bfloat16 (and float16): with 16-bit inputs
-the score, ``P·V``, ``dP`` and ``dQ`` matmuls run in the input dtype, and P is kept in it (as the 16-bit oracle
-rounds it); the softmax, ``dS`` and the ``dK``/``dV`` products and their sums run in float32.
+Time O(B·H·T·S·d), memory O(B·H·T·(S + d)). Dtypes: float64, float32, bfloat16 (and float16). Every matmul runs in
+the input dtype, and so do the scores, P (kept) and dS: with 16-bit inputs torch's fused softmax and softmax
+backward compute in float32 inside and round their output once, as the 16-bit oracle does (no widening and
+narrowing passes); the per-block ``dK``/``dV`` products are summed over blocks in float32.
 """
 
 from __future__ import annotations
@@ -47,11 +48,12 @@ class LocalPlan:
         random: ``[Bm, nb, r]`` random key blocks (``-1`` = none).
         num_global: global blocks ``gb`` (``G = gb·Bq`` < t).
         key_padding_mask: ``[B, T]`` bool or None.
+        dtype: the dtype of q, k, v (the biases are added to scores in it).
     """
 
     def __init__(self, b: int, h: int, t: int, block_size: int, key_index: Tensor, band: Tensor | None,
                  random: Tensor, num_global: int, causal: bool, key_padding_mask: Tensor | None,
-                 cdt: torch.dtype):
+                 dtype: torch.dtype):
         bq = block_size
         self.b, self.h, self.t, self.bq = b, h, t, bq
         self.nb = -(-t // bq)
@@ -69,11 +71,11 @@ class LocalPlan:
             real = (key_padding_mask[:, flat[0]] if key_index.shape[0] == 1
                     else torch.gather(key_padding_mask, 1, flat))
             valid = valid & real.view(b, self.nl, self.span)
-        self.cols = torch.zeros(valid.shape, dtype=cdt, device=dev).masked_fill_(~valid, float("-inf"))
+        self.cols = torch.zeros(valid.shape, dtype=dtype, device=dev).masked_fill_(~valid, float("-inf"))
         self.own = None  # causal: the own block's [Bq, Bq] upper triangle hidden
         band_f = torch.ones(bq, self.span, device=dev) if band is None else band.to(torch.float32)
         if causal:
-            self.own = torch.zeros(bq, bq, dtype=cdt, device=dev).masked_fill_(
+            self.own = torch.zeros(bq, bq, dtype=dtype, device=dev).masked_fill_(
                 torch.ones(bq, bq, dtype=torch.bool, device=dev).triu_(1), float("-inf"))
         empty = torch.einsum("mns,as->mna", valid.to(torch.float32), band_f) == 0  # [Bm, nl, Bq]: no key
         self.empty = empty if bool(empty.any()) else None
@@ -131,41 +133,30 @@ class _BigBirdLocal(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, plan: LocalPlan, scale: float):
         b, h, tl, d = q.shape  # q: the local query rows only
-        low = q.dtype in _LOW_PRECISION
-        cdt = torch.float32 if low else q.dtype
         bh, bq, nl, span = b * h, plan.bq, plan.nl, plan.span
         qp = _padded(q, 0, nl * bq, scale).view(bh, nl, bq, d)
         kp = _padded(k, bq, plan.lk).view(bh, plan.lk, d)
         vp = _padded(v, bq, plan.lk).view(bh, plan.lk, d)
         op = q.new_empty(bh, nl, bq, d)
         keep = any(ctx.needs_input_grad[:3])
-        # P is kept for the backward in the input dtype (16-bit P: half the memory; the 16-bit oracle rounds P
-        # alike), one buffer per group; the other work buffers are reused across groups
-        probs, buf, low_buf, p_low = [], None, None, None
-        scores, rows = bh * plan.group * bq * span, bh * plan.group * span * d
+        probs, buf = [], None  # P is kept per group for the backward; without backward one buffer is reused
+        rows = bh * plan.group * span * d
         kg_buf, vg_buf = q.new_empty(rows), q.new_empty(rows)
         for n0, n1 in plan.groups():
             g = n1 - n0
-            if buf is None or (keep and not low):
-                buf = torch.empty(bh * g * bq * span if keep else scores, dtype=cdt, device=q.device)
+            if keep or buf is None:
+                buf = q.new_empty(bh * g * bq * span if keep else bh * plan.group * bq * span)
             s = _lead(buf, bh, g, bq, span)
-            if low and (low_buf is None or keep):
-                low_buf = low_buf if low_buf is not None else torch.empty(scores, dtype=q.dtype, device=q.device)
-                p_low = torch.empty(bh * g * bq * span if keep else scores, dtype=q.dtype, device=q.device)
-            raw = _lead(low_buf, bh, g, bq, span) if low else s
             kg = plan.gather(kp, n0, n1, _lead(kg_buf, bh, g, span, d))
             vg = plan.gather(vp, n0, n1, _lead(vg_buf, bh, g, span, d))
             for j in range(bh):
-                torch.bmm(qp[j, n0:n1], kg[j].transpose(1, 2), out=raw[j])
-            if low:
-                s.copy_(raw)  # widen first: mixed-dtype elementwise ops are slow
+                torch.bmm(qp[j, n0:n1], kg[j].transpose(1, 2), out=s[j])
             _mask_(s, plan, n0, n1)
-            torch._softmax(s, -1, False, out=s)
-            p = _lead(p_low, bh, g, bq, span).copy_(s) if low else s
+            torch._softmax(s, -1, False, out=s)  # P (16-bit inputs: float32 inside the kernel, rounded once)
             if keep:
-                probs.append(p)
+                probs.append(s)
             for j in range(bh):
-                torch.bmm(p[j], vg[j], out=op[j, n0:n1])
+                torch.bmm(s[j], vg[j], out=op[j, n0:n1])
         if plan.empty is not None:
             op.view(b, h, nl, bq, d).masked_fill_(plan.empty[:, None, :, :, None], 0.0)
         if keep:
@@ -182,43 +173,35 @@ class _BigBirdLocal(torch.autograd.Function):
         bh, d, tl = b * h, qp.shape[-1], dout.shape[2]
         dtype, dev = qp.dtype, qp.device
         low = dtype in _LOW_PRECISION
-        cdt = torch.float32 if low else dtype
+        acc_dt = torch.float32 if low else dtype  # the gradient sums of K and V rows
         dop = _padded(dout.to(dtype), 0, nl * bq).view(b, h, nl, bq, d)
         if plan.empty is not None:  # rows that see no key pass no gradient
             dop.masked_fill_(plan.empty[:, None, :, :, None], 0.0)
         dop = dop.view(bh, nl, bq, d)
         group = plan.group
         dq = torch.empty_like(qp)
-        dkp = torch.zeros(bh, plan.lk, d, dtype=cdt, device=dev)
-        dvp = torch.zeros(bh, plan.lk, d, dtype=cdt, device=dev)
-        dbuf = torch.empty(bh * group * bq * span, dtype=cdt, device=dev)
-        low_buf = torch.empty(dbuf.shape, dtype=dtype, device=dev) if low else None
-        p_buf = torch.empty(dbuf.shape, dtype=cdt, device=dev) if low else None  # P widened per group
-        rows_buf = torch.empty(bh * group * bq * d, dtype=cdt, device=dev) if low else None
+        dkp = torch.zeros(bh, plan.lk, d, dtype=acc_dt, device=dev)
+        dvp = torch.zeros(bh, plan.lk, d, dtype=acc_dt, device=dev)
+        dbuf = qp.new_empty(bh * group * bq * span)
         kg_buf, vg_buf = qp.new_empty(bh * group * span * d), qp.new_empty(bh * group * span * d)
-        part = torch.empty(bh * group * span * d, dtype=cdt, device=dev)
+        part = qp.new_empty(bh * group * span * d)
+        wide = torch.empty(part.shape, dtype=acc_dt, device=dev) if low else None
         for (n0, n1), p in zip(plan.groups(), probs):
             g = n1 - n0
-            if low:
-                p = _lead(p_buf, bh, g, bq, span).copy_(p)
             ds = _lead(dbuf, bh, g, bq, span)
-            dp = _lead(low_buf, bh, g, bq, span) if low else ds
             kg = plan.gather(kp, n0, n1, _lead(kg_buf, bh, g, span, d))
             vg = plan.gather(vp, n0, n1, _lead(vg_buf, bh, g, span, d))
             for j in range(bh):  # dP = dO·Vᵀ
-                torch.bmm(dop[j, n0:n1], vg[j].transpose(1, 2), out=dp[j])
-            if low:
-                ds.copy_(dp)  # widened first
-            torch._softmax_backward_data(ds, p, -1, cdt, grad_input=ds)  # dS = P ⊙ (dP − rowsum(P ⊙ dP))
-            ds_mm = _lead(low_buf, bh, g, bq, span).copy_(ds) if low else ds
+                torch.bmm(dop[j, n0:n1], vg[j].transpose(1, 2), out=ds[j])
+            # dS = P ⊙ (dP − rowsum(P ⊙ dP)), in place (16-bit inputs: float32 inside the kernel, rounded once)
+            torch._softmax_backward_data(ds, p, -1, dtype, grad_input=ds)
             for j in range(bh):  # dQ = dS·K
-                torch.bmm(ds_mm[j], kg[j], out=dq[j, n0:n1])
-            for acc, weights, src in ((dkp, ds, qp), (dvp, p, dop)):  # dK = dSᵀ·Q, dV = Pᵀ·dO, in cdt
-                rows = _lead(rows_buf, bh, g, bq, d).copy_(src[:, n0:n1]) if low else src[:, n0:n1]
+                torch.bmm(ds[j], kg[j], out=dq[j, n0:n1])
+            for acc, weights, src in ((dkp, ds, qp), (dvp, p, dop)):  # dK = dSᵀ·Q, dV = Pᵀ·dO per block
                 pv = _lead(part, bh, g, span, d)
                 for j in range(bh):
-                    torch.bmm(weights[j].transpose(1, 2), rows[j], out=pv[j])
-                plan.scatter_add(acc, pv, n0, n1)
+                    torch.bmm(weights[j].transpose(1, 2), src[j, n0:n1], out=pv[j])
+                plan.scatter_add(acc, _lead(wide, bh, g, span, d).copy_(pv) if low else pv, n0, n1)
         dq = dq.view(b, h, nl * bq, d)[:, :, :tl].mul_(scale)
         dk, dv = (x[:, bq:bq + plan.t].view(b, h, plan.t, d).to(dtype) for x in (dkp, dvp))
         return dq, dk, dv, None, None
