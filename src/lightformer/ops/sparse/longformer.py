@@ -53,11 +53,11 @@ def _global_rows_forward(q: Tensor, k: Tensor, v: Tensor, hide: Tensor | None, g
                          out: Tensor) -> list[Tensor]:
     """Rows ``i < g`` of every (batch, head): ``softmax(q_i Kᵀ·scale) V`` over every real key (causal: ``j <= i``),
     written into ``out [B, H, g, d]``. q, k, v ``[B, H, T, d]``, hide ``[B, T]`` (True = padded key) or None. Returns
-    the weights of each (batch, head) row, ``[g, kg]`` (kg = g causal, else T) in the input dtype (the 16-bit
-    oracle rounds them alike; half the memory), for ``_global_rows_backward``. The softmax runs in float32 (float64
-    for float64) through torch's fused kernel (its exp is not slowed by ``-inf`` entries, a plain ``exp_`` is)."""
+    the weights of each (batch, head) row, ``[g, kg]`` (kg = g causal, else T), for ``_global_rows_backward``.
+    Scores and weights are in the input dtype: torch's fused softmax computes in float32 inside for 16-bit inputs and
+    rounds once, as the 16-bit oracle does (no widening pass), and its exp is not slowed by ``-inf`` entries (a plain
+    ``exp_`` is, docs/architecture.md, CPU facts)."""
     b, h, t, _ = q.shape
-    cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
     kg = g if causal else t  # causal: a global row i < g sees only keys <= i, all of them < g
     future = torch.ones(g, g, dtype=torch.bool, device=q.device).triu_(1) if causal else None
     masks = []  # per batch element: (hidden [1|g, kg] or None, rows that see no key [g, 1] or None)
@@ -68,14 +68,8 @@ def _global_rows_forward(q: Tensor, k: Tensor, v: Tensor, hide: Tensor | None, g
         empty = None if mask is None else mask.all(-1, keepdim=True).expand(g, 1)
         masks.append((mask, empty if empty is not None and bool(empty.any()) else None))
     probs = []
-    # work buffers shared by every (batch, head): a fresh [g, T] tensor per head is a fresh mmap, zero-filled page
-    # by page (docs/architecture.md, CPU facts); only the kept weights are allocated per head
-    raw = q.new_empty(g, kg)
-    s = raw if q.dtype == cdt else raw.new_empty(g, kg, dtype=cdt)
     for r in itertools.product(range(b), range(h)):
-        _scaled_mm(q[r][:g], k[r][:kg].t(), scale, out=raw)  # [g, kg]
-        if s is not raw:
-            s.copy_(raw)  # widen first: mixed-dtype elementwise ops are slow
+        s = _scaled_mm(q[r][:g], k[r][:kg].t(), scale)  # [g, kg], becomes the kept weights in place
         mask, empty = masks[r[0]]
         if mask is not None:  # (a full-width masked_fill for nothing costs as much as the softmax)
             s.masked_fill_(mask, -math.inf)
@@ -84,35 +78,30 @@ def _global_rows_forward(q: Tensor, k: Tensor, v: Tensor, hide: Tensor | None, g
         torch._softmax(s, -1, False, out=s)
         if empty is not None:
             s.masked_fill_(empty, 0.0)  # a row that sees nothing: 0
-        p = s.to(q.dtype, copy=True)
-        torch.mm(p, v[r][:kg], out=out[r])
-        probs.append(p)
+        torch.mm(s, v[r][:kg], out=out[r])
+        probs.append(s)
     return probs
 
 
 def _global_rows_backward(probs: list[Tensor], dout: Tensor, q: Tensor, k: Tensor, v: Tensor, scale: float,
                           dq: Tensor, dk: Tensor, dv: Tensor) -> None:
-    """Adjoint of ``_global_rows_forward`` (dS = P ⊙ (dP − rowsum(P ⊙ dP)), torch's fused softmax backward in
-    float32) for ``dout [B, H, g, d]``: writes ``dq [B, H, g, d]`` and all of ``dk``, ``dv`` ``[B, H, T, d]`` (causal:
-    zero for the keys ``>= g``)."""
+    """Adjoint of ``_global_rows_forward`` (dS = P ⊙ (dP − rowsum(P ⊙ dP)) by torch's fused softmax backward, in
+    the input dtype like the forward) for ``dout [B, H, g, d]``: writes ``dq [B, H, g, d]`` and all of ``dk``, ``dv``
+    ``[B, H, T, d]`` (causal: zero for the keys ``>= g``)."""
     g, kg = probs[0].shape
     dt = q.dtype
-    cdt = torch.float64 if dt == torch.float64 else torch.float32
     if kg < q.shape[2]:  # keys >= g are seen by no global row
         dk[:, :, kg:].zero_()
         dv[:, :, kg:].zero_()
-    low = dt != cdt
-    raw = q.new_empty(g, kg)  # work buffers shared by every (batch, head), see the forward
-    ds, p32 = (raw.new_empty(g, kg, dtype=cdt), raw.new_empty(g, kg, dtype=cdt)) if low else (raw, None)
+    # one work buffer for every (batch, head): a fresh [g, T] tensor per head is a fresh mmap, zero-filled page by
+    # page (docs/architecture.md, CPU facts)
+    ds = q.new_empty(g, kg)
     for p, r in zip(probs, itertools.product(range(q.shape[0]), range(q.shape[1]))):
         do = dout[r].to(dt)
-        torch.mm(do, v[r][:kg].t(), out=raw)  # dP
-        if low:
-            ds.copy_(raw)  # widened
-        torch._softmax_backward_data(ds, p32.copy_(p) if low else p, -1, cdt, grad_input=ds)
-        ds_mm = raw.copy_(ds) if low else ds  # [g, kg]
-        _scaled_mm(ds_mm, k[r][:kg], scale, out=dq[r])
-        _scaled_mm(ds_mm.t(), q[r][:g], scale, out=dk[r][:kg])
+        torch.mm(do, v[r][:kg].t(), out=ds)  # dP
+        torch._softmax_backward_data(ds, p, -1, dt, grad_input=ds)
+        _scaled_mm(ds, k[r][:kg], scale, out=dq[r])
+        _scaled_mm(ds.t(), q[r][:g], scale, out=dk[r][:kg])
         torch.mm(p.t(), do, out=dv[r][:kg])
 
 
