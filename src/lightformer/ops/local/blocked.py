@@ -30,9 +30,12 @@ Complexity: time O(B·H·T·S·d); memory O(B·H·T·(S + d)) (forward and backw
 ``S = Bq·(1 + ceil((left + right) / Bq))``; ``left`` and ``right`` are clipped to ``T - 1``, so a window longer
 than the sequence costs O(T²) at most and never more than the dense oracle.
 
-Dtypes: float64, float32, bfloat16 (and float16). With 16-bit inputs the forward matmuls, ``dO·Vᵀ`` and ``dS·K``
-run in the input dtype; the softmax statistics, the bias, ``dS`` and the ``dK``/``dV`` span products and their overlap sums run in float32, since rounding each of the ``m``
-overlapping partial sums to 16 bits would be up to ~3x less accurate than the dense oracle.
+Dtypes: float64, float32, bfloat16 (and float16). With 16-bit inputs the scores, the bias, P (kept) and dS are in
+the input dtype, as in the 16-bit oracle: torch's fused softmax and softmax backward compute in float32 inside and
+round their output once (no widening or narrowing passes); the forward matmuls, ``dO·Vᵀ`` and ``dS·K`` run in the
+input dtype; the log-sum-exp is float32; the ``dK``/``dV`` span products and their overlap sums run in float32
+(weights and rows widened per group), since rounding each of the ``m`` overlapping partial sums to 16 bits makes
+dK up to ~2.3x less accurate than the dense 16-bit oracle.
 """
 
 from __future__ import annotations
@@ -76,7 +79,7 @@ class _Plan:
     """Everything about one call that does not depend on the values of q, k, v: sizes, masks, groups."""
 
     def __init__(self, b: int, h: int, t: int, left: int, right: int, bq: int, key_padding_mask: Tensor | None,
-                 alibi_slopes: Tensor | None, cdt: torch.dtype, device: torch.device, with_lse: bool = False):
+                 alibi_slopes: Tensor | None, dtype: torch.dtype, device: torch.device, with_lse: bool = False):
         self.b, self.h, self.t, self.left, self.bq, self.with_lse = b, h, t, left, bq, with_lse
         self.nb = -(-t // bq)
         self.m = 1 + -(-(left + right) // bq)
@@ -85,10 +88,10 @@ class _Plan:
         self.group = max(1, min(self.nb, _GROUP_SCORES // (b * h * bq * self.span)))
         offset = torch.arange(self.span, device=device)[None, :] - torch.arange(bq, device=device)[:, None]
         band = (offset >= 0) & (offset <= left + right)  # [Bq, S]
-        table = torch.zeros(bq, self.span, dtype=cdt, device=device).masked_fill_(~band, float("-inf"))
+        table = torch.zeros(bq, self.span, dtype=dtype, device=device).masked_fill_(~band, float("-inf"))
         if alibi_slopes is not None:  # |p_k - p_q| = |offset - left|
-            dist = (offset - left).abs().to(cdt)
-            table = table - alibi_slopes.detach().to(device=device, dtype=cdt)[:, None, None] * dist
+            dist = (offset - left).abs().to(dtype)
+            table = table - alibi_slopes.detach().to(device=device, dtype=dtype)[:, None, None] * dist
         self.table = table.expand(h, bq, self.span) if table.dim() == 2 else table
         self.table = self.table.unsqueeze(1)  # [H, 1, Bq, S], broadcast over B and the blocks
         bm = 1 if key_padding_mask is None else b
@@ -168,44 +171,39 @@ class _SlidingWindowAttention(torch.autograd.Function):
     def forward(ctx, q, k, v, plan, scale):
         b, h, t, d = q.shape
         low = q.dtype in _LOW_PRECISION
-        cdt = torch.float32 if low else q.dtype
+        sdt = torch.float32 if low else q.dtype  # dtype of the softmax statistics (lse)
         bh, bq, nb, span = b * h, plan.bq, plan.nb, plan.span
         qp = _padded(q, 0, nb * bq, scale).view(bh, nb, bq, d)  # scale folded into q
         kp = _padded(k, plan.left, plan.length).view(bh, plan.length, d)
         vp = _padded(v, plan.left, plan.length).view(bh, plan.length, d)
         op = q.new_empty(bh, nb, bq, d)
         # log Σ_window exp(score) per query, only when asked for (``plan.with_lse``)
-        lse = torch.empty(bh, nb, bq, 1, dtype=cdt, device=q.device) if plan.with_lse else None
+        lse = torch.empty(bh, nb, bq, 1, dtype=sdt, device=q.device) if plan.with_lse else None
         probs = []  # per group [B·H, g, Bq, S], kept for backward: O(T·S) in all
         keep = any(ctx.needs_input_grad[:3])  # without backward, one group buffer is reused
-        buf = low_buf = p_low = span_buf = None
-        scores = bh * plan.group * bq * span
+        buf = None
+        span_buf = q.new_empty(plan.group, span, d) if low else None
         for i0, i1 in plan.groups():
             g = i1 - i0
             if keep or buf is None:
-                buf = torch.empty(bh * g * bq * span if keep else scores, dtype=cdt, device=q.device)
+                buf = q.new_empty(bh * g * bq * span if keep else bh * plan.group * bq * span)
             s = _lead(buf, bh, g, bq, span)
-            if low and low_buf is None:
-                low_buf = torch.empty(scores, dtype=q.dtype, device=q.device)
-                p_low = torch.empty_like(low_buf)
-                span_buf = torch.empty(plan.group, span, d, dtype=q.dtype, device=q.device)
-            raw = _lead(low_buf, bh, g, bq, span) if low else s  # the products in the input dtype
             for j in range(bh):
-                _scores_into(raw[j], qp[j, i0:i1], _spans(kp[j], i0, g, bq, span), span_buf)
-            if low:  # widen first: mixed-dtype elementwise ops run 3-10x slower than a widening copy
-                s.copy_(raw)
+                _scores_into(s[j], qp[j, i0:i1], _spans(kp[j], i0, g, bq, span), span_buf)
             plan.mask_(s.view(b, h, g, bq, span), i0, i1)
             row_max = s.amax(-1, keepdim=True) if lse is not None else None
-            # P in place, in cdt: torch's fused softmax is one op, and its exp is not slowed by the -inf band
-            # entries (a plain exp_ of masked scores leaves the vector path: docs/architecture.md, CPU facts)
+            # P in place, in the input dtype: torch's fused softmax computes in float32 inside for 16-bit inputs and
+            # rounds once (as the 16-bit oracle does), and its exp is not slowed by the -inf band entries (a plain
+            # exp_ of masked scores leaves the vector path: docs/architecture.md, CPU facts)
             torch._softmax(s, -1, False, out=s)
             if lse is not None:  # P = 1 / Σ exp(s − max) at the row's maximum, so lse = max − log max(P)
-                torch.sub(row_max, s.amax(-1, keepdim=True).log_(), out=lse[:, i0:i1])
+                lse_g = lse[:, i0:i1]
+                lse_g.copy_(row_max)
+                lse_g.sub_(s.amax(-1, keepdim=True).to(sdt).log_())
             if keep:
                 probs.append(s)
-            p = _lead(p_low, bh, g, bq, span).copy_(s) if low else s
             for j in range(bh):
-                torch.bmm(p[j], _spans(vp[j], i0, g, bq, span), out=op[j, i0:i1])
+                torch.bmm(s[j], _spans(vp[j], i0, g, bq, span), out=op[j, i0:i1])
         op = op.view(b, h, nb * bq, d)
         if lse is not None:
             lse = lse.view(b, h, nb * bq)
@@ -228,49 +226,49 @@ class _SlidingWindowAttention(torch.autograd.Function):
         bh, d, length = b * h, qp.shape[-1], plan.length
         dtype = qp.dtype
         low = dtype in _LOW_PRECISION
-        cdt = probs[0].dtype
+        acc = torch.float32 if low else dtype  # dK, dV sums over the overlapping spans
         if dout is None:
             dout = qp.new_zeros(b, h, t, d)
         dop = _padded(dout.to(dtype), 0, nb * bq).view(b, h, nb * bq, d)
-        # d lse / d s = P, so the log-sum-exp's gradient enters as dS = P ⊙ (dP − δ + dlse)
-        dl = None if dlse is None else _padded(dlse.to(cdt)[..., None], 0, nb * bq).view(b, h, nb * bq, 1)
+        # d lse / d s = P, so the log-sum-exp's gradient enters as dS = P ⊙ (dP − rowsum(P ⊙ dP) + dlse)
+        dl = None if dlse is None else _padded(dlse.to(dtype)[..., None], 0, nb * bq).view(b, h, nb * bq, 1)
         if any(plan.block_empty):  # rows that see no key pass no gradient
             dop.masked_fill_(plan.empty.view(-1, 1, nb * bq, 1), 0.0)
             if dl is not None:
                 dl.masked_fill_(plan.empty.view(-1, 1, nb * bq, 1), 0.0)
         dl = None if dl is None else dl.view(bh, nb, bq, 1)
         dop = dop.view(bh, nb, bq, d)
-        # the span products of dK and dV in cdt: with 16-bit inputs, float32 products of the 16-bit values (rows
-        # widened per group into a reused buffer), else each of the m overlapping partial sums of a key would be
-        # rounded to 16 bits
         group, dev = plan.group, qp.device
-        rows_buf = torch.empty(bh * group * bq * d, dtype=cdt, device=dev) if low else None
         dq = torch.empty_like(qp)
-        dkp = torch.empty(bh, length, d, dtype=cdt, device=dev)  # dK, dV over the padded rows (see _fold_add)
-        dvp = torch.empty(bh, length, d, dtype=cdt, device=dev)
+        dkp = torch.empty(bh, length, d, dtype=acc, device=dev)  # dK, dV over the padded rows (see _fold_add)
+        dvp = torch.empty(bh, length, d, dtype=acc, device=dev)
         dkp[:, :(m - 1) * bq].zero_()
         dvp[:, :(m - 1) * bq].zero_()
-        dbuf = torch.empty(bh * group * bq * span, dtype=cdt, device=dev)
-        low_buf = torch.empty(dbuf.shape, dtype=dtype, device=dev) if low else None
-        span_buf = torch.empty(group, span, d, dtype=dtype, device=dev) if low else None
-        part = torch.empty(bh * group * span * d, dtype=cdt, device=dev)
+        dbuf = qp.new_empty(bh * group * bq * span)
+        span_buf = qp.new_empty(group, span, d) if low else None
+        part = torch.empty(bh * group * span * d, dtype=acc, device=dev)
+        # 16-bit: the dK, dV span products in float32 (weights and rows widened per group into reused buffers):
+        # rounding each of the m overlapping partial sums to 16 bits makes dK up to ~2.3x less accurate than the
+        # dense 16-bit oracle (max error, T=257, window 16)
+        weights32 = torch.empty(dbuf.shape, dtype=acc, device=dev) if low else None
+        rows32 = torch.empty(bh * group * bq * d, dtype=acc, device=dev) if low else None
         for (i0, i1), p in zip(plan.groups(), probs):
             g = i1 - i0
             ds = _lead(dbuf, bh, g, bq, span)
-            dp = _lead(low_buf, bh, g, bq, span) if low else ds
             for j in range(bh):  # dP
-                _scores_into(dp[j], dop[j, i0:i1], _spans(vp[j], i0, g, bq, span), span_buf)
-            if low:
-                ds.copy_(dp)  # widened first (see the forward)
-            # dS = P ⊙ (dP − rowsum(P ⊙ dP)) in cdt, by torch's fused softmax backward, in place
-            torch._softmax_backward_data(ds, p, -1, cdt, grad_input=ds)
+                _scores_into(ds[j], dop[j, i0:i1], _spans(vp[j], i0, g, bq, span), span_buf)
+            # dS = P ⊙ (dP − rowsum(P ⊙ dP)) by torch's fused softmax backward, in place, in the input dtype
+            # (float32 inside for 16-bit inputs, rounded once)
+            torch._softmax_backward_data(ds, p, -1, dtype, grad_input=ds)
             if dl is not None:
                 ds.addcmul_(p, dl[:, i0:i1])
-            ds_mm = _lead(low_buf, bh, g, bq, span).copy_(ds) if low else ds
             for j in range(bh):
-                torch.bmm(ds_mm[j], _spans(kp[j], i0, g, bq, span), out=dq[j, i0:i1])
+                torch.bmm(ds[j], _spans(kp[j], i0, g, bq, span), out=dq[j, i0:i1])
             for grad, weights, src in ((dkp, ds, qp), (dvp, p, dop)):
-                rows = _lead(rows_buf, bh, g, bq, d).copy_(src[:, i0:i1]) if low else src[:, i0:i1]
+                rows = src[:, i0:i1]
+                if low:
+                    weights = _lead(weights32, bh, g, bq, span).copy_(weights)
+                    rows = _lead(rows32, bh, g, bq, d).copy_(rows)
                 pv = _lead(part, bh, g, span, d)
                 for j in range(bh):
                     torch.bmm(weights[j].transpose(1, 2), rows[j], out=pv[j])  # [g, S, d]
@@ -354,7 +352,6 @@ def sliding_window_attention(q: Tensor, k: Tensor, v: Tensor, *, window: int, ca
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     left, right = min(left, t - 1), min(right, t - 1)  # a window wider than the sequence sees all of it
     bq = min(block_size or default_block_size(window, causal), t)
-    cdt = torch.float32 if q.dtype in _LOW_PRECISION else q.dtype
-    plan = _Plan(b, h, t, left, right, bq, key_padding_mask, alibi_slopes, cdt, q.device, with_lse=return_lse)
+    plan = _Plan(b, h, t, left, right, bq, key_padding_mask, alibi_slopes, q.dtype, q.device, with_lse=return_lse)
     out, lse = _SlidingWindowAttention.apply(q, k, v, plan, scale)
     return (out, lse) if return_lse else out
