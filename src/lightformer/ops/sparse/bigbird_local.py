@@ -10,15 +10,15 @@ block n (every block after the ``num_global`` global ones) sees ``S = G + W + r�
 * ``r·Bq`` random keys, the ``random_blocks`` of the block.
 
 Per group of blocks (about ``2^22`` scores over all batches and heads), the ``S`` key and value rows of every block
-are copied side by side into two reused ``[B·H, g, S, d]`` buffers (``LocalPlan.gather``; the window rows come from
-one overlapping strided view), so that per (batch, head) the scores ``Q_blk·K_Sᵀ`` and the output ``P·V_S`` are one
+(all of them whole blocks) are copied side by side into two reused ``[B·H, g, S, d]`` buffers (``LocalPlan.gather``,
+one ``index_select``), so that per (batch, head) the scores ``Q_blk·K_Sᵀ`` and the output ``P·V_S`` are one
 batched matmul each. For the whole group: one add of the column bias (``-inf`` where a column holds no key: sequence
 edges, a window block that is also global, a missing random block, padding), torch's fused softmax in place. The
 probabilities are kept for the backward (O(T·S) in all, like the sliding-window kernel of ``ops.local.blocked``);
 the backward is the softmax-attention backward per block (FlashAttention, Dao et al. 2022, Alg. 2):
 ``dS = P ⊙ (dP − rowsum(P ⊙ dP))`` by torch's fused softmax backward, ``dQ = dS·K_S``, and the row gradients
-``dSᵀ·Q``, ``Pᵀ·dO`` of every block scattered back (``LocalPlan.scatter_add``: summed onto the global rows, folded
-onto the overlapping window spans, ``index_add_`` onto the random blocks).
+``dSᵀ·Q``, ``Pᵀ·dO`` of every block scattered back onto the key blocks (``LocalPlan.scatter_add``, one
+``index_add_``).
 
 Time O(B·H·T·S·d), memory O(B·H·T·(S + d)). Dtypes: float64, float32, bfloat16 (and float16). Every matmul runs in
 the input dtype, and so do the scores, P (kept) and dS: with 16-bit inputs torch's fused softmax and softmax
@@ -62,7 +62,6 @@ class LocalPlan:
         self.gk = num_global * bq
         self.w = (2 if causal else 3) * bq
         self.span = key_index.shape[-1]
-        self.r = (self.span - self.gk - self.w) // bq
         self.lk = (self.nb + (1 if causal else 2)) * bq  # padded key rows: Bq zero rows, then positions 0 ..
         dev = key_index.device
         valid = key_index >= 0  # [Bm, nl, S]
@@ -79,7 +78,14 @@ class LocalPlan:
                 torch.ones(bq, bq, dtype=torch.bool, device=dev).triu_(1), float("-inf"))
         empty = torch.einsum("mns,as->mna", valid.to(torch.float32), band_f) == 0  # [Bm, nl, Bq]: no key
         self.empty = empty if bool(empty.any()) else None
-        self.rand = random[:, num_global:] + 1  # padded key block of each random block; -1 -> 0, a zero block
+        # the padded key blocks of every local block, in column order (padded block i = positions of block i - 1;
+        # block 0 and the last are zeros): global 1 .. gb, window n .. n + 2 (n + 1 causal), random + 1 (-1 -> 0)
+        n = torch.arange(num_global, self.nb, device=dev)[:, None]
+        glob = torch.arange(1, num_global + 1, device=dev).expand(self.nl, num_global)
+        win = n + torch.arange(self.w // bq, device=dev)
+        rand = random[:, num_global:] + 1
+        bm = rand.shape[0]
+        self.blocks = torch.cat([glob.expand(bm, -1, -1), win.expand(bm, -1, -1), rand], dim=-1)  # [Bm, nl, S/Bq]
         self.group = max(1, min(self.nl, _GROUP_SCORES // max(1, b * h * bq * self.span)))
 
     def groups(self):
@@ -89,38 +95,28 @@ class LocalPlan:
 
     def gather(self, rows: Tensor, n0: int, n1: int, out: Tensor) -> Tensor:
         """The ``S`` key (or value) rows of every local block in ``[n0, n1)``, for every (batch, head): padded rows
-        ``[B·H, L, d]`` -> ``out [B·H, g, S, d]`` (a reused buffer): the global rows, the window span (one strided
-        view across all heads) and the random blocks, side by side, so that each block's scores and products are
-        one matmul (measured ~1.5x faster than three matmuls over the column ranges, the copy included)."""
+        ``[B·H, L, d]`` -> ``out [B·H, g, S, d]`` (a reused buffer), the global, window and random blocks side by
+        side (one ``index_select`` of whole blocks), so that each block's scores and products are one matmul
+        (measured ~1.5x faster than three matmuls over the column ranges, the copy included)."""
         bh, length, d = rows.shape
-        g, bq, gk, w = n1 - n0, self.bq, self.gk, self.w
-        out[:, :, :gk] = rows[:, None, bq:bq + gk]
-        spans = rows.as_strided((bh, g, w, d), (length * d, bq * d, d, 1), rows.storage_offset()
-                                + (self.gb + n0) * bq * d)
-        out[:, :, gk:gk + w] = spans
-        blocks = rows.view(bh, length // bq, bq, d)
-        idx = self.rand[:, n0:n1].reshape(self.rand.shape[0], -1)  # [Bm, g·r]
+        blocks = rows.view(bh, length // self.bq, self.bq, d)
+        idx = self.blocks[:, n0:n1].reshape(self.blocks.shape[0], -1)  # [Bm, g·S/Bq]
+        dst = out.view(bh, idx.shape[1], self.bq, d)
         if idx.shape[0] == 1:
-            picked = blocks.index_select(1, idx[0])
+            torch.index_select(blocks, 1, idx[0], out=dst)
         else:
-            per = blocks.view(self.b, self.h, *blocks.shape[1:])
-            picked = torch.cat([per[i].index_select(1, idx[i]) for i in range(self.b)])
-        out[:, :, gk + w:] = picked.view(bh, g, self.r * bq, d)
+            per, per_dst = blocks.view(self.b, self.h, *blocks.shape[1:]), dst.view(self.b, self.h, *dst.shape[1:])
+            for i in range(self.b):
+                torch.index_select(per[i], 1, idx[i], out=per_dst[i])
         return out
 
     def scatter_add(self, acc: Tensor, parts: Tensor, n0: int, n1: int) -> None:
         """``acc [B·H, L, d]`` += ``parts [B·H, g, S, d]``, the gradients of the gathered rows (the adjoint of
-        ``gather``): summed over the blocks onto the global rows, folded onto the overlapping window spans (shifted
-        adds), added onto the random blocks (``index_add_``)."""
+        ``gather``: one ``index_add_`` of whole blocks, repeated blocks summed)."""
         bh, length, d = acc.shape
-        g, bq, gk, w = n1 - n0, self.bq, self.gk, self.w
-        acc[:, bq:bq + gk] += parts[:, :, :gk].sum(1)
-        blocks = acc.view(bh, length // bq, bq, d)
-        first = self.gb + n0  # padded block where the first window span starts
-        for r in range(w // bq):
-            blocks[:, first + r:first + r + g] += parts[:, :, gk + r * bq:gk + (r + 1) * bq]
-        src = parts[:, :, gk + w:].reshape(bh, -1, bq, d)
-        idx = self.rand[:, n0:n1].reshape(self.rand.shape[0], -1)
+        blocks = acc.view(bh, length // self.bq, self.bq, d)
+        idx = self.blocks[:, n0:n1].reshape(self.blocks.shape[0], -1)
+        src = parts.view(bh, idx.shape[1], self.bq, d)
         if idx.shape[0] == 1:
             blocks.index_add_(1, idx[0], src)
             return
