@@ -21,6 +21,8 @@ FEATURE_MAPS = {
     "relu": lambda x, is_query: features.relu(x),
     "favor": lambda x, is_query: features.favor_plus(x, W16.to(x.dtype), is_query=is_query, key_shift=SHIFT,
                                                      scale=D ** -0.25),
+    # the same map with its analytic input gradient (chunked's backward then skips autograd through it)
+    "favor_analytic": features.FavorPlus(W16, key_shift=SHIFT, scale=D ** -0.25),
 }
 
 
@@ -113,6 +115,20 @@ def test_recurrent_step_equals_causal(name):
                                         eps=1e-6)
         outs.append(o)
     torch.testing.assert_close(torch.stack(outs, 2), full, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("is_query", [True, False], ids=["query", "key"])
+def test_favor_analytic_gradient_equals_autograd(is_query):
+    """FavorPlus.grad (dz = dφ ⊙ φ, dx = dz·W' − scale²·Σdz·x for keys; softmax backward then ·W' for queries) equals
+    autograd through favor_plus, float64."""
+    fmap = features.FavorPlus(W16.double(), key_shift=SHIFT, scale=D ** -0.25)
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 3, 11, D, generator=g, dtype=torch.float64, requires_grad=True)
+    dphi = torch.randn(2, 3, 11, 16, generator=g, dtype=torch.float64)
+    phi = fmap(x, is_query)
+    (want,) = torch.autograd.grad(phi, x, dphi)
+    got = fmap.grad(x.detach(), phi.detach(), dphi.clone(), is_query)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
 def test_relu_all_zero_rows_are_finite():

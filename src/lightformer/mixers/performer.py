@@ -37,7 +37,7 @@ from torch import Tensor
 
 from ..ops.kernel import naive
 from ..ops.kernel.chunked import FeatureMap
-from ..ops.kernel.features import favor_key_shift, favor_plus, orthogonal_gaussian
+from ..ops.kernel.features import FavorPlus, favor_key_shift, orthogonal_gaussian
 from .base import MIXERS, Capabilities
 from .linear import KernelAttentionMixer, LinearAttentionConfig
 
@@ -90,14 +90,9 @@ class Performer(KernelAttentionMixer):
         self.projection.copy_(w.to(self.projection))
 
     def feature_map(self) -> FeatureMap:
+        # scale d^(-1/4) on q and k, so that φ(q')ᵀφ(k') estimates exp(qᵀk / sqrt(d))
         w = self.projection
-        shift = favor_key_shift(w)
-        scale = self.config.head_dim ** -0.25  # so that φ(q')ᵀφ(k') estimates exp(qᵀk / sqrt(d))
-
-        def fmap(x: Tensor, is_query: bool) -> Tensor:
-            return favor_plus(x, w, is_query=is_query, key_shift=shift, scale=scale)
-
-        return fmap
+        return FavorPlus(w, key_shift=favor_key_shift(w), scale=self.config.head_dim ** -0.25)
 
     def _forward(self, x: Tensor, key_padding_mask: Tensor | None) -> Tensor:
         if self.training and self.config.redraw:

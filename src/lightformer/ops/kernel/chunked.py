@@ -26,8 +26,9 @@ have V̄ = 0, padded queries are dropped).
 Backward (N is bilinear in φ(Q), φ(K) and linear in V̄):
     dφ(Q_i) = Σ_{j≤i} φ(K_j) (V̄_j·dN_i),   dφ(K_j) = Σ_{i≥j} φ(Q_i) (V̄_j·dN_i),   dV̄_j = Σ_{i≥j} (φ(Q_i)·φ(K_j)) dN_i
 (no j ≤ i restriction when non-causal). Causal: one pass in group order rebuilds S̄ and gives dφ(Q); one pass in
-reverse order accumulates dS̄ = Σ_{later i} φ(Q_i)dN_iᵀ and gives dφ(K), dV̄. Feature gradients go through the
-feature map by autograd on each chunk alone. Every contraction is a matmul; the only elementwise work is the
+reverse order accumulates dS̄ = Σ_{later i} φ(Q_i)dN_iᵀ and gives dφ(K), dV̄. Feature gradients use the map's own
+``grad(x, φ, dφ, is_query)`` when it has one (``features.FavorPlus``), else autograd through the map on each chunk
+alone. Every contraction is a matmul; the only elementwise work is the
 feature map itself.
 
 Dtypes: float64 is computed in float64. Otherwise the features and the states S̄ are float32 and the matmuls run in
@@ -145,10 +146,22 @@ class _KernelProduct(torch.autograd.Function):
         dq, dk, dva = torch.empty_like(q), torch.empty_like(k), torch.empty_like(va)
         starts = list(range(0, t, group))
 
+        analytic = getattr(fmap, "grad", None)  # the map's own input gradient, else autograd through it
+
         def features_with_grad(x: Tensor, is_query: bool) -> tuple[Tensor, Tensor]:
+            if analytic is not None:
+                xc = x.to(acc)
+                with torch.no_grad():
+                    return xc, fmap(xc, is_query)
             with torch.enable_grad():
                 xc = x.detach().to(acc).requires_grad_(True)
                 return xc, fmap(xc, is_query)
+
+        def feature_grad(xc: Tensor, phi: Tensor, dphi: Tensor, is_query: bool) -> Tensor:
+            """dL/dx from dL/dφ (``dphi`` may be overwritten)."""
+            if analytic is not None:
+                return analytic(xc, phi, dphi, is_query)
+            return torch.autograd.grad(phi, xc, dphi)[0]
 
         if not causal:
             s_mm = s_total.to(mm)
@@ -156,14 +169,14 @@ class _KernelProduct(torch.autograd.Function):
             for lo in starts:
                 qc, fq = features_with_grad(q[:, :, lo:lo + group], True)
                 dn_c = dn[:, :, lo:lo + group]
-                dq[:, :, lo:lo + group] = torch.autograd.grad(fq, qc, _mm(dn_c, s_mm.transpose(-1, -2), mm, acc))[0]
+                dq[:, :, lo:lo + group] = feature_grad(qc, fq, _mm(dn_c, s_mm.transpose(-1, -2), mm, acc), True)
                 ds = _add(ds, _mm(fq.detach().transpose(-1, -2), dn_c, mm, acc))  # [B, H, m, e]
             ds_mm = ds.to(mm)
             for lo in starts:
                 kc, fk = features_with_grad(k[:, :, lo:lo + group], False)
                 va_c = va[:, :, lo:lo + group]
-                dk[:, :, lo:lo + group] = torch.autograd.grad(fk, kc, _mm(va_c, ds_mm.transpose(-1, -2), mm, acc))[0]
                 dva[:, :, lo:lo + group] = _mm(fk.detach(), ds_mm, mm, va.dtype)
+                dk[:, :, lo:lo + group] = feature_grad(kc, fk, _mm(va_c, ds_mm.transpose(-1, -2), mm, acc), False)
             return dq, dk, dva, None, None, None, None
 
         def unchunk(x: Tensor) -> Tensor:
@@ -180,7 +193,7 @@ class _KernelProduct(torch.autograd.Function):
             m_ij = (dnb @ vb.transpose(-1, -2)).tril_()  # [B, H, G, C, C]: V̄_j·dN_i for j <= i
             prev, s = _exclusive_prefix(sc, s)
             dfq = _mm_add(_mm(m_ij, fk, mm, acc), dnb, prev.transpose(-1, -2), mm)
-            dq[:, :, lo:lo + group] = torch.autograd.grad(fq, qc, unchunk(dfq))[0]
+            dq[:, :, lo:lo + group] = feature_grad(qc, fq, unchunk(dfq), True)
         # pass 2, reverse group order: accumulate dS̄ of later chunks and get dφ(K), dV̄
         ds = None
         for lo in reversed(starts):
@@ -196,7 +209,7 @@ class _KernelProduct(torch.autograd.Function):
             a = (fq @ fk.transpose(-1, -2)).tril_()  # [B, H, G, C, C]
             dfk = _mm_add(_mm(m_ij.transpose(-1, -2), fq, mm, acc), vb, ds_next.transpose(-1, -2), mm)
             dvb = _mm_add(_mm(a.transpose(-1, -2), dnb, mm, acc), fk, ds_next, mm)
-            dk[:, :, lo:lo + group] = torch.autograd.grad(fk_g, kc, unchunk(dfk))[0]
+            dk[:, :, lo:lo + group] = feature_grad(kc, fk_g, unchunk(dfk), False)
             dva[:, :, lo:lo + group] = unchunk(dvb)
         return dq, dk, dva, None, None, None, None
 
