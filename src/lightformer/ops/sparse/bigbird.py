@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .bigbird_local import LocalPlan, local_blocks_attention
+from .bigbird_local import LocalPlan, blocks_attention
 from .blocked import BlockPattern
 from .longformer import global_rows_attention
 
@@ -132,16 +132,11 @@ def bigbird_attention(q: Tensor, k: Tensor, v: Tensor, *, block_size: int, num_g
     nb = -(-t // block_size)
     if random_blocks.dim() != 3 or random_blocks.shape[1] != nb or random_blocks.shape[0] not in (1, q.shape[0]):
         raise ValueError(f"random_blocks must be [1 or B, nb={nb}, r], got {tuple(random_blocks.shape)}")
-    g_rows = min(num_global * block_size, t)
-    outs = []
-    if g_rows:  # global query blocks: every key, O(g·T·d), no gathered key lists
-        outs.append(global_rows_attention(q, k, v, g_rows, causal=causal, key_padding_mask=key_padding_mask,
-                                          scale=scale))
-    if t > g_rows:
-        pattern = local_pattern(t, block_size=block_size, num_global=num_global, random=random_blocks,
-                                causal=causal, device=q.device)
-        plan = LocalPlan(q.shape[0], q.shape[1], t, block_size, pattern.key_index, pattern.band, random_blocks,
-                         min(num_global, nb), causal, key_padding_mask, q.dtype)
-        outs.append(local_blocks_attention(q[:, :, g_rows:], k, v, plan,
-                                           q.shape[-1] ** -0.5 if scale is None else float(scale)))
-    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    if t <= num_global * block_size:  # every block is global: every key, O(T²·d)
+        return global_rows_attention(q, k, v, t, causal=causal, key_padding_mask=key_padding_mask, scale=scale)
+    pattern = local_pattern(t, block_size=block_size, num_global=num_global, random=random_blocks, causal=causal,
+                            device=q.device)
+    plan = LocalPlan(q.shape[0], q.shape[1], t, block_size, pattern.key_index, pattern.band, random_blocks,
+                     num_global, causal, key_padding_mask, q.dtype)
+    return blocks_attention(q, k, v, plan, scale, key_padding_mask=key_padding_mask, causal=causal)

@@ -1,4 +1,5 @@
-"""BigBird's local query blocks as one autograd function: window, global and random keys under one softmax.
+"""BigBird-ITC attention as one autograd function: the global rows, and the local query blocks with their window,
+global and random keys under one softmax.
 
 Zaheer et al. 2020, "Big Bird: Transformers for Longer Sequences", App. D (the blocked ITC form). A local query
 block n (every block after the ``num_global`` global ones) sees ``S = G + W + r·Bq`` key columns, in the order of
@@ -32,6 +33,7 @@ import torch
 from torch import Tensor
 
 from ..local.blocked import _LOW_PRECISION, _lead, _padded
+from .longformer import _global_rows_backward, _global_rows_forward
 
 #: scores per group of blocks (all batches and heads): 16 MiB in float32
 _GROUP_SCORES = 2 ** 22
@@ -125,15 +127,20 @@ class LocalPlan:
             per[i].index_add_(1, idx[i], per_src[i])
 
 
-class _BigBirdLocal(torch.autograd.Function):
+class _BigBird(torch.autograd.Function):
+    """The whole of BigBird-ITC attention: the global query rows (``longformer``'s global-row helpers) and the local
+    blocks, so that each gradient is written once (no zero-filled slice gradients, no sums of partial ones)."""
+
     @staticmethod
-    def forward(ctx, q, k, v, plan: LocalPlan, scale: float):
-        b, h, tl, d = q.shape  # q: the local query rows only
-        bh, bq, nl, span = b * h, plan.bq, plan.nl, plan.span
-        qp = _padded(q, 0, nl * bq, scale).view(bh, nl, bq, d)
+    def forward(ctx, q, k, v, plan: LocalPlan, scale: float, hide: Tensor | None, causal: bool):
+        b, h, t, d = q.shape
+        bh, bq, nl, span, gk = b * h, plan.bq, plan.nl, plan.span, plan.gk
+        out = q.new_empty(b, h, gk + nl * bq, d)  # rows gk .. : the local blocks, padded to whole blocks
+        ctx.global_probs = _global_rows_forward(q, k, v, hide, gk, causal, scale, out[:, :, :gk]) if gk else None
+        qp = _padded(q[:, :, gk:], 0, nl * bq, scale).view(bh, nl, bq, d)
         kp = _padded(k, bq, plan.lk).view(bh, plan.lk, d)
         vp = _padded(v, bq, plan.lk).view(bh, plan.lk, d)
-        op = q.new_empty(bh, nl, bq, d)
+        op = out[:, :, gk:].view(bh, nl, bq, d)
         keep = any(ctx.needs_input_grad[:3])
         probs, buf = [], None  # P is kept per group for the backward; without backward one buffer is reused
         rows = bh * plan.group * span * d
@@ -156,26 +163,32 @@ class _BigBirdLocal(torch.autograd.Function):
         if plan.empty is not None:
             op.view(b, h, nl, bq, d).masked_fill_(plan.empty[:, None, :, :, None], 0.0)
         if keep:
-            ctx.save_for_backward(qp, kp, vp, *probs)
+            ctx.save_for_backward(q, k, v, qp, kp, vp, *probs)
         ctx.plan, ctx.scale = plan, scale
-        return op.view(b, h, nl * bq, d)[:, :, :tl]
+        return out[:, :, :t]
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dout):
-        qp, kp, vp, *probs = ctx.saved_tensors
+        q, k, v, qp, kp, vp, *probs = ctx.saved_tensors
         plan, scale = ctx.plan, ctx.scale
-        b, h, bq, nl, span = plan.b, plan.h, plan.bq, plan.nl, plan.span
-        bh, d, tl = b * h, qp.shape[-1], dout.shape[2]
+        b, h, bq, nl, span, gk, t = plan.b, plan.h, plan.bq, plan.nl, plan.span, plan.gk, plan.t
+        bh, d = b * h, qp.shape[-1]
         dtype, dev = qp.dtype, qp.device
         low = dtype in _LOW_PRECISION
         acc_dt = torch.float32 if low else dtype  # the gradient sums of K and V rows
-        dop = _padded(dout.to(dtype), 0, nl * bq).view(b, h, nl, bq, d)
+        dout = dout.to(dtype)
+        dq_all = q.new_empty(b, h, gk + nl * bq, d)
+        dk_g = dv_g = None
+        if gk:
+            dk_g, dv_g = q.new_empty(q.shape), q.new_empty(q.shape)
+            _global_rows_backward(ctx.global_probs, dout[:, :, :gk], q, k, v, scale, dq_all[:, :, :gk], dk_g, dv_g)
+        dop = _padded(dout[:, :, gk:], 0, nl * bq).view(b, h, nl, bq, d)
         if plan.empty is not None:  # rows that see no key pass no gradient
             dop.masked_fill_(plan.empty[:, None, :, :, None], 0.0)
         dop = dop.view(bh, nl, bq, d)
         group = plan.group
-        dq = torch.empty_like(qp)
+        dq = dq_all[:, :, gk:].view(bh, nl, bq, d)
         dkp = torch.zeros(bh, plan.lk, d, dtype=acc_dt, device=dev)
         dvp = torch.zeros(bh, plan.lk, d, dtype=acc_dt, device=dev)
         dbuf = qp.new_empty(bh * group * bq * span)
@@ -198,9 +211,12 @@ class _BigBirdLocal(torch.autograd.Function):
                 for j in range(bh):
                     torch.bmm(weights[j].transpose(1, 2), src[j, n0:n1], out=pv[j])
                 plan.scatter_add(acc, _lead(wide, bh, g, span, d).copy_(pv) if low else pv, n0, n1)
-        dq = dq.view(b, h, nl * bq, d)[:, :, :tl].mul_(scale)
-        dk, dv = (x[:, bq:bq + plan.t].view(b, h, plan.t, d).to(dtype) for x in (dkp, dvp))
-        return dq, dk, dv, None, None
+        dq.mul_(scale)
+        dk, dv = (x[:, bq:bq + t].view(b, h, t, d).to(dtype) for x in (dkp, dvp))
+        if gk:
+            dk.add_(dk_g)
+            dv.add_(dv_g)
+        return dq_all[:, :, :t], dk, dv, None, None, None, None
 
 
 def _mask_(s: Tensor, plan: LocalPlan, n0: int, n1: int) -> None:
@@ -215,8 +231,11 @@ def _mask_(s: Tensor, plan: LocalPlan, n0: int, n1: int) -> None:
         s5.masked_fill_(plan.empty[:, None, n0:n1, :, None], 0.0)
 
 
-def local_blocks_attention(q: Tensor, k: Tensor, v: Tensor, plan: LocalPlan, scale: float) -> Tensor:
-    """Rows ``G ..`` of BigBird attention: q ``[B, H, T - G, d]`` (the local query rows), k, v ``[B, H, T, d]`` ->
-    ``[B, H, T - G, d]`` in the dtype of q; differentiable in q, k, v. See the module docstring."""
+def blocks_attention(q: Tensor, k: Tensor, v: Tensor, plan: LocalPlan, scale: float, *,
+                     key_padding_mask: Tensor | None, causal: bool) -> Tensor:
+    """BigBird-ITC attention with at least one local block (T > G): q, k, v ``[B, H, T, d]`` -> ``[B, H, T, d]`` in
+    the dtype of q, differentiable in q, k, v. Rows ``< G`` see every key (``longformer._global_rows_forward``), the
+    others their local pattern (see the module docstring)."""
+    hide = None if key_padding_mask is None else ~key_padding_mask
     with torch.autocast(device_type=q.device.type, enabled=False):
-        return _BigBirdLocal.apply(q, k, v, plan, scale)
+        return _BigBird.apply(q, k, v, plan, scale, hide, causal)
