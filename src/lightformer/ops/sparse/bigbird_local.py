@@ -95,36 +95,32 @@ class LocalPlan:
         for n0 in range(0, self.nl, self.group):
             yield n0, min(self.nl, n0 + self.group)
 
+    def _block_index(self, n0: int, n1: int) -> list[Tensor]:
+        """Per (batch, head) row: the padded key blocks of local blocks ``[n0, n1)``, ``[g·S/Bq]``."""
+        idx = self.blocks[:, n0:n1].reshape(self.blocks.shape[0], -1)
+        return [idx[j // self.h if idx.shape[0] > 1 else 0] for j in range(self.b * self.h)]
+
     def gather(self, rows: Tensor, n0: int, n1: int, out: Tensor) -> Tensor:
         """The ``S`` key (or value) rows of every local block in ``[n0, n1)``, for every (batch, head): padded rows
         ``[B·H, L, d]`` -> ``out [B·H, g, S, d]`` (a reused buffer), the global, window and random blocks side by
-        side (one ``index_select`` of whole blocks), so that each block's scores and products are one matmul
-        (measured ~1.5x faster than three matmuls over the column ranges, the copy included)."""
+        side, so that each block's scores and products are one matmul (measured ~1.5x faster than three matmuls
+        over the column ranges, the copy included). One ``index_select`` of whole blocks per (batch, head), on
+        dim 0 of a ``[blocks, Bq·d]`` view: ~2x faster than one over dim 1 of all heads."""
         bh, length, d = rows.shape
-        blocks = rows.view(bh, length // self.bq, self.bq, d)
-        idx = self.blocks[:, n0:n1].reshape(self.blocks.shape[0], -1)  # [Bm, g·S/Bq]
-        dst = out.view(bh, idx.shape[1], self.bq, d)
-        if idx.shape[0] == 1:
-            torch.index_select(blocks, 1, idx[0], out=dst)
-        else:
-            per, per_dst = blocks.view(self.b, self.h, *blocks.shape[1:]), dst.view(self.b, self.h, *dst.shape[1:])
-            for i in range(self.b):
-                torch.index_select(per[i], 1, idx[i], out=per_dst[i])
+        src = rows.view(bh, length // self.bq, self.bq * d)
+        dst = out.view(bh, -1, self.bq * d)
+        for j, idx in enumerate(self._block_index(n0, n1)):
+            torch.index_select(src[j], 0, idx, out=dst[j])
         return out
 
     def scatter_add(self, acc: Tensor, parts: Tensor, n0: int, n1: int) -> None:
         """``acc [B·H, L, d]`` += ``parts [B·H, g, S, d]``, the gradients of the gathered rows (the adjoint of
-        ``gather``: one ``index_add_`` of whole blocks, repeated blocks summed)."""
+        ``gather``: one ``index_add_`` of whole blocks per (batch, head), repeated blocks summed)."""
         bh, length, d = acc.shape
-        blocks = acc.view(bh, length // self.bq, self.bq, d)
-        idx = self.blocks[:, n0:n1].reshape(self.blocks.shape[0], -1)
-        src = parts.view(bh, idx.shape[1], self.bq, d)
-        if idx.shape[0] == 1:
-            blocks.index_add_(1, idx[0], src)
-            return
-        per, per_src = blocks.view(self.b, self.h, *blocks.shape[1:]), src.view(self.b, self.h, *src.shape[1:])
-        for i in range(self.b):
-            per[i].index_add_(1, idx[i], per_src[i])
+        dst = acc.view(bh, length // self.bq, self.bq * d)
+        src = parts.view(bh, -1, self.bq * d)
+        for j, idx in enumerate(self._block_index(n0, n1)):
+            dst[j].index_add_(0, idx, src[j])
 
 
 class _BigBird(torch.autograd.Function):
