@@ -1,13 +1,14 @@
-"""Gathered block-sparse softmax attention: the one fast kernel behind every pattern in ``ops/sparse``.
+"""Gathered block-sparse softmax attention: the general kernel for block patterns given as key lists (HiLo's local
+windows and its pooled keys use it; sliding windows, Longformer and BigBird have their own kernels, which keep the
+probabilities instead of recomputing them: ``ops.local.blocked``, ``longformer``, ``bigbird_local``).
 
 The queries are cut into ``nb = ceil(Tq / Bq)`` blocks of ``Bq`` rows. Query block n sees a fixed list of ``S`` key
 positions ``key_index[n]`` (``-1`` = no key in that column), gathered into ``[B·nb, H, S, d]``, so that all blocks
 and heads are one batched attention call ``[B·nb, H, Bq, S]``. The mask is a column term (empty columns, padded
 keys; ``[nb, S]``) plus a ``[Bq, S]`` band shared by every block (window edges, a causal diagonal block), added per
 chunk into one ``[B·n, 1, Bq, S]`` bias broadcast over the heads — never per head. Patterns whose blocks see all keys
-(``key_index=None``) use a position ``rule`` instead. Longformer's window + global keys, BigBird's window + global +
-random blocks, the dilated window (on interleaved sub-sequences), HiLo's local windows and its pooled keys are all
-such a list plus a mask.
+(``key_index=None``) use a position ``rule`` instead. BigBird's pattern (``bigbird.local_pattern``) is such a list
+plus a mask too.
 
     softmax(Q_n K_nᵀ · scale + bias_n) V_n         per block n, with K_n = K[key_index[n]]  (gather)
 
