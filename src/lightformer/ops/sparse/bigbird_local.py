@@ -49,6 +49,7 @@ class LocalPlan:
             ``bigbird.local_pattern``; ``band``: its ``[Bq, S]`` causal band or None.
         random: ``[Bm, nb, r]`` random key blocks (``-1`` = none).
         num_global: global blocks ``gb`` (``G = gb·Bq`` < t).
+        causal: the window is blocks ``n-1, n`` and the own block hides ``j > i``.
         key_padding_mask: ``[B, T]`` bool or None.
         dtype: the dtype of q, k, v (the biases are added to scores in it).
     """
