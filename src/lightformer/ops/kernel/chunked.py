@@ -243,6 +243,31 @@ def kernel_product(q: Tensor, k: Tensor, va: Tensor, feature_map: FeatureMap, *,
     return n[:, :, :t] if pad else n
 
 
+class _Ratio(torch.autograd.Function):
+    """out = N[..., :d] / (N[..., d] + eps), written once in the output dtype; the backward builds dN in one buffer
+    (autograd's split, division and cat chain made several full-size temporaries, each a fresh allocation)."""
+
+    @staticmethod
+    def forward(ctx, n: Tensor, eps: float, dtype: torch.dtype) -> Tensor:
+        num, den = n[..., :-1], n[..., -1:] + eps
+        out = torch.empty(num.shape, dtype=dtype, device=n.device)
+        torch.div(num, den, out=out)
+        ctx.save_for_backward(num, den)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dout: Tensor):
+        num, den = ctx.saved_tensors
+        r = den.reciprocal()  # [..., 1]
+        dn = torch.empty(*num.shape[:-1], num.shape[-1] + 1, dtype=num.dtype, device=num.device)
+        g = dn[..., :-1]
+        g.copy_(dout)  # widened first (mixed-dtype elementwise ops are slow)
+        g.mul_(r)  # dL/dnum = dout / den
+        torch.mul(torch.linalg.vecdot(g, num).unsqueeze_(-1), r, out=dn[..., -1:]).neg_()  # dL/dden
+        return dn, None, None
+
+
 def kernel_attention(q: Tensor, k: Tensor, v: Tensor, feature_map: FeatureMap, *, causal: bool, eps: float,
                      chunk_size: int, key_padding_mask: Tensor | None = None) -> Tensor:
     """Chunked kernel attention, see the module docstring.
@@ -270,5 +295,4 @@ def kernel_attention(q: Tensor, k: Tensor, v: Tensor, feature_map: FeatureMap, *
     if key_padding_mask is not None:
         va = va * key_padding_mask[:, None, :, None].to(va.dtype)
     n = kernel_product(q, k, va, feature_map, causal=causal, chunk_size=chunk_size)
-    num, den = n.split([v.shape[-1], 1], dim=-1)  # one split (its backward is one cat, not two zero-fills)
-    return (num / (den + eps)).to(v.dtype)
+    return _Ratio.apply(n, eps, v.dtype)
