@@ -229,8 +229,11 @@ def kernel_product(q: Tensor, k: Tensor, va: Tensor, feature_map: FeatureMap, *,
     q, k ``[B, H, T, dk]`` (pre-feature), va ``[B, H, T, e]`` -> ``[B, H, T, e]`` (float32, float64 for float64)."""
     b, h, t, _ = q.shape
     # q, k arrive as strided views of the fused QKV projection; elementwise feature maps keep that layout, which
-    # would make every batched matmul below copy its operand: one copy here instead
-    q, k, va = q.contiguous(), k.contiguous(), va.contiguous()
+    # would make every batched matmul below copy its operand: one copy here instead. 16-bit q, k need none: every
+    # group is widened to float32 (a contiguous copy) before its feature map
+    if q.dtype == _acc(q.dtype):
+        q, k = q.contiguous(), k.contiguous()
+    va = va.contiguous()
     with torch.no_grad():
         m = feature_map(q[:1, :1, :1].to(_acc(q.dtype)), True).shape[-1]
     c = min(chunk_size, t)

@@ -83,12 +83,16 @@ def favor_plus(x: Tensor, projection: Tensor, *, is_query: bool, key_shift: floa
     """
     m = projection.shape[0]
     w = projection.to(x.dtype) * scale  # [m, d]
+    z = torch.matmul(x, w.T)  # [..., m], a fresh contiguous tensor: the ops below work on it in place when they
+    # can (a fresh [L, m] output per op is a fresh allocation, page-faulted at long T: docs/architecture.md)
     if is_query:
-        return torch.softmax(x @ w.T, dim=-1)
+        if torch.is_grad_enabled():
+            return torch.softmax(z, dim=-1)
+        return torch._softmax(z, -1, False, out=z)
     # exponent Wx' − |x'|²/2 − key_shift − log sqrt(m); the per-row term is subtracted in place from the matmul
     # output (a concatenated [x, −c(x)] operand instead costs a slow 65-column cat per group)
     c = (0.5 * scale * scale) * x.square().sum(-1, keepdim=True) + (key_shift + 0.5 * math.log(m))  # [..., 1]
-    return torch.exp(torch.matmul(x, w.T).sub_(c))
+    return z.sub_(c).exp_()
 
 
 class FavorPlus:
