@@ -15,6 +15,9 @@ band biases) times the ``[L, 2C]`` terms [e·V, e] of those blocks — three bat
 slices accumulated in place (``block_tridiagonal_matmul``, its own backward), no gathered spans.
 Causal: only previous and same blocks; each block c has its own stabiliser M_c (the running max at its end, from
 ``simple.causal_prefix``), so the previous block's terms are rescaled by e^{M_{c−1} − M_c} <= 1.
+Non-causal, the whole computation from q, k, v to the output is one autograd function
+(``_AftLocalBidirectional``, hand-written backward) that allocates each full-size buffer once and works in place on
+it; the causal form is composed of autograd ops around ``block_tridiagonal_matmul``.
 Same semantics as ``naive.aft_local``.
 
 Band biases ``w_band``: ``[>= T, 2s − 1]``, column δ + s − 1 holds offset δ = t' − t (causal uses δ <= 0 only).
@@ -75,15 +78,7 @@ class _BlockTridiagonal(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, a, x, x_prev, use_next):
-        nb, lb = a.shape[0], a.shape[1]
-        a_prev, a_same, a_next = a[..., :lb], a[..., lb:2 * lb], a[..., 2 * lb:]
-        y = torch.empty_like(x)
-        for i in range(x.shape[0]):
-            torch.matmul(a_same, x[i], out=y[i])
-            if nb > 1:
-                y[i, 1:].baddbmm_(a_prev[1:], x_prev[i, :-1])
-                if use_next:
-                    y[i, :-1].baddbmm_(a_next[:-1], x[i, 1:])
+        y = _tridiagonal(a, x, x_prev, use_next, torch.empty_like(x))
         ctx.save_for_backward(a, x, x_prev)
         ctx.use_next = use_next
         return y
@@ -92,32 +87,126 @@ class _BlockTridiagonal(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy):
         a, x, x_prev = ctx.saved_tensors
-        use_next, same_x = ctx.use_next, x_prev is x
-        nb, lb = a.shape[0], a.shape[1]
-        a_prev, a_same, a_next = (a[..., :lb].transpose(1, 2), a[..., lb:2 * lb].transpose(1, 2),
-                                  a[..., 2 * lb:].transpose(1, 2))
-        da = dx = dx_prev = None
-        if ctx.needs_input_grad[0]:
-            parts = torch.zeros(3, nb, lb, lb, dtype=a.dtype, device=a.device)  # d a_prev, d a_same, d a_next
-            for i in range(x.shape[0]):
-                parts[1].baddbmm_(dy[i], x[i].transpose(1, 2))
-                if nb > 1:
-                    parts[0, 1:].baddbmm_(dy[i, 1:], x_prev[i, :-1].transpose(1, 2))
-                    if use_next:
-                        parts[2, :-1].baddbmm_(dy[i, :-1], x[i, 1:].transpose(1, 2))
-            da = parts.permute(1, 2, 0, 3).reshape(nb, lb, 3 * lb)
+        same_x = x_prev is x
+        da = _tridiagonal_grad_a(a, x, x_prev, ctx.use_next, dy) if ctx.needs_input_grad[0] else None
+        dx = dx_prev = None
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
             dx = torch.empty_like(x)
             dx_prev = dx if same_x else torch.zeros_like(x_prev)
-            for i in range(x.shape[0]):
-                torch.matmul(a_same, dy[i], out=dx[i])
-                if nb > 1:
-                    dx_prev[i, :-1].baddbmm_(a_prev[1:], dy[i, 1:])
-                    if use_next:
-                        dx[i, 1:].baddbmm_(a_next[:-1], dy[i, :-1])
+            _tridiagonal_grad_x(a, ctx.use_next, dy, dx, dx_prev)
             if same_x:
                 dx_prev = None
         return da, dx, dx_prev, None
+
+
+def _tridiagonal(a: Tensor, x: Tensor, x_prev: Tensor, use_next: bool, y: Tensor) -> Tensor:
+    """``y[:, j] = A_prev[j] x_prev[:, j − 1] + A_same[j] x[:, j] + A_next[j] x[:, j + 1]`` into ``y``."""
+    nb, lb = a.shape[0], a.shape[1]
+    a_prev, a_same, a_next = a[..., :lb], a[..., lb:2 * lb], a[..., 2 * lb:]
+    for i in range(x.shape[0]):
+        torch.matmul(a_same, x[i], out=y[i])
+        if nb > 1:
+            y[i, 1:].baddbmm_(a_prev[1:], x_prev[i, :-1])
+            if use_next:
+                y[i, :-1].baddbmm_(a_next[:-1], x[i, 1:])
+    return y
+
+
+def _tridiagonal_grad_a(a: Tensor, x: Tensor, x_prev: Tensor, use_next: bool, dy: Tensor) -> Tensor:
+    """d a ``[nb, L, 3L]`` of ``_tridiagonal`` for the output gradient ``dy``."""
+    nb, lb = a.shape[0], a.shape[1]
+    parts = torch.zeros(3, nb, lb, lb, dtype=a.dtype, device=a.device)  # d a_prev, d a_same, d a_next
+    for i in range(x.shape[0]):
+        parts[1].baddbmm_(dy[i], x[i].transpose(1, 2))
+        if nb > 1:
+            parts[0, 1:].baddbmm_(dy[i, 1:], x_prev[i, :-1].transpose(1, 2))
+            if use_next:
+                parts[2, :-1].baddbmm_(dy[i, :-1], x[i, 1:].transpose(1, 2))
+    return parts.permute(1, 2, 0, 3).reshape(nb, lb, 3 * lb)
+
+
+def _tridiagonal_grad_x(a: Tensor, use_next: bool, dy: Tensor, dx: Tensor, dx_prev: Tensor) -> None:
+    """d x into ``dx`` and d x_prev into ``dx_prev`` (zero-filled, or ``dx`` itself when x_prev is x)."""
+    nb, lb = a.shape[0], a.shape[1]
+    a_prev, a_same, a_next = (a[..., :lb].transpose(1, 2), a[..., lb:2 * lb].transpose(1, 2),
+                              a[..., 2 * lb:].transpose(1, 2))
+    for i in range(dy.shape[0]):
+        torch.matmul(a_same, dy[i], out=dx[i])
+        if nb > 1:
+            dx_prev[i, :-1].baddbmm_(a_prev[1:], dy[i, 1:])
+            if use_next:
+                dx[i, 1:].baddbmm_(a_next[:-1], dy[i, :-1])
+
+
+class _AftLocalBidirectional(torch.autograd.Function):
+    """Non-causal AFT-local from q, k, v to the output in one function, each full-size buffer allocated once and
+    reused in place (autograd's chain of exp, products, cat, sums, ratio and sigmoid made ~20 full-size temporaries
+    per call; at T=65536 their page faults were half the time: docs/architecture.md, CPU facts).
+
+    Inputs: q, k, v ``[B, T, C]``; the band coefficients ``e3 [nb, L, 3L]`` and ``base = e^{−μ} [nb, L, 1]`` from
+    ``band_blocks`` (differentiable: their gradients flow on to the band biases); ``valid`` ``[B, T]`` bool or None.
+    Everything runs in float32 (float64 for float64), as the autograd form did.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, e3, base, valid):
+        b, t, c = q.shape
+        nb, lb = e3.shape[0], e3.shape[1]
+        sd = e3.dtype
+        x = torch.empty(b, nb * lb, 2 * c, dtype=sd, device=q.device)  # [e·V, e], padded rows 0
+        x[:, t:].zero_()
+        ev, e = x[:, :t, :c], x[:, :t, c:]
+        e.copy_(k)
+        if valid is not None:
+            e.masked_fill_(~valid[..., None], float("-inf"))
+        e.sub_(finite_or_zero(e.amax(dim=1, keepdim=True))).exp_()  # e^{K − M}, M per (batch, channel)
+        ev.copy_(v)
+        ev.mul_(e)
+        g_nd = x.sum(dim=1)  # [B, 2C]: every key's terms
+        xb = x.view(b, nb, lb, 2 * c)
+        nd = _tridiagonal(e3, xb, xb, True, torch.empty_like(xb))  # the band
+        nd.addcmul_(base, g_nd[:, None, None])  # + e^{−μ}·(all keys)
+        nd = nd.view(b, nb * lb, 2 * c)
+        num, den = nd[..., :c], nd[..., c:]
+        den.clamp_min_(torch.finfo(sd).tiny)  # a query that sees no key: num = 0, ratio 0 (safe_ratio)
+        num.div_(den)  # nd = [ratio, den]
+        sig = q.to(sd, copy=True).sigmoid_()
+        out = (sig * num[:, :t]).to(q.dtype)
+        ctx.save_for_backward(q, v, e3, base, x, nd, g_nd)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy):
+        q, v, e3, base, x, nd, g_nd = ctx.saved_tensors
+        b, t, c = q.shape
+        nb, lb = e3.shape[0], e3.shape[1]
+        sd = e3.dtype
+        ratio, den = nd[:, :t, :c], nd[:, :t, c:]
+        sig = q.to(sd, copy=True).sigmoid_()
+        dnd = torch.zeros(b, nb * lb, 2 * c, dtype=sd, device=q.device)  # [d num, d den], padded rows 0
+        dnum, dden = dnd[:, :t, :c], dnd[:, :t, c:]
+        dnum.copy_(dy)
+        dnum.mul_(sig)  # d ratio = dy·σ(q)
+        dq = (dnum * ratio).mul_(sig.neg_().add_(1.0)).to(q.dtype)  # dy·σ(q)·ratio·(1 − σ(q))
+        dnum.div_(den)  # d num = d ratio / den
+        torch.mul(dnum, ratio, out=dden).neg_()  # d den = −d ratio·ratio / den (0 where den was clamped: num = 0)
+        dnd4 = dnd.view(b, nb, lb, 2 * c)
+        # nd = band + base·g_nd: base [nb, L, 1] sums over batch and channels; g_nd [B, 2C] over blocks and rows
+        dbase = torch.einsum("bnlc,bc->nl", dnd4, g_nd)[..., None]
+        dg_nd = torch.einsum("bnlc,nl->bc", dnd4, base[..., 0])
+        xb = x.view(b, nb, lb, 2 * c)
+        de3 = _tridiagonal_grad_a(e3, xb, xb, True, dnd4) if ctx.needs_input_grad[3] else None
+        dx = torch.empty_like(dnd4)
+        _tridiagonal_grad_x(e3, True, dnd4, dx, dx)
+        dx = dx.view(b, nb * lb, 2 * c)[:, :t]
+        dx.add_(dg_nd[:, None])  # every key is in the all-keys sums
+        e = x[:, :t, c:]
+        dxv, dxe = dx[..., :c], dx[..., c:]
+        dv = (dxv * e).to(v.dtype)
+        dxe.addcmul_(dxv, v)  # d e = d(e·V)·V + d e
+        dk = dxe.mul_(e).to(q.dtype)  # through exp (M is a detached stabiliser); padded keys: e = 0
+        return dq, dk, dv, de3, dbase, None
 
 
 def block_tridiagonal_matmul(a: Tensor, x: Tensor, x_prev: Tensor | None = None, *, use_next: bool = True) -> Tensor:
@@ -151,25 +240,19 @@ def aft_local(q: Tensor, k: Tensor, v: Tensor, w_band: Tensor, window: int, *, c
         raise ValueError(f"block_size={lb} must be >= window - 1 = {window - 1}")
     nb = -(-t // lb)
     sd = stat_dtype(q)
-    kf = mask_keys(k.to(sd), key_padding_mask)
-    vf = v.to(sd)
-    if causal:
-        x, g_nd, m = causal_prefix(kf, vf, lb)  # x, g_nd [B, nb, L, 2C]; m [B, nb, C]
-    else:
-        e = (kf - finite_or_zero(kf.amax(dim=1, keepdim=True))).exp_()  # [B, T, C]; in place: one fewer allocation
-        x = torch.cat([e * vf, e], dim=-1)
-        if nb * lb != t:
-            x = F.pad(x, (0, 0, 0, nb * lb - t))
-        x = x.view(b, nb, lb, 2 * c)
-        g_nd = x.sum(dim=(1, 2))[:, None, None]  # [B, 1, 1, 2C]
     e3, base = band_blocks(w_band, window, t, lb, causal, sd)
+    if not causal:
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            return _AftLocalBidirectional.apply(q, k, v, e3, base, key_padding_mask)
+    kf = mask_keys(k.to(sd), key_padding_mask)
+    x, g_nd, m = causal_prefix(kf, v.to(sd), lb)  # x, g_nd [B, nb, L, 2C]; m [B, nb, C]
     x_prev = x
-    if causal and nb > 1:
+    if nb > 1:
         # block j's terms as block j + 1 sees them, rescaled to its stabiliser: e^{M_j − M_{j+1}} <= 1 (the last
         # block's factor is unused)
         decay = F.pad(torch.exp(m[:, :-1] - m[:, 1:]), (0, 0, 0, 1), value=1.0).repeat(1, 1, 2)  # [B, nb, 2C]
         x_prev = x * decay[:, :, None]
-    band = block_tridiagonal_matmul(e3, x, x_prev, use_next=not causal)  # [B, nb, L, 2C]
+    band = block_tridiagonal_matmul(e3, x, x_prev, use_next=False)  # [B, nb, L, 2C]
     # in place on band (block_tridiagonal_matmul keeps its inputs, not its output): no full-size product or sum
     # tensor, each of which would be a fresh allocation, page-faulted (docs/architecture.md, CPU facts)
     nd = band.addcmul_(base, g_nd)  # [B, nb, L, 2C]
