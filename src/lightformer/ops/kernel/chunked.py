@@ -37,6 +37,7 @@ the dtype of V̄ (bf16 matmuls on AMX when the inputs are bf16); N is returned i
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -105,6 +106,46 @@ def _add(total: Tensor | None, x: Tensor) -> Tensor:
     return x if total is None else total.add_(x)
 
 
+class _GroupBuffers:
+    """Reused ``[B, H, L, m]`` work buffers for the groups of one call, when the feature map takes ``out=``
+    (``features.FavorPlus``): a fresh ``[B, H, L, m]`` tensor per group and op is a fresh allocation that glibc
+    serves by ``mmap`` (an 8 MiB request equal to the largest freed one stays above its dynamic threshold), so its
+    pages fault in on every use (docs/architecture.md, CPU facts). Without ``out=`` support, plain calls."""
+
+    def __init__(self, fmap: FeatureMap, b: int, h: int, group: int, m: int, dtype: torch.dtype,
+                 device: torch.device, count: int):
+        self.on = bool(getattr(fmap, "supports_out", False))
+        self.fmap = fmap
+        self.flat = [torch.empty(b * h * group * m, dtype=dtype, device=device) for _ in range(count)] \
+            if self.on else []
+
+    def buf(self, i: int, like: Tensor, m: int) -> Tensor | None:
+        """Buffer i as ``[*like.shape[:-1], m]`` (the front of the flat buffer: contiguous), or None."""
+        if not self.on:
+            return None
+        shape = (*like.shape[:-1], m)
+        return self.flat[i][:math.prod(shape)].view(shape)
+
+    def features(self, x: Tensor, is_query: bool, m: int, i: int = 0) -> Tensor:
+        out = self.buf(i, x, m)
+        return self.fmap(x, is_query) if out is None else self.fmap(x, is_query, out=out)
+
+
+def _mm_into(a: Tensor, b: Tensor, mm: torch.dtype, out: Tensor | None, acc: torch.dtype) -> Tensor:
+    """``a @ b`` with operands in ``mm``, result in ``acc``; into ``out`` when given."""
+    if out is None:
+        return _mm(a, b, mm, acc)
+    if a.dtype == b.dtype == mm == acc:
+        return torch.matmul(a, b, out=out)
+    return out.copy_(a.to(mm) @ b.to(mm))
+
+
+def _num_features(fmap: FeatureMap, x: Tensor) -> int:
+    """m, the width of φ, from one token ``x [1, 1, 1, dk]``."""
+    with torch.no_grad():
+        return fmap(x, True).shape[-1]
+
+
 class _KernelProduct(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, va: Tensor, fmap: FeatureMap, causal: bool, c: int,
@@ -115,12 +156,15 @@ class _KernelProduct(torch.autograd.Function):
         s = None  # running state [B, H, m, d + 1]
         with torch.no_grad():
             if not causal:
+                m = _num_features(fmap, q[:1, :1, :1].to(acc))
+                bufs = _GroupBuffers(fmap, b, h, group, m, acc, q.device, 1)
                 for lo in range(0, t, group):
-                    fk = fmap(k[:, :, lo:lo + group].to(acc), False)  # [B, H, L, m]
+                    fk = bufs.features(k[:, :, lo:lo + group].to(acc), False, m)  # [B, H, L, m]
                     s = _add(s, _mm(fk.transpose(-1, -2), va[:, :, lo:lo + group], mm, acc))
                 s_mm = s.to(mm)
                 for lo in range(0, t, group):
-                    n_out[:, :, lo:lo + group] = _mm(fmap(q[:, :, lo:lo + group].to(acc), True), s_mm, mm, acc)
+                    fq = bufs.features(q[:, :, lo:lo + group].to(acc), True, m)
+                    n_out[:, :, lo:lo + group] = _mm(fq, s_mm, mm, acc)
             else:
                 for lo in range(0, t, group):
                     fq = _chunks(fmap(q[:, :, lo:lo + group].to(acc), True).to(mm), c)  # [B, H, G, C, m]
@@ -165,18 +209,32 @@ class _KernelProduct(torch.autograd.Function):
 
         if not causal:
             s_mm = s_total.to(mm)
+            m = s_total.shape[-2]
+            # reused work buffers for φ and dφ when the map takes out= and has its own gradient (no graph)
+            bufs = _GroupBuffers(fmap, *q.shape[:2], group, m, acc, q.device, 2) if analytic is not None \
+                else _GroupBuffers(None, 0, 0, 0, 0, acc, q.device, 0)
+
+            def features_reused(x: Tensor, is_query: bool) -> tuple[Tensor, Tensor]:
+                if not bufs.on:
+                    return features_with_grad(x, is_query)
+                xc = x.to(acc)
+                with torch.no_grad():
+                    return xc, bufs.features(xc, is_query, m)
+
             ds = None
             for lo in starts:
-                qc, fq = features_with_grad(q[:, :, lo:lo + group], True)
+                qc, fq = features_reused(q[:, :, lo:lo + group], True)
                 dn_c = dn[:, :, lo:lo + group]
-                dq[:, :, lo:lo + group] = feature_grad(qc, fq, _mm(dn_c, s_mm.transpose(-1, -2), mm, acc), True)
-                ds = _add(ds, _mm(fq.detach().transpose(-1, -2), dn_c, mm, acc))  # [B, H, m, e]
+                dphi = _mm_into(dn_c, s_mm.transpose(-1, -2), mm, bufs.buf(1, qc, m), acc)
+                ds = _add(ds, _mm(fq.detach().transpose(-1, -2), dn_c, mm, acc))  # [B, H, m, e] (before dφ is used)
+                dq[:, :, lo:lo + group] = feature_grad(qc, fq, dphi, True)
             ds_mm = ds.to(mm)
             for lo in starts:
-                kc, fk = features_with_grad(k[:, :, lo:lo + group], False)
+                kc, fk = features_reused(k[:, :, lo:lo + group], False)
                 va_c = va[:, :, lo:lo + group]
                 dva[:, :, lo:lo + group] = _mm(fk.detach(), ds_mm, mm, va.dtype)
-                dk[:, :, lo:lo + group] = feature_grad(kc, fk, _mm(va_c, ds_mm.transpose(-1, -2), mm, acc), False)
+                dphi = _mm_into(va_c, ds_mm.transpose(-1, -2), mm, bufs.buf(1, kc, m), acc)
+                dk[:, :, lo:lo + group] = feature_grad(kc, fk, dphi, False)
             return dq, dk, dva, None, None, None, None
 
         def unchunk(x: Tensor) -> Tensor:

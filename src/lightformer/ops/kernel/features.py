@@ -65,7 +65,7 @@ def favor_key_shift(projection: Tensor, limit: float = 40.0) -> float:
 
 
 def favor_plus(x: Tensor, projection: Tensor, *, is_query: bool, key_shift: float = 0.0,
-               scale: float = 1.0) -> Tensor:
+               scale: float = 1.0, out: Tensor | None = None) -> Tensor:
     """Positive random features φ(x') ∝ exp(Wx' − |x'|²/2) / sqrt(m) of x' = scale·x (Lemma 1), stabilised.
 
     Args:
@@ -78,12 +78,14 @@ def favor_plus(x: Tensor, projection: Tensor, *, is_query: bool, key_shift: floa
             the denominator sees it), nothing can overflow, and softmax is one fused kernel forward and backward.
             Keys use the fixed factor exp(−``key_shift``) (see ``favor_key_shift``): a data-dependent key shift (as
             in the original implementation's global key max) would let future or padded keys change past outputs.
+        out: optional ``[..., m]`` buffer to compute φ in (no autograd; for work buffers reused across groups).
     Returns:
         ``[..., m]`` in the dtype of ``x``, all entries > 0 (up to underflow).
     """
     m = projection.shape[0]
     w = projection.to(x.dtype) * scale  # [m, d]
-    z = torch.matmul(x, w.T)  # [..., m], a fresh contiguous tensor: the ops below work on it in place when they
+    z = torch.matmul(x, w.T) if out is None else torch.matmul(x, w.T, out=out)  # [..., m], contiguous: the ops below
+    # work on it in place when they
     # can (a fresh [L, m] output per op is a fresh allocation, page-faulted at long T: docs/architecture.md)
     if is_query:
         if torch.is_grad_enabled():
@@ -104,17 +106,21 @@ class FavorPlus:
     (torch's fused softmax backward), dx = dz·W'.
     """
 
+    #: ``__call__`` takes ``out=`` (chunked computes every group's features in one reused buffer)
+    supports_out = True
+
     def __init__(self, projection: Tensor, *, key_shift: float, scale: float) -> None:
         self.projection, self.key_shift, self.scale = projection, key_shift, scale
 
-    def __call__(self, x: Tensor, is_query: bool) -> Tensor:
-        return favor_plus(x, self.projection, is_query=is_query, key_shift=self.key_shift, scale=self.scale)
+    def __call__(self, x: Tensor, is_query: bool, out: Tensor | None = None) -> Tensor:
+        return favor_plus(x, self.projection, is_query=is_query, key_shift=self.key_shift, scale=self.scale,
+                          out=out)
 
     def grad(self, x: Tensor, phi: Tensor, dphi: Tensor, is_query: bool) -> Tensor:
         """dL/dx ``[..., d]`` from x ``[..., d]``, φ and dL/dφ ``[..., m]`` (``dphi`` is overwritten)."""
         w = self.projection.to(x.dtype) * self.scale  # [m, d]
         if is_query:
-            return torch._softmax_backward_data(dphi, phi, -1, phi.dtype) @ w
+            return torch._softmax_backward_data(dphi, phi, -1, phi.dtype, grad_input=dphi) @ w
         dz = dphi.mul_(phi)
         row = dz.sum(-1, keepdim=True).mul_(self.scale * self.scale)  # [..., 1]
         return (dz @ w).sub_(x * row)
