@@ -47,10 +47,10 @@ from torch import Tensor
 
 FeatureMap = Callable[[Tensor, bool], Tensor]  # (x [B, H, C, dk] float32/64, is_query) -> φ [B, H, C, m]
 
-#: elements of one [B, H, L, m] feature tensor per group (2^21 float32 = 8 MiB). Kept below glibc's mmap threshold
-#: (at most 32 MiB): larger per-group tensors are fresh mmaps, zero-filled page by page on every call. Measured
-#: fwd+bwd (D=512, H=8, B=1, fp32): performer m=256 at T=4096 ~450 -> ~340 ms, at 16384 ~2200 -> ~1810 ms;
-#: linear at 16384 ~1300 -> ~1130 ms, against 2^23.
+#: elements of one [B, H, L, m] feature tensor per group (2^21 float32 = 8 MiB). Measured fwd+bwd (D=512, H=8, B=1,
+#: fp32): performer m=256 at T=4096 ~450 -> ~340 ms, at 16384 ~2200 -> ~1810 ms; linear at 16384 ~1300 -> ~1130 ms,
+#: against 2^23. Per-group tensors of this size are still fresh mmaps (glibc's dynamic threshold only rises above
+#: a freed chunk's size), so maps that take out= get reused buffers (``_GroupBuffers``).
 GROUP_ELEMENTS = 2 ** 21
 
 
