@@ -112,12 +112,11 @@ class _GroupBuffers:
     serves by ``mmap`` (an 8 MiB request equal to the largest freed one stays above its dynamic threshold), so its
     pages fault in on every use (docs/architecture.md, CPU facts). Without ``out=`` support, plain calls."""
 
-    def __init__(self, fmap: FeatureMap, b: int, h: int, group: int, m: int, dtype: torch.dtype,
-                 device: torch.device, count: int):
-        self.on = bool(getattr(fmap, "supports_out", False))
+    def __init__(self, fmap: FeatureMap, numel: int, dtype: torch.dtype, device: torch.device, count: int,
+                 enabled: bool = True):
+        self.on = enabled and bool(getattr(fmap, "supports_out", False))
         self.fmap = fmap
-        self.flat = [torch.empty(b * h * group * m, dtype=dtype, device=device) for _ in range(count)] \
-            if self.on else []
+        self.flat = [torch.empty(numel, dtype=dtype, device=device) for _ in range(count)] if self.on else []
 
     def buf(self, i: int, like: Tensor, m: int) -> Tensor | None:
         """Buffer i as ``[*like.shape[:-1], m]`` (the front of the flat buffer: contiguous), or None."""
@@ -140,24 +139,17 @@ def _mm_into(a: Tensor, b: Tensor, mm: torch.dtype, out: Tensor | None, acc: tor
     return out.copy_(a.to(mm) @ b.to(mm))
 
 
-def _num_features(fmap: FeatureMap, x: Tensor) -> int:
-    """m, the width of φ, from one token ``x [1, 1, 1, dk]``."""
-    with torch.no_grad():
-        return fmap(x, True).shape[-1]
-
-
 class _KernelProduct(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, va: Tensor, fmap: FeatureMap, causal: bool, c: int,
-                group: int) -> Tensor:
+                group: int, m: int) -> Tensor:
         acc, mm = _acc(q.dtype), va.dtype
         b, h, t, _ = q.shape
         n_out = torch.empty(b, h, t, va.shape[-1], dtype=acc, device=q.device)  # [B, H, T, d + 1]
         s = None  # running state [B, H, m, d + 1]
         with torch.no_grad():
             if not causal:
-                m = _num_features(fmap, q[:1, :1, :1].to(acc))
-                bufs = _GroupBuffers(fmap, b, h, group, m, acc, q.device, 1)
+                bufs = _GroupBuffers(fmap, b * h * group * m, acc, q.device, 1)
                 for lo in range(0, t, group):
                     fk = bufs.features(k[:, :, lo:lo + group].to(acc), False, m)  # [B, H, L, m]
                     s = _add(s, _mm(fk.transpose(-1, -2), va[:, :, lo:lo + group], mm, acc))
@@ -177,13 +169,13 @@ class _KernelProduct(torch.autograd.Function):
                     n = _mm_add(n, a, vb, mm)
                     n_out[:, :, lo:lo + group] = rearrange(n, "b h g c e -> b h (g c) e")
         ctx.save_for_backward(q, k, va, s if not causal else None)
-        ctx.fmap, ctx.causal, ctx.c, ctx.group = fmap, causal, c, group
+        ctx.fmap, ctx.causal, ctx.c, ctx.group, ctx.m = fmap, causal, c, group, m
         return n_out
 
     @staticmethod
     def backward(ctx, dn: Tensor):
         q, k, va, s_total = ctx.saved_tensors
-        fmap, causal, c, group = ctx.fmap, ctx.causal, ctx.c, ctx.group
+        fmap, causal, c, group, m = ctx.fmap, ctx.causal, ctx.c, ctx.group, ctx.m
         acc, mm = _acc(q.dtype), va.dtype
         t = q.shape[2]
         dn = dn.to(mm)
@@ -191,12 +183,15 @@ class _KernelProduct(torch.autograd.Function):
         starts = list(range(0, t, group))
 
         analytic = getattr(fmap, "grad", None)  # the map's own input gradient, else autograd through it
+        # non-causal, with the map's own gradient (no graph): φ and dφ of every group in two reused buffers
+        bufs = _GroupBuffers(fmap, q.shape[0] * q.shape[1] * group * m, acc, q.device, 2,
+                             enabled=analytic is not None and not causal)
 
         def features_with_grad(x: Tensor, is_query: bool) -> tuple[Tensor, Tensor]:
             if analytic is not None:
                 xc = x.to(acc)
                 with torch.no_grad():
-                    return xc, fmap(xc, is_query)
+                    return xc, bufs.features(xc, is_query, m)
             with torch.enable_grad():
                 xc = x.detach().to(acc).requires_grad_(True)
                 return xc, fmap(xc, is_query)
@@ -209,33 +204,21 @@ class _KernelProduct(torch.autograd.Function):
 
         if not causal:
             s_mm = s_total.to(mm)
-            m = s_total.shape[-2]
-            # reused work buffers for φ and dφ when the map takes out= and has its own gradient (no graph)
-            bufs = _GroupBuffers(fmap, *q.shape[:2], group, m, acc, q.device, 2) if analytic is not None \
-                else _GroupBuffers(None, 0, 0, 0, 0, acc, q.device, 0)
-
-            def features_reused(x: Tensor, is_query: bool) -> tuple[Tensor, Tensor]:
-                if not bufs.on:
-                    return features_with_grad(x, is_query)
-                xc = x.to(acc)
-                with torch.no_grad():
-                    return xc, bufs.features(xc, is_query, m)
-
             ds = None
             for lo in starts:
-                qc, fq = features_reused(q[:, :, lo:lo + group], True)
+                qc, fq = features_with_grad(q[:, :, lo:lo + group], True)
                 dn_c = dn[:, :, lo:lo + group]
                 dphi = _mm_into(dn_c, s_mm.transpose(-1, -2), mm, bufs.buf(1, qc, m), acc)
                 ds = _add(ds, _mm(fq.detach().transpose(-1, -2), dn_c, mm, acc))  # [B, H, m, e] (before dφ is used)
                 dq[:, :, lo:lo + group] = feature_grad(qc, fq, dphi, True)
             ds_mm = ds.to(mm)
             for lo in starts:
-                kc, fk = features_reused(k[:, :, lo:lo + group], False)
+                kc, fk = features_with_grad(k[:, :, lo:lo + group], False)
                 va_c = va[:, :, lo:lo + group]
                 dva[:, :, lo:lo + group] = _mm(fk.detach(), ds_mm, mm, va.dtype)
                 dphi = _mm_into(va_c, ds_mm.transpose(-1, -2), mm, bufs.buf(1, kc, m), acc)
                 dk[:, :, lo:lo + group] = feature_grad(kc, fk, dphi, False)
-            return dq, dk, dva, None, None, None, None
+            return dq, dk, dva, None, None, None, None, None
 
         def unchunk(x: Tensor) -> Tensor:
             return rearrange(x, "b h g c e -> b h (g c) e")
@@ -269,7 +252,7 @@ class _KernelProduct(torch.autograd.Function):
             dvb = _mm_add(_mm(a.transpose(-1, -2), dnb, mm, acc), fk, ds_next, mm)
             dk[:, :, lo:lo + group] = feature_grad(kc, fk_g, unchunk(dfk), False)
             dva[:, :, lo:lo + group] = unchunk(dvb)
-        return dq, dk, dva, None, None, None, None
+        return dq, dk, dva, None, None, None, None, None
 
 
 def group_size(b: int, h: int, m: int, chunk_size: int, t: int) -> int:
@@ -300,7 +283,7 @@ def kernel_product(q: Tensor, k: Tensor, va: Tensor, feature_map: FeatureMap, *,
         q, k, va = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, va))
     group = group_size(b, h, m, c, t + pad)
     with torch.autocast(device_type=q.device.type, enabled=False):  # dtypes are chosen here (module docstring)
-        n = _KernelProduct.apply(q, k, va, feature_map, causal, c, group)
+        n = _KernelProduct.apply(q, k, va, feature_map, causal, c, group, m)
     return n[:, :, :t] if pad else n
 
 

@@ -84,9 +84,9 @@ def favor_plus(x: Tensor, projection: Tensor, *, is_query: bool, key_shift: floa
     """
     m = projection.shape[0]
     w = projection.to(x.dtype) * scale  # [m, d]
-    z = torch.matmul(x, w.T) if out is None else torch.matmul(x, w.T, out=out)  # [..., m], contiguous: the ops below
-    # work on it in place when they
-    # can (a fresh [L, m] output per op is a fresh allocation, page-faulted at long T: docs/architecture.md)
+    # [..., m], contiguous: the ops below work on it in place when they can (a fresh [L, m] output per op is a fresh
+    # allocation, page-faulted at long T: docs/architecture.md)
+    z = torch.matmul(x, w.T) if out is None else torch.matmul(x, w.T, out=out)
     if is_query:
         if torch.is_grad_enabled():
             return torch.softmax(z, dim=-1)
