@@ -160,26 +160,30 @@ class _BigBird(torch.autograd.Function):
         if plan.empty is not None:
             op.view(b, h, nl, bq, d).masked_fill_(plan.empty[:, None, :, :, None], 0.0)
         if keep:
-            ctx.save_for_backward(q, k, v, qp, kp, vp, *probs)
+            # k, v are read back from their padded copies; of q only the global rows (small) are kept, so the
+            # caller's q, k, v (views of the fused QKV projection) need not outlive the forward
+            ctx.save_for_backward(q[:, :, :gk].contiguous(), qp, kp, vp, *probs)
         ctx.plan, ctx.scale = plan, scale
         return out[:, :, :t]
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dout):
-        q, k, v, qp, kp, vp, *probs = ctx.saved_tensors
+        q_glob, qp, kp, vp, *probs = ctx.saved_tensors
         plan, scale = ctx.plan, ctx.scale
         b, h, bq, nl, span, gk, t = plan.b, plan.h, plan.bq, plan.nl, plan.span, plan.gk, plan.t
         bh, d = b * h, qp.shape[-1]
+        k, v = (x[:, bq:bq + t].view(b, h, t, d) for x in (kp, vp))  # positions 0 .. T−1 of the padded rows
         dtype, dev = qp.dtype, qp.device
         low = dtype in _LOW_PRECISION
         acc_dt = torch.float32 if low else dtype  # the gradient sums of K and V rows
         dout = dout.to(dtype)
-        dq_all = q.new_empty(b, h, gk + nl * bq, d)
+        dq_all = qp.new_empty(b, h, gk + nl * bq, d)
         dk_g = dv_g = None
         if gk:
-            dk_g, dv_g = q.new_empty(q.shape), q.new_empty(q.shape)
-            _global_rows_backward(ctx.global_probs, dout[:, :, :gk], q, k, v, scale, dq_all[:, :, :gk], dk_g, dv_g)
+            dk_g, dv_g = k.new_empty(k.shape), v.new_empty(v.shape)
+            _global_rows_backward(ctx.global_probs, dout[:, :, :gk], q_glob, k, v, scale, dq_all[:, :, :gk], dk_g,
+                                  dv_g)
         dop = _padded(dout[:, :, gk:], 0, nl * bq).view(b, h, nl, bq, d)
         if plan.empty is not None:  # rows that see no key pass no gradient
             dop.masked_fill_(plan.empty[:, None, :, :, None], 0.0)

@@ -12,8 +12,8 @@ Computation, with ``g = min(num_global, T)``:
       ``o = (o_win·e^(lse_win − c) + Σ_j e^(s_j − c)·v_j) / (e^(lse_win − c) + Σ_j e^(s_j − c))``, ``c`` the row's
       largest exponent, so nothing overflows and a row that sees no key gets 0 without a 0/0;
     * rows ``i < g`` (global queries): dense attention to every key (causal: ``j <= i``), O(g·T·d).
-Both global parts are one autograd function (``_GlobalTokens``) that writes each gradient once; their matmuls run
-in the input dtype, their softmax statistics and the merge in float32 for 16-bit inputs.
+Both global parts are one autograd function (``_GlobalTokens``) that writes each gradient once. The global rows run
+in the input dtype (fused softmax, float32 inside for 16-bit inputs); the merge runs in float32.
 """
 
 from __future__ import annotations
@@ -87,10 +87,10 @@ def _global_rows_backward(probs: list[Tensor], dout: Tensor, q: Tensor, k: Tenso
                           dq: Tensor, dk: Tensor, dv: Tensor) -> None:
     """Adjoint of ``_global_rows_forward`` (dS = P ⊙ (dP − rowsum(P ⊙ dP)) by torch's fused softmax backward, in
     the input dtype like the forward) for ``dout [B, H, g, d]``: writes ``dq [B, H, g, d]`` and all of ``dk``, ``dv``
-    ``[B, H, T, d]`` (causal: zero for the keys ``>= g``)."""
+    ``[B, H, T, d]`` (causal: zero for the keys ``>= g``). Only the first g rows of q are read."""
     g, kg = probs[0].shape
     dt = q.dtype
-    if kg < q.shape[2]:  # keys >= g are seen by no global row
+    if kg < k.shape[2]:  # keys >= g are seen by no global row
         dk[:, :, kg:].zero_()
         dv[:, :, kg:].zero_()
     # one work buffer for every (batch, head): a fresh [g, T] tensor per head is a fresh mmap, zero-filled page by
@@ -129,7 +129,7 @@ def global_rows_attention(q: Tensor, k: Tensor, v: Tensor, num_rows: int, *, cau
                           key_padding_mask: Tensor | None = None, scale: float | None = None) -> Tensor:
     """The first ``num_rows`` queries attend to every key (causal: to keys ``j <= i``): the global rows of Longformer
     (Beltagy et al. 2020, Sec. 3.1, "Global Attention") and of BigBird-ITC (Zaheer et al. 2020, App. D). Time
-    O(num_rows·T·d); memory O(num_rows·T) for the weights kept for the backward (float32).
+    O(num_rows·T·d); memory O(num_rows·T) for the weights kept for the backward (in the input dtype).
 
     Args:
         q, k, v: ``[B, H, T, d]`` (any strides), float64 / float32 / bfloat16.
@@ -139,7 +139,8 @@ def global_rows_attention(q: Tensor, k: Tensor, v: Tensor, num_rows: int, *, cau
 
     Returns:
         ``[B, H, g, d]`` in the dtype of q (a row that sees no key gives 0). Gradients flow to q (its first g rows),
-        k and v; the softmax statistics run in float32 (float64 for float64), the matmuls in the input dtype.
+        k and v. Matmuls, weights and the softmax run in the input dtype (torch's fused softmax and its backward
+        compute in float32 inside for 16-bit inputs).
     """
     b, _, t, d = q.shape
     if not 1 <= num_rows <= t:
