@@ -22,6 +22,12 @@ from einops import rearrange
 from torch import Tensor
 
 
+def _columns(p: Tensor, t: int) -> Tensor:
+    """The first ``t`` columns of ``p [.., k, L]``; ``p`` itself when ``t == L``: a slice's backward zero-fills and
+    copies a full-size gradient even when it keeps every column, and ``squeeze`` (not ``[0]``) for the same reason."""
+    return p if p.shape[-1] == t else p[..., :t]
+
+
 def _project(p: Tensor, x: Tensor) -> Tensor:
     """Sequence projection ``[1|H_kv, k, T]`` x ``[B, H_kv, T, d]`` -> ``[B, H_kv, k, d]``."""
     b, hkv, t, d = x.shape
@@ -29,7 +35,7 @@ def _project(p: Tensor, x: Tensor) -> Tensor:
     if p.shape[0] == 1:
         # one GEMM over all heads: [k, T] @ [B, T, H_kv·d]; the view is free when x came from a fused projection
         flat = rearrange(x, "b h t d -> b t (h d)")
-        return rearrange(torch.matmul(p[0], flat), "b k (h d) -> b h k d", h=hkv)
+        return rearrange(torch.matmul(p.squeeze(0), flat), "b k (h d) -> b h k d", h=hkv)
     return torch.matmul(p.unsqueeze(0), x)  # [B, H_kv, k, d]
 
 
@@ -51,8 +57,8 @@ def linformer_attention(q: Tensor, k: Tensor, v: Tensor, e: Tensor, f: Tensor, *
     if key_padding_mask is not None:
         keep = key_padding_mask[:, None, :, None].to(k.dtype)  # [B, 1, T, 1]
         k, v = k * keep, v * keep
-    k_proj = _project(e[:, :, :t], k)  # E K [B, H_kv, k, d]
-    v_proj = _project(f[:, :, :t], v)  # F V
+    k_proj = _project(_columns(e, t), k)  # E K [B, H_kv, k, d]
+    v_proj = _project(_columns(f, t), v)  # F V
     return F.scaled_dot_product_attention(q, k_proj.to(q.dtype), v_proj.to(q.dtype), scale=scale,
                                           enable_gqa=hkv != h)
 
@@ -83,7 +89,7 @@ def linformer_attention_from_inputs(q: Tensor, x: Tensor, w_k: Tensor, w_v: Tens
     xm = x if keep is None else x * keep[..., None]
 
     def project(p: Tensor, w: Tensor, bias: Tensor | None) -> Tensor:
-        p = p[0, :, :t].to(x.dtype)  # [k, T]
+        p = _columns(p, t).squeeze(0).to(x.dtype)  # [k, T]
         xp = torch.matmul(p, xm)  # E X [B, k, D]
         out = torch.matmul(xp, w.to(x.dtype).t())  # [B, k, H_kv·d]
         if bias is not None:
