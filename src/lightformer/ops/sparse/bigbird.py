@@ -139,4 +139,4 @@ def bigbird_attention(q: Tensor, k: Tensor, v: Tensor, *, block_size: int, num_g
                             device=q.device)
     plan = LocalPlan(q.shape[0], q.shape[1], t, block_size, pattern.key_index, pattern.band, random_blocks,
                      num_global, causal, key_padding_mask, q.dtype)
-    return blocks_attention(q, k, v, plan, scale, key_padding_mask=key_padding_mask, causal=causal)
+    return blocks_attention(q, k, v, plan, scale, key_padding_mask=key_padding_mask)

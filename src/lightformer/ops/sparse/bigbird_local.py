@@ -32,11 +32,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..local.blocked import _LOW_PRECISION, _lead, _padded
+# _GROUP_SCORES: scores per group of blocks (all batches and heads), the sliding-window kernel's (16 MiB in float32)
+from ..local.blocked import _GROUP_SCORES, _LOW_PRECISION, _lead, _padded
 from .longformer import _global_rows_backward, _global_rows_forward
-
-#: scores per group of blocks (all batches and heads): 16 MiB in float32
-_GROUP_SCORES = 2 ** 22
 
 
 class LocalPlan:
@@ -58,7 +56,7 @@ class LocalPlan:
                  random: Tensor, num_global: int, causal: bool, key_padding_mask: Tensor | None,
                  dtype: torch.dtype):
         bq = block_size
-        self.b, self.h, self.t, self.bq = b, h, t, bq
+        self.b, self.h, self.t, self.bq, self.causal = b, h, t, bq, causal
         self.nb = -(-t // bq)
         self.gb = num_global
         self.nl = self.nb - num_global
@@ -129,11 +127,11 @@ class _BigBird(torch.autograd.Function):
     blocks, so that each gradient is written once (no zero-filled slice gradients, no sums of partial ones)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, plan: LocalPlan, scale: float, hide: Tensor | None, causal: bool):
+    def forward(ctx, q, k, v, plan: LocalPlan, scale: float, hide: Tensor | None):
         b, h, t, d = q.shape
         bh, bq, nl, span, gk = b * h, plan.bq, plan.nl, plan.span, plan.gk
         out = q.new_empty(b, h, gk + nl * bq, d)  # rows gk .. : the local blocks, padded to whole blocks
-        ctx.global_probs = _global_rows_forward(q, k, v, hide, gk, causal, scale, out[:, :, :gk]) if gk else None
+        ctx.global_probs = _global_rows_forward(q, k, v, hide, gk, plan.causal, scale, out[:, :, :gk]) if gk else None
         qp = _padded(q[:, :, gk:], 0, nl * bq, scale).view(bh, nl, bq, d)
         kp = _padded(k, bq, plan.lk).view(bh, plan.lk, d)
         vp = _padded(v, bq, plan.lk).view(bh, plan.lk, d)
@@ -217,7 +215,7 @@ class _BigBird(torch.autograd.Function):
         if gk:
             dk.add_(dk_g)
             dv.add_(dv_g)
-        return dq_all[:, :, :t], dk, dv, None, None, None, None
+        return dq_all[:, :, :t], dk, dv, None, None, None
 
 
 def _mask_(s: Tensor, plan: LocalPlan, n0: int, n1: int) -> None:
@@ -233,10 +231,10 @@ def _mask_(s: Tensor, plan: LocalPlan, n0: int, n1: int) -> None:
 
 
 def blocks_attention(q: Tensor, k: Tensor, v: Tensor, plan: LocalPlan, scale: float, *,
-                     key_padding_mask: Tensor | None, causal: bool) -> Tensor:
+                     key_padding_mask: Tensor | None) -> Tensor:
     """BigBird-ITC attention with at least one local block (T > G): q, k, v ``[B, H, T, d]`` -> ``[B, H, T, d]`` in
     the dtype of q, differentiable in q, k, v. Rows ``< G`` see every key (``longformer._global_rows_forward``), the
     others their local pattern (see the module docstring)."""
     hide = None if key_padding_mask is None else ~key_padding_mask
     with torch.autocast(device_type=q.device.type, enabled=False):
-        return _BigBird.apply(q, k, v, plan, scale, hide, causal)
+        return _BigBird.apply(q, k, v, plan, scale, hide)
