@@ -1,15 +1,17 @@
 """``lightformer`` command line: thin — it parses, calls the library, prints.
 
     lightformer list                      mixers and their capabilities
+    lightformer tasks [show NAME --n 3]   tasks and their options; decoded examples with their targets
     lightformer train [--preset P] [--config run.toml] [--model.mixer=sliding_window --model.mixer_options.window=64]
     lightformer eval --checkpoint DIR     validation loss / bpc of a checkpoint
     lightformer sample --checkpoint DIR   generate text
-    lightformer bench | report | advise | compare   measure and choose (see `lightformer <cmd> --help`)
+    lightformer bench | report | advise | compare | suite   measure and choose (see `lightformer <cmd> --help`)
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from typing import Any
@@ -17,6 +19,7 @@ from typing import Any
 import torch
 
 from . import MIXERS
+from .bench import cli as bench_cli
 from .train.config import PRESETS, build_run_config, parse_value
 
 
@@ -41,13 +44,54 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tasks(args: argparse.Namespace) -> int:
+    from .tasks import TASKS, create_task
+
+    if args.action == "show":
+        if not args.name:
+            raise ValueError("tasks show NAME: name a task (see `lightformer tasks`)")
+        options = dict(parse_option_pairs(args.option))
+        task = create_task(args.name, **options)
+        batch = task.sample(args.split, args.n, seed=args.seed)
+        print(task.describe())
+        for i in range(args.n):
+            print(f"--- example {i} ({args.split})")
+            print(task.format_example(batch, i))
+        return 0
+    rows = []
+    for name in TASKS.names(args.name):
+        cls = TASKS.get(name)
+        rows.append({"name": name, "kind": cls.kind, "metrics": list(cls.metrics),
+                     "doc": (cls.__module__ and __import__(cls.__module__, fromlist=["_"]).__doc__ or "")
+                     .strip().splitlines()[0], "options": TASKS.options(name)})
+    if args.json:
+        print(json.dumps(rows, default=str))
+        return 0
+    for r in rows:
+        opts = ", ".join(f"{k}={v!r}" for k, v in r["options"].items())
+        print(f"{r['name']:<16} {r['kind']:<10} {','.join(r['metrics']):<14} {r['doc']}\n{'':<16} options: {opts}")
+    return 0
+
+
+def parse_option_pairs(items: list[str]) -> list[tuple[str, Any]]:
+    """``["seq_len=256", "vocab_size=8192"]`` -> ``[("seq_len", 256), ("vocab_size", 8192)]`` (TOML literals)."""
+    out = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--option {item!r}: expected key=value, e.g. seq_len=256")
+        out.append((key.strip(), parse_value(value.strip())))
+    return out
+
+
 def parse_overrides(extra: list[str]) -> list[tuple[str, Any]]:
     """``--model.x=1 --train.y 2`` -> ``[("model.x", 1), ("train.y", 2)]``; anything else is an error."""
     out, i = [], 0
     while i < len(extra):
         arg = extra[i]
-        if not arg.startswith("--") or not arg[2:].startswith(("model.", "train.")):
-            raise SystemExit(f"error: unrecognized argument {arg!r} (overrides look like --model.dim=256)")
+        if not arg.startswith("--") or not arg[2:].startswith(("model.", "train.", "task.")):
+            raise SystemExit(f"error: unrecognized argument {arg!r} (overrides look like --model.dim=256 or "
+                             "--task.options.seq_len=256)")
         if "=" in arg:
             key, value = arg[2:].split("=", 1)
             i += 1
@@ -66,7 +110,7 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     overrides = parse_overrides(extra)
     shortcuts = {"data": "train.data", "tokenizer": "train.tokenizer", "max_steps": "train.max_steps",
                  "max_time": "train.max_time", "out": "train.out_dir", "mixer": "model.mixer", "seed": "train.seed",
-                 "threads": "train.threads"}
+                 "threads": "train.threads", "task": "task.name"}
     for attr, key in shortcuts.items():
         value = getattr(args, attr)
         if value is not None:
@@ -77,35 +121,51 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
         overrides.append(("train.max_steps", None))  # a time budget alone: no step cap from the preset
     config = build_run_config(args.preset, args.config, overrides)
     trainer = Trainer(config)
-    print(f"data: {trainer.corpus.describe()}", file=sys.stderr)
+    print(f"task: {trainer.task.describe()}", file=sys.stderr)
+    if trainer.task.kind == "lm":
+        print(f"data: {trainer.corpus.describe()}", file=sys.stderr)
     print(f"model: {sum(p.numel() for p in trainer.model.parameters()):,} parameters, mixer "
           f"{config.model.mixer} {config.model.mixer_options or ''}", file=sys.stderr)
     if args.resume:
         trainer.resume(args.resume)
     result = trainer.fit(progress_bar=not args.no_progress)
-    unit = "char" if result.tokenizer == "char" else "byte"
-    print(f"validation: loss {result.val_loss:.4f} nats/{unit}, {result.val_bpc:.4f} bits/{unit} "
-          f"after {result.steps} steps, {result.tokens:,} tokens, {result.seconds:.1f} s")
+    print(f"validation: {format_metrics(result.metrics, result.tokenizer)} after {result.steps} steps, "
+          f"{result.tokens:,} tokens, {result.seconds:.1f} s")
     if args.json:
         print(json.dumps(result.summary()))
     return 0
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    from .tasks.text import Corpus
-    from .train import Trainer
-    from .train.checkpoint import load_trained
+def format_metrics(metrics: dict[str, float], tokenizer: str | None = None) -> str:
+    """``{"val_loss": 1.2, "val_bpc": 1.7}`` -> ``"loss 1.2000 nats/char, bpc 1.7000 bits/char"``."""
+    unit = {"char": "char", "byte": "byte"}.get(tokenizer or "", "token")
+    units = {"loss": f" nats/{unit}" if tokenizer else "", "bpc": f" bits/{unit}"}
+    parts = []
+    for key, value in metrics.items():
+        base = key.split("_", 1)[1] if key.startswith(("val_", "test_")) else key
+        parts.append(f"{base} {value:.4f}{units.get(base, '')}")
+    return ", ".join(parts)
 
-    model, tokenizer, config, state = load_trained(args.checkpoint)
-    data = args.data or config.train.data
-    corpus = Corpus.load(data, tokenizer=tokenizer)
-    trainer = Trainer(config, corpus=corpus)
-    trainer.model.load_state_dict(model.state_dict())
-    val = trainer.evaluate("val", args.iters)
-    summary = {"val_loss": val, "val_bpc": val / 0.6931471805599453, "steps": state["step"],
-               "tokens": state["tokens"], "seconds": state["elapsed"], "data": corpus.name}
-    print(f"validation on {corpus.name}: loss {val:.4f} nats, {summary['val_bpc']:.4f} bits per "
-          f"{tokenizer.kind} (checkpoint at step {state['step']})")
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .train.checkpoint import load_trained
+    from .train.evaluate import evaluate
+
+    model, task, config, state = load_trained(args.checkpoint)
+    if args.data:
+        if task.kind != "lm":
+            raise ValueError(f"--data: the checkpoint's task {task.name!r} is not a text corpus")
+        task = dataclasses.replace(config, train=dataclasses.replace(config.train, data=args.data)).build_task(
+            tokenizer=task.tokenizer)
+    tc = config.train
+    metrics = evaluate(model, task, args.split, n=(args.iters or tc.eval_iters) * tc.batch_size,
+                       batch_size=tc.batch_size, bf16=tc.bf16)
+    count = metrics.pop("count")
+    summary = {**{f"{args.split}_{k}": v for k, v in metrics.items()}, "steps": state["step"],
+               "tokens": state["tokens"], "seconds": state["elapsed"], "task": task.name, "count": count}
+    where = task.corpus.name if task.kind == "lm" else task.describe()
+    tokenizer = task.tokenizer.kind if task.kind == "lm" else None
+    print(f"{args.split} on {where}: {format_metrics(metrics, tokenizer)} (checkpoint at step {state['step']})")
     if args.json:
         print(json.dumps(summary))
     return 0
@@ -114,7 +174,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     from .train.checkpoint import load_trained
 
-    model, tokenizer, config, _ = load_trained(args.checkpoint)
+    model, task, config, _ = load_trained(args.checkpoint)
+    if task.kind != "lm":
+        raise ValueError(f"--checkpoint: sampling needs a language model; this one was trained on {task.name!r}")
+    tokenizer = task.tokenizer
     prompt = args.prompt if args.prompt else "\n"
     idx = torch.tensor([tokenizer.encode(prompt)], dtype=torch.int64)
     if args.max_new_tokens is None:  # as many as the model's absolute positions allow
@@ -137,7 +200,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("train", help="train a language model (TOML config, preset and dotted overrides)",
+    p = sub.add_parser("tasks", help="registered tasks and their options; `tasks show NAME` prints examples")
+    p.add_argument("action", nargs="?", choices=["list", "show"], default="list")
+    p.add_argument("name", nargs="?", default=None, help="task name (show) or shell-style filter (list)")
+    p.add_argument("--n", type=int, default=3, help="examples to show")
+    p.add_argument("--split", default="val", choices=["train", "val", "test"])
+    p.add_argument("--seed", type=int, default=None, help="draw seed (default: the split's canonical set)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="task option, repeatable")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_tasks)
+
+    p = sub.add_parser("train", help="train a model on a task (TOML config, preset and dotted overrides)",
                        epilog="Any field can be overridden: --model.mixer=sliding_window "
                               "--model.mixer_options.window=64 --train.lr=3e-4. Presets: " + ", ".join(PRESETS))
     p.add_argument("--preset", default=None, choices=sorted(PRESETS), help="named preset (default: stdlib-small "
@@ -146,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="'stdlib' (built-in) or a text file")
     p.add_argument("--tokenizer", default=None, choices=["byte", "char"])
     p.add_argument("--mixer", default=None, help="registered mixer name (see `lightformer list`)")
+    p.add_argument("--task", default=None, help="registered task (see `lightformer tasks`; default lm); its "
+                   "options: --task.options.KEY=VALUE")
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--max-time", default=None, help="wall-clock budget such as 90s, 10m, 1h")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast")
@@ -157,9 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train, takes_extra=True)
 
-    p = sub.add_parser("eval", help="validation loss and bpc of a checkpoint")
+    p = sub.add_parser("eval", help="the task's metrics of a checkpoint (validation by default)")
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--data", default=None, help="another file to evaluate on (default: the training data)")
+    p.add_argument("--split", default="val", choices=["val", "test", "train"])
+    p.add_argument("--data", default=None, help="lm: another file to evaluate on (default: the training data)")
     p.add_argument("--iters", type=int, default=None, help="validation batches (default: the run's eval_iters)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
@@ -175,14 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="re-run the whole sequence per token")
     p.set_defaults(func=cmd_sample)
 
-    try:
-        from .bench import cli as bench_cli
-    except ImportError:  # the bench package is optional while it is being built
-        bench_cli = None
-    if bench_cli is not None:
-        for name in ("add_bench_parser", "add_report_parser", "add_advise_parser", "add_compare_parser"):
-            if hasattr(bench_cli, name):
-                getattr(bench_cli, name)(sub)
+    for add in (bench_cli.add_bench_parser, bench_cli.add_report_parser, bench_cli.add_advise_parser,
+                bench_cli.add_compare_parser, bench_cli.add_suite_parser):
+        add(sub)
     return parser
 
 

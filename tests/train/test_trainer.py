@@ -26,7 +26,7 @@ def tiny(**train):
 
 def test_loss_falls_on_stdlib(stdlib):
     trainer = Trainer(tiny(max_steps=200, eval_interval=100, eval_iters=5), corpus=stdlib, log=lambda s: None)
-    initial = trainer.evaluate("val", 5)
+    initial = trainer.evaluate("val", 5)["loss"]
     result = trainer.fit(progress_bar=False)
     assert initial > 5.0, "an untrained byte model is near ln(256) = 5.55 nats"
     assert result.val_loss < 3.3, f"200 steps should reach < 3.3 nats/byte, got {result.val_loss:.3f}"
@@ -37,10 +37,10 @@ def test_loss_falls_on_stdlib(stdlib):
 def test_checkpoint_round_trip(stdlib, tmp_path):
     trainer = Trainer(tiny(max_steps=5, out_dir=str(tmp_path)), corpus=stdlib, log=lambda s: None)
     trainer.fit(progress_bar=False)
-    model, tokenizer, config, state = load_trained(tmp_path)
+    model, task, config, state = load_trained(tmp_path)
     idx = torch.randint(0, 256, (2, 16))
     torch.testing.assert_close(model(idx)[0], trainer.model.eval()(idx)[0], rtol=0, atol=0)
-    assert tokenizer.kind == "byte" and state["step"] == 5 and config.model.dim == 32
+    assert task.name == "lm" and task.tokenizer.kind == "byte" and state["step"] == 5 and config.model.dim == 32
     assert (tmp_path / "checkpoint" / "model.safetensors").is_file()
     assert not (tmp_path / "checkpoint.tmp").exists()
 
@@ -84,7 +84,7 @@ def test_durations_and_config_errors():
         build_run_config("tiny", overrides=[("model.depth", 3)])
     with pytest.raises(ValueError, match="unknown preset"):
         build_run_config("huge")
-    with pytest.raises(ValueError, match="block_size=64 is above model.max_len=32"):
+    with pytest.raises(ValueError, match="max_len=32 is below the length T=64"):
         Trainer(tiny(block_size=64), corpus=Corpus.from_bytes(b"x" * 1000, name="x"))
     cfg = build_run_config("tiny", overrides=[("model.mixer", "sliding_window"),
                                               ("model.mixer_options.window", 8)])

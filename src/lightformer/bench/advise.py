@@ -11,22 +11,30 @@ mixer, each distinct (mixer, options) separately. For each one:
    largest measured T is extrapolated, time and memory scaled by (T/T_m)² for mixers whose complexity has a T²
    term and by T/T_m otherwise; the output says so. No ok record at all = ``unmeasured``.
 3. Budget: time_ms <= ``max_latency_ms`` and mem_mib <= ``max_memory_mib`` (``None`` = no limit).
-4. Quality: the latest ``kind == "quality"`` record with the same mixer and options, else the latest of the same
-   mixer (noted ``options differ``).
+4. Quality. Without ``task``: the LM validation bpc of ``compare`` (``kind == "quality"`` records), the mean over
+   seeds of the records with the same mixer and options, else of the same mixer (noted ``options differ``).
+   With ``task``: the test metric of ``lightformer suite`` on that task (``kind == "capacity"`` records, mean over
+   seeds), and a note when it was measured at a length T far from ``seq_len`` (more than 4× apart), because the
+   capacity a length needs is what the families differ in most.
 
-Accepted mixers are ranked by val_bpc (lower first; those without quality after those with), then time, then
-memory, then name. The Pareto front is taken over (val_bpc, time, memory), all minimised, a missing val_bpc
-counting as worse than any measured one.
+Accepted mixers are ranked by quality in its metric's direction (lower bpc first, higher accuracy first; those
+without quality after those with), then time, then memory, then name. The Pareto front is taken over (quality,
+time, memory), a missing quality counting as worse than any measured one.
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from ..tasks.base import direction
 from .grid import LIGHTFORMER
-from .results import bench_records, quality_records
+from .results import bench_records, capacity_records, quality_records
+
+#: Capacity measured at a length more than this factor away from the request is flagged.
+FAR_LENGTH = 4.0
 
 
 @dataclass
@@ -40,13 +48,21 @@ class Candidate:
     mem_mib: float | None = None
     measured_len: int | None = None
     extrapolated: bool = False
-    val_bpc: float | None = None
+    quality: float | None = None
+    quality_metric: str = "val_bpc"
     quality_note: str = ""
     pareto: bool = False
     reason: str = ""
 
+    @property
+    def val_bpc(self) -> float | None:
+        return self.quality if self.quality_metric == "val_bpc" else None
+
     def quality_key(self) -> float:
-        return self.val_bpc if self.val_bpc is not None else float("inf")
+        """The quality as a number to minimise (+inf when unmeasured)."""
+        if self.quality is None:
+            return float("inf")
+        return self.quality if direction(self.quality_metric) == "min" else -self.quality
 
 
 @dataclass
@@ -60,6 +76,7 @@ class Advice:
     decode: bool
     mode: str
     dtype: str
+    task: str | None = None
     picks: list[Candidate] = field(default_factory=list)
     rejected: list[Candidate] = field(default_factory=list)
 
@@ -69,7 +86,8 @@ class Advice:
                   f"memory <= {self.max_memory_mib:g} MiB" if self.max_memory_mib is not None else "any memory",
                   f"latency <= {self.max_latency_ms:g} ms" if self.max_latency_ms is not None else "any latency",
                   "causal" if self.causal else "non-causal", *(["decode"] if self.decode else []),
-                  f"mode {self.mode}", f"dtype {self.dtype}"]
+                  f"mode {self.mode}", f"dtype {self.dtype}",
+                  f"quality: {self.task + ' (suite)' if self.task else 'LM val_bpc (compare)'}"]
         lines = ["advise: " + ", ".join(budget)]
         lines.append("Recommended (best first):" if self.picks else "Recommended: none fits the request.")
         for i, c in enumerate(self.picks, 1):
@@ -77,7 +95,8 @@ class Advice:
                 f"at T={self.seq_len} (extrapolated from T={c.measured_len})"
             if c.measured_len is not None and c.measured_len != self.seq_len and not c.extrapolated:
                 where += f" (nearest measured T >= {self.seq_len})"
-            quality = f"val_bpc {c.val_bpc:.3g}{c.quality_note}" if c.val_bpc is not None else "no quality measured"
+            quality = (f"{c.quality_metric} {c.quality:.3g}{c.quality_note}" if c.quality is not None
+                       else "no quality measured")
             lines.append(f"  {i}. {c.name}: {c.time_ms:.4g} ms, {c.mem_mib:.4g} MiB {where} ({self.mode}, "
                          f"{self.dtype}), {quality}; {'Pareto-optimal' if c.pareto else 'dominated'}")
         if self.rejected:
@@ -128,6 +147,19 @@ def _judge(c: Candidate, recs: list[dict[str, Any]], seq_len: int) -> None:
     c.measured_len, c.extrapolated = t, True
 
 
+def _capacity_quality(c: Candidate, capacity: list[dict[str, Any]], task: str, seq_len: int) -> None:
+    """Mean test metric over seeds of ``c.mixer`` on ``task``, with a note on the length it was measured at."""
+    recs = [r for r in capacity if r["mixer"] == c.mixer and r.get("value") is not None]
+    if not recs:
+        return
+    c.quality_metric = f"test_{recs[0]['metric']}"
+    c.quality = statistics.fmean(float(r["value"]) for r in recs)
+    lengths = sorted({int(r["seq_len"]) for r in recs if r.get("seq_len")})
+    c.quality_note = f" on {task} at T={','.join(map(str, lengths))} over {len(recs)} seed(s)"
+    if lengths and max(seq_len / min(lengths), max(lengths) / seq_len) > FAR_LENGTH:
+        c.quality_note += f"; measured far from T={seq_len}, so it may not hold there"
+
+
 def _pareto(cands: list[Candidate]) -> None:
     def vec(c: Candidate) -> tuple[float, float, float]:
         return c.quality_key(), c.time_ms or 0.0, c.mem_mib or 0.0
@@ -140,11 +172,12 @@ def _pareto(cands: list[Candidate]) -> None:
 def advise(records: Iterable[dict[str, Any]], *, seq_len: int, max_memory_mib: float | None = None,
            max_latency_ms: float | None = None, causal: bool = False, decode: bool = False, mode: str = "fwd+bwd",
            dtype: str = "fp32", batch: int | None = None, dim: int | None = None,
-           heads: int | None = None) -> Advice:
+           heads: int | None = None, task: str | None = None) -> Advice:
     """Recommend mixers for ``seq_len`` tokens within ``max_memory_mib`` (MiB) and ``max_latency_ms`` (ms).
 
     Args:
-        records: bench and quality records (e.g. ``load_records("results/bench.jsonl")``).
+        records: bench, quality and capacity records (e.g. ``load_records("results/bench.jsonl")``).
+        task: rank by the capacity measured on this task (``lightformer suite``) instead of LM bpc.
         causal / decode: required capabilities. mode / dtype: which measurements to read
             (``fwd | fwd+bwd | decode``). batch / dim / heads: optional filters on the measurements.
 
@@ -164,13 +197,15 @@ def advise(records: Iterable[dict[str, Any]], *, seq_len: int, max_memory_mib: f
     records = list(records)
     bench = [r for r in bench_records(records) if r.get("impl") == LIGHTFORMER]
     quality = quality_records(records)
+    capacity = [r for r in capacity_records(records) if r.get("task") == task and r.get("status") == "ok"] \
+        if task else []
     keys: dict[tuple[str, str], dict[str, Any]] = {}
     for r in bench:
         keys.setdefault((r["mixer"], json.dumps(r.get("options") or {}, sort_keys=True)), r.get("options") or {})
     for m in MIXERS.names():
         if not any(k[0] == m for k in keys):
             keys[(m, "{}")] = {}
-    advice = Advice(seq_len, max_memory_mib, max_latency_ms, causal, decode, mode, dtype)
+    advice = Advice(seq_len, max_memory_mib, max_latency_ms, causal, decode, mode, dtype, task)
     accepted = []
     for (mixer, okey), options in sorted(keys.items()):
         several = sum(1 for k in keys if k[0] == mixer) > 1
@@ -199,11 +234,16 @@ def advise(records: Iterable[dict[str, Any]], *, seq_len: int, max_memory_mib: f
         if c.reason:
             advice.rejected.append(c)
             continue
-        q = [r for r in quality if r.get("mixer") == mixer and r.get("val_bpc") is not None]
-        exact = [r for r in q if json.dumps(r.get("options") or {}, sort_keys=True) == okey]
-        if exact or q:
-            c.val_bpc = float((exact or q)[-1]["val_bpc"])
-            c.quality_note = "" if exact else " (options differ)"
+        if task:
+            _capacity_quality(c, capacity, task, seq_len)
+        else:
+            q = [r for r in quality if r.get("mixer") == mixer and r.get("val_bpc") is not None]
+            exact = [r for r in q if json.dumps(r.get("options") or {}, sort_keys=True) == okey]
+            if exact or q:
+                chosen = exact or q
+                c.quality = statistics.fmean(float(r["val_bpc"]) for r in chosen)
+                c.quality_note = ("" if exact else " (options differ)") + \
+                    (f" (mean of {len(chosen)} runs)" if len(chosen) > 1 else "")
         accepted.append(c)
     _pareto(accepted)
     advice.picks = sorted(accepted, key=lambda c: (c.val_bpc is None, c.quality_key(), c.time_ms, c.mem_mib,

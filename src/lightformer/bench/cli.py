@@ -131,7 +131,8 @@ def run_bench(args: argparse.Namespace) -> int:
 
 def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
     """``lightformer report RESULTS [--out-dir DIR]``: Markdown + PNG + HTML."""
-    p = subparsers.add_parser("report", help="Markdown/PNG/HTML report of bench results")
+    p = subparsers.add_parser("report", help="Markdown/PNG/HTML report of bench results and/or the capacity "
+                                             "leaderboard of suite results")
     p.add_argument("results", nargs="?", default=DEFAULT_RESULTS, help=f"JSON-lines file (default {DEFAULT_RESULTS})")
     p.add_argument("--out-dir", default="results/report", help="directory for the report files")
     p.add_argument("--name", default="bench", help="file name stem (default bench)")
@@ -146,8 +147,16 @@ def run_report(args: argparse.Namespace) -> int:
     if not Path(args.results).exists():
         print(f"error: {args.results}: no such file", file=sys.stderr)
         return 2
-    paths = write_report(load_records(args.results), args.out_dir, name=args.name)
-    print("\n".join(f"{k}: {v}" for k, v in paths.items() if k in ("markdown", "html")))
+    records = load_records(args.results)
+    if any(r.get("kind") == "bench" for r in records) or not records:
+        paths = write_report(records, args.out_dir, name=args.name)
+        print("\n".join(f"{k}: {v}" for k, v in paths.items() if k in ("markdown", "html")))
+    if any(r.get("kind") == "capacity" for r in records):
+        from .leaderboard import write_leaderboard
+
+        name = "capacity" if args.name == "bench" else args.name
+        paths = write_leaderboard(records, args.out_dir, name=name)
+        print("\n".join(f"{k}: {v}" for k, v in paths.items() if k in ("markdown", "html")))
     return 0
 
 
@@ -164,8 +173,11 @@ def add_advise_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, help="only measurements at this batch (with --measure: default 1)")
     p.add_argument("--dim", type=int, help="only measurements at this width (with --measure: default 512)")
     p.add_argument("--heads", type=int, help="only measurements with these heads (with --measure: default 8)")
-    p.add_argument("--results", default=DEFAULT_RESULTS, help=f"JSON-lines records (default {DEFAULT_RESULTS})")
-    p.add_argument("--measure", action="store_true", help="first run the missing cells into --results")
+    p.add_argument("--task", help="rank by the capacity measured on this task (`lightformer suite` records in "
+                                  "--results) instead of LM bpc (`lightformer compare`)")
+    p.add_argument("--results", default=DEFAULT_RESULTS, help=f"JSON-lines records, comma-separated files "
+                                                               f"(default {DEFAULT_RESULTS})")
+    p.add_argument("--measure", action="store_true", help="first run the missing cells into the first --results")
     p.add_argument("--timeout", type=float, default=600.0, help="with --measure: seconds per cell")
     p.add_argument("--threads", type=int, help="with --measure: torch threads (default all cores)")
     p.add_argument("--plugin", action="append", default=[], help="module to import first (registers mixers)")
@@ -182,8 +194,9 @@ def run_advise(args: argparse.Namespace) -> int:
         load_plugins(args.plugin)
         kwargs = dict(seq_len=args.seq_len, max_memory_mib=args.max_memory, max_latency_ms=args.max_latency_ms,
                       causal=args.causal, decode=args.decode, mode=args.mode, dtype=args.dtype, batch=args.batch,
-                      dim=args.dim, heads=args.heads)
-        result = advise(load_records(args.results), **kwargs)
+                      dim=args.dim, heads=args.heads, task=args.task)
+        files = [f for f in args.results.split(",") if f]
+        result = advise([r for f in files for r in load_records(f)], **kwargs)
         if args.measure:
             missing = [c.mixer for c in result.rejected if c.reason.startswith("unmeasured")] + \
                 [c.mixer for c in result.picks if c.extrapolated]
@@ -194,8 +207,8 @@ def run_advise(args: argparse.Namespace) -> int:
                             causal=[args.causal], peers="none", timeout_s=args.timeout, plugins=args.plugin)
                 if args.threads:
                     grid.threads = args.threads
-                run_sweep(grid, args.results)
-                result = advise(load_records(args.results), **kwargs)
+                run_sweep(grid, files[0])
+                result = advise([r for f in files for r in load_records(f)], **kwargs)
         print(result.format())
         return 0 if result.picks else 1
     except (ValueError, TypeError, ModuleNotFoundError) as exc:
@@ -235,6 +248,84 @@ def run_compare_cmd(args: argparse.Namespace) -> int:
         run_compare(args.mixers, data=args.data, tokenizer=args.tokenizer, budget_s=parse_duration(args.budget),
                     seq_lens=args.seq_lens, report_len=args.report_len, out_dir=args.out_dir, seed=args.seed,
                     repeats=args.repeats, timeout_s=args.timeout, threads=args.threads, retrain=args.retrain)
+        return 0
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def add_suite_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """``lightformer suite --tasks mqar,listops --mixers softmax,linear --budget 5m --seeds 0,1 --out FILE``."""
+    p = subparsers.add_parser("suite", help="capacity: train every mixer on each task with the same model, data, "
+                                            "seeds and budget; test metric of the best learning rate",
+                              description="Each (task, mixer, seed) runs in a fresh subprocess; records "
+                                          "(kind: capacity) are appended to --out and measured cells are skipped "
+                                          "on re-runs unless --force. See lightformer.bench.suite.")
+    p.add_argument("--tasks", type=_csv(str), required=True, help="comma-separated tasks (`lightformer tasks`)")
+    p.add_argument("--mixers", type=_csv(str), help="comma-separated mixers (default: every mixer that can run "
+                                                     "each task's direction)")
+    p.add_argument("--budget", default=None, help="training time per learning rate, e.g. 90s, 5m")
+    p.add_argument("--max-steps", type=int, help="step cap per learning rate (with or instead of --budget)")
+    p.add_argument("--seeds", type=_csv(int), default=[0, 1], help="run seeds (default 0,1)")
+    p.add_argument("--lrs", type=_csv(float), help="learning-rate grid (default: each task's recipe)")
+    p.add_argument("--task-option", action="append", default=[], metavar="TASK.KEY=VALUE",
+                   help="task option override, repeatable, e.g. mqar.seq_len=256")
+    p.add_argument("--option", action="append", default=[], metavar="MIXER.KEY=VALUE",
+                   help="mixer option override, repeatable, e.g. sliding_window.window=64")
+    p.add_argument("--model", action="append", default=[], metavar="KEY=VALUE",
+                   help="model field for every task, repeatable, e.g. dim=128")
+    p.add_argument("--eval-n", type=int, help="validation/test examples (default: each task's recipe)")
+    p.add_argument("--threads", type=int, help="torch threads per cell (default: all cores)")
+    p.add_argument("--timeout", type=float, help="seconds per cell (default 1.5 x the cell's budget + 10 min)")
+    p.add_argument("--max-memory", type=_size, help="address-space cap per cell, e.g. 8GiB (status oom)")
+    p.add_argument("--out", default="results/capacity.jsonl", help="results JSON-lines file")
+    p.add_argument("--report-dir", default=None, help="also write the leaderboard (Markdown/PNG/HTML) here")
+    p.add_argument("--force", action="store_true", help="re-measure cells already in --out")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", action="store_true", help="print every record of the sweep as one JSON line each")
+    p.set_defaults(func=run_suite_cmd)
+    return p
+
+
+def run_suite_cmd(args: argparse.Namespace) -> int:
+    import json
+
+    from ..train.config import parse_duration
+    from .leaderboard import write_leaderboard
+    from .results import load_records
+    from .suite import build_cells, run_suite
+
+    try:
+        task_options: dict[str, dict[str, Any]] = {}
+        for text in args.task_option:
+            task, key, value = parse_option(text)
+            task_options.setdefault(task, {})[key] = value
+        mixer_options: dict[str, dict[str, Any]] = {}
+        for text in args.option:
+            mixer, key, value = parse_option(text)
+            mixer_options.setdefault(mixer, {})[key] = value
+        model = {}
+        for text in args.model:
+            key, sep, value = text.partition("=")
+            if not sep:
+                raise ValueError(f"--model {text!r}: expected KEY=VALUE, e.g. dim=128")
+            model[key.strip()] = parse_option(f"m.{key.strip()}={value}")[2]
+        cells = build_cells(args.tasks, args.mixers, args.seeds, budget_s=parse_duration(args.budget),
+                            max_steps=args.max_steps, lrs=args.lrs, task_options=task_options,
+                            model_overrides=model, mixer_options=mixer_options, eval_n=args.eval_n,
+                            threads=args.threads, timeout_s=args.timeout, max_memory_mib=args.max_memory)
+        records = run_suite(cells, args.out, force=args.force, progress=not args.no_progress,
+                            log=lambda s: print(s, file=sys.stderr))
+        counts: dict[str, int] = {}
+        for r in records:
+            counts[r["status"]] = counts.get(r["status"], 0) + 1
+        print(f"{len(records)} cells -> {args.out}: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+        if args.report_dir:
+            paths = write_leaderboard(load_records(args.out), args.report_dir)
+            print(f"leaderboard: {paths['markdown']} ({paths['html']})")
+        if args.json:
+            for r in records:
+                print(json.dumps(r, sort_keys=True, default=str))
         return 0
     except (ValueError, TypeError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)

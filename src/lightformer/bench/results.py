@@ -30,7 +30,9 @@ Schema (``kind == "bench"``; every key is always present, ``None`` where not app
     cpu, torch, python, git_commit, timestamp   str    machine line (timestamp ISO 8601 UTC)
     elapsed_s     float | None    wall time of the subprocess (s)
 
-Records with ``kind == "quality"`` (written by ``compare``) share the file and are kept by ``load_records``.
+Records of the other kinds share the file and are kept by ``load_records``; each kind has one builder here and a
+schema version: ``quality`` (``compare``'s LM quality per mixer, ``quality_record``) and ``capacity``
+(``lightformer suite``'s task metric per (task, mixer, seed), ``capacity_record``; fields listed there).
 """
 
 from __future__ import annotations
@@ -63,6 +65,56 @@ def base_record(cell: Cell, machine: dict[str, str], *, status: str, reason: str
         "python": machine.get("python", "unknown"), "git_commit": machine.get("git_commit", "unknown"),
         "timestamp": machine.get("timestamp", ""), "elapsed_s": None,
     }
+
+
+QUALITY_SCHEMA = 2
+CAPACITY_SCHEMA = 1
+
+
+def quality_record(*, mixer: str, options: dict[str, Any], position: str, seed: int, metrics: dict[str, float],
+                   steps: int, tokens: int, seconds: float, budget_s: float, data: str, data_sha256: str,
+                   tokenizer: str, model: dict[str, Any], history: list[dict[str, float]],
+                   machine: dict[str, str]) -> dict[str, Any]:
+    """A ``kind: "quality"`` record: ``compare``'s LM validation metrics of one (mixer, seed) after ``budget_s``
+    seconds of training (``val_bpc`` bits per token, ``val_loss`` nats per token) and its learning curve."""
+    return {"kind": "quality", "schema": QUALITY_SCHEMA, "mixer": mixer, "options": dict(options),
+            "position": position, "seed": seed, **metrics, "metric": "val_bpc", "steps": steps, "tokens": tokens,
+            "seconds": seconds, "tokens_per_s": tokens / seconds if seconds else None, "budget_s": budget_s,
+            "data": data, "data_sha256": data_sha256, "tokenizer": tokenizer, "model": model, "history": history,
+            **{k: machine.get(k, "unknown") for k in ("cpu", "torch", "python", "git_commit", "timestamp")}}
+
+
+def capacity_record(cell: Any, machine: dict[str, str], *, status: str, reason: str | None = None) -> dict[str, Any]:
+    """A ``kind: "capacity"`` record of a ``CapacityCell`` with every schema key, no measurement yet.
+
+    Schema: the cell's identifying fields (``task``, ``task_options``, ``mixer``, ``mixer_options``, ``model``,
+    ``train``, ``lrs``, ``seed``, ``eval_n``), ``status`` (as bench records), ``reason``, ``metric`` (the task's
+    primary metric), ``value`` (its test value), ``val_value``, ``metrics`` (every test metric), ``lr`` (the chosen
+    one), ``lr_grid`` (per lr: validation value, steps, seconds, learning curve), ``steps``, ``seconds`` (of the
+    chosen run), ``total_seconds`` (the whole cell), ``tokens``, ``scored``, ``seq_len``, ``params`` (model size),
+    ``state_size`` (floats per layer and sequence, ``lightformer.bench.state_size``), and the machine line.
+    """
+    if status not in STATUSES:
+        raise ValueError(f"status {status!r} not in {STATUSES}")
+    return {"kind": "capacity", "schema": CAPACITY_SCHEMA, "status": status, "reason": reason,
+            "task": cell.task, "task_options": dict(cell.task_options), "mixer": cell.mixer,
+            "mixer_options": dict(cell.mixer_options), "model": dict(cell.model), "train": dict(cell.train),
+            "lrs": list(cell.lrs), "seed": cell.seed, "eval_n": cell.eval_n, "metric": None, "value": None,
+            "val_value": None, "metrics": {}, "lr": None, "lr_grid": [], "steps": None, "seconds": None,
+            "total_seconds": None, "tokens": None, "scored": None, "seq_len": None, "params": None,
+            "state_size": None, "threads": cell.threads,
+            **{k: machine.get(k, "unknown") for k in ("cpu", "torch", "python", "git_commit", "timestamp")}}
+
+
+def capacity_records(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The ``kind == "capacity"`` records, the latest one per cell key (a re-measured cell replaces the old one)."""
+    from .capacity import capacity_key
+
+    latest: dict[str, dict[str, Any]] = {}
+    for r in records:
+        if r.get("kind") == "capacity":
+            latest[capacity_key(r)] = r
+    return list(latest.values())
 
 
 def load_records(path: str | os.PathLike[str]) -> list[dict[str, Any]]:

@@ -96,3 +96,120 @@ class SequenceClassifier(nn.Module):
             weights = key_padding_mask.to(hidden.dtype)[..., None]
             pooled = (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
         return self.classifier(pooled).float()
+
+
+class TwoTowerClassifier(nn.Module):
+    """Two-tower matcher (LRA Retrieval; Tay et al. 2021, Sec. 3.3): one shared bidirectional encoder pools each
+    sequence to ``u``, ``v`` ``[B, D]`` (mean over real tokens), and an MLP on ``[u, v, u*v, u-v]`` ``[B, 4D]``
+    gives logits ``[B, num_classes]`` (fp32).
+
+    Raises:
+        ValueError: ``num_classes < 2``, or the backbone's input errors.
+    """
+
+    def __init__(self, config: ModelConfig, num_classes: int = 2) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        self.config = config
+        self.backbone = Transformer(config)
+        self.classifier = nn.Sequential(nn.Linear(4 * config.dim, config.dim), nn.GELU(),
+                                        nn.Linear(config.dim, num_classes))
+
+    def encode(self, idx: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
+        """ids ``[B, T]`` -> pooled ``[B, D]`` (mean over the real tokens)."""
+        hidden = self.backbone(idx, key_padding_mask=key_padding_mask)
+        if key_padding_mask is None:
+            return hidden.mean(dim=1)
+        weights = key_padding_mask.to(hidden.dtype)[..., None]
+        return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+    def forward(self, idx: Tensor, idx2: Tensor, *, key_padding_mask: Tensor | None = None,
+                key_padding_mask2: Tensor | None = None) -> Tensor:
+        u, v = self.encode(idx, key_padding_mask), self.encode(idx2, key_padding_mask2)
+        return self.classifier(torch.cat([u, v, u * v, u - v], dim=-1)).float()
+
+
+class InContextRegressor(nn.Module):
+    """Causal Transformer on real-valued inputs (Garg et al. 2022, "What Can Transformers Learn In-Context?",
+    Sec. 2): a linear read-in ``[B, T, d_in] -> [B, T, D]``, the backbone, and a linear read-out to one scalar per
+    position ``[B, T]`` (fp32). The token embedding of the backbone is unused.
+
+    Raises:
+        ValueError: ``input_dim < 1``, a non-causal config, or inputs of the wrong shape.
+    """
+
+    def __init__(self, config: ModelConfig, input_dim: int) -> None:
+        super().__init__()
+        if input_dim < 1:
+            raise ValueError(f"input_dim must be >= 1, got {input_dim}")
+        if not config.causal:
+            raise ValueError("causal=False: in-context regression reads each prompt left to right")
+        self.config = config
+        self.input_dim = input_dim
+        self.read_in = nn.Linear(input_dim, config.dim)
+        self.backbone = Transformer(config)
+        self.read_out = nn.Linear(config.dim, 1)
+        nn.init.normal_(self.read_in.weight, std=0.02)
+        nn.init.zeros_(self.read_in.bias)
+        nn.init.normal_(self.read_out.weight, std=0.02)
+        nn.init.zeros_(self.read_out.bias)
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        if inputs.dim() != 3 or inputs.shape[-1] != self.input_dim:
+            raise ValueError(f"inputs must be [B, T, d_in={self.input_dim}], got shape {tuple(inputs.shape)}")
+        hidden = self.backbone.forward_embeddings(self.read_in(inputs))
+        return self.read_out(hidden)[..., 0].float()
+
+
+class CompressionAutoEncoder(nn.Module):
+    """The compression probe's model (MAD: Poli et al. 2024, "Mechanistic Design and Scaling of Hybrid
+    Architectures", arXiv 2403.17844; the design of mad-lab's ``AutoEncoder`` with ``global_pool="last"``): a causal
+    backbone reads ids ``[B, T]``; its hidden state at the last position, ``h [B, D]``, is all the decoder sees. For
+    every position ``t`` the decoder maps ``h + PE[t]`` (fixed sinusoidal positions, Vaswani et al. 2017) through a
+    non-expanding MLP (norm, Linear D->D, GELU, norm, Linear D->D, GELU) and a read-out (norm, Linear D->vocab,
+    own weights: not tied to the embedding) to logits ``[B, T, vocab]`` (fp32): the model must rebuild the whole
+    input from one vector.
+
+    Raises:
+        ValueError: ``config.causal`` is False, T above ``config.max_len``, or the backbone's input errors.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        from ..nn.norms import make_norm
+        from ..nn.positions import sinusoidal_table
+
+        super().__init__()
+        if not config.causal:
+            raise ValueError("causal=False: the compression model reads its input left to right into the last "
+                             "position")
+        self.config = config
+        d = config.dim
+        self.backbone = Transformer(config)
+        # an odd width gets the first d columns of a table one wider
+        table = sinusoidal_table(config.max_len, d + d % 2)[:, :d]
+        self.register_buffer("decoder_positions", table.contiguous(), persistent=False)  # [max_len, D]
+        self.decoder = nn.Sequential(make_norm(config.norm, d), nn.Linear(d, d), nn.GELU(),
+                                     make_norm(config.norm, d), nn.Linear(d, d), nn.GELU())
+        self.head = nn.Sequential(make_norm(config.norm, d), nn.Linear(d, config.vocab_size))
+        for module in (*self.decoder, *self.head):
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
+
+    def encode(self, idx: Tensor) -> Tensor:
+        """ids ``[B, T]`` -> the code ``[B, D]``: the backbone's hidden state at the last position."""
+        return self.backbone(idx)[:, -1]
+
+    def decode(self, code: Tensor, length: int) -> Tensor:
+        """``code [B, D]`` -> logits ``[B, length, vocab]`` (fp32)."""
+        if length > self.config.max_len:
+            raise ValueError(f"length {length} is above max_len={self.config.max_len}")
+        x = code[:, None, :] + self.decoder_positions[:length].to(code.dtype)  # [B, T, D]
+        return self.head(self.decoder(x)).float()
+
+    def forward(self, idx: Tensor) -> Tensor:
+        """ids ``[B, T]`` -> reconstruction logits ``[B, T, vocab]`` (fp32)."""
+        if idx.dim() != 2:
+            raise ValueError(f"idx must be [B, T], got shape {tuple(idx.shape)}")
+        return self.decode(self.encode(idx), idx.shape[1])

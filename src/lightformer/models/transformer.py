@@ -103,8 +103,17 @@ class Transformer(nn.Module):
         if idx.dim() != 2:
             raise ValueError(f"idx must be [B, T] (rank 2), got shape {tuple(idx.shape)}")
         self._check_ids(idx)
-        x = self.embed(idx)
-        pos = self._positions(0, idx.shape[1], idx.device)
+        return self.forward_embeddings(self.embed(idx), key_padding_mask=key_padding_mask)
+
+    def forward_embeddings(self, x: Tensor, *, key_padding_mask: Tensor | None = None) -> Tensor:
+        """The backbone from input embeddings ``x [B, T, D]`` (a linear read-in of real-valued inputs, e.g.
+        in-context regression) instead of token ids -> hidden states ``[B, T, D]``; absolute positions are added.
+
+        Raises:
+            ValueError: ``x`` not ``[B, T, D]``, or T above ``max_len`` with absolute positions."""
+        if x.dim() != 3 or x.shape[-1] != self.config.dim:
+            raise ValueError(f"x must be [B, T, D={self.config.dim}], got shape {tuple(x.shape)}")
+        pos = self._positions(0, x.shape[1], x.device)
         if pos is not None:
             x = x + pos
         x = self.drop(x)

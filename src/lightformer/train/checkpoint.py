@@ -2,7 +2,7 @@
 
 Layout of ``<out_dir>/checkpoint/``: ``model.safetensors``, ``optimizer.safetensors`` (AdamW moments keyed
 ``<param index>.<name>``), ``trainer.json`` (run config, step, elapsed seconds, tokens, optimizer scalars and
-hyper-parameters, RNG states, history, tokenizer). A new checkpoint is written to ``checkpoint.tmp/`` and swapped
+hyper-parameters, torch's RNG state, history, task and its options, the tokenizer of an ``lm`` run). A new checkpoint is written to ``checkpoint.tmp/`` and swapped
 in with renames, so a crash leaves either the old or the new one (``checkpoint.old/`` is used if the swap was cut).
 """
 
@@ -55,7 +55,7 @@ def load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Te
 
 
 def save(out_dir: str | pathlib.Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-         trainer_state: dict[str, Any], generator: torch.Generator) -> pathlib.Path:
+         trainer_state: dict[str, Any]) -> pathlib.Path:
     """Write a checkpoint atomically; returns its folder."""
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -76,9 +76,8 @@ def save(out_dir: str | pathlib.Path, model: nn.Module, optimizer: torch.optim.O
     save_file(weights, str(tmp / "model.safetensors"))
     opt_tensors, opt_meta = optimizer_tensors(optimizer)
     save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-    state = dict(trainer_state, optimizer=opt_meta, aliases=aliases,
-                 rng={"torch": _encode_bytes(torch.get_rng_state()),
-                      "batches": _encode_bytes(generator.get_state())})
+    # batches are drawn by step (Trainer.train_batch), so only torch's RNG (dropout) needs saving
+    state = dict(trainer_state, optimizer=opt_meta, aliases=aliases, rng={"torch": _encode_bytes(torch.get_rng_state())})
     with open(tmp / "trainer.json", "w") as f:
         json.dump(state, f, indent=1)
         f.flush()
@@ -113,30 +112,30 @@ def load_model_weights(path: str | pathlib.Path, model: nn.Module) -> None:
     model.load_state_dict(weights)
 
 
-def restore(path: str | pathlib.Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-            generator: torch.Generator) -> dict[str, Any]:
-    """Load weights, optimizer and RNG states; returns the trainer state dict."""
+def restore(path: str | pathlib.Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Load weights, optimizer and RNG state; returns the trainer state dict."""
     folder = locate(path)
     load_model_weights(folder, model)
     state = read_state(folder)
     load_optimizer(optimizer, load_file(str(folder / "optimizer.safetensors")), state["optimizer"])
     torch.set_rng_state(_decode_bytes(state["rng"]["torch"]))
-    generator.set_state(_decode_bytes(state["rng"]["batches"]))
     return state
 
 
 def load_trained(path: str | pathlib.Path):
-    """Rebuild a trained ``LanguageModel`` (eval mode) with its tokenizer and run config from a checkpoint.
+    """Rebuild a trained model of any task (eval mode) from a checkpoint, without loading its data.
 
     Returns:
-        ``(model, tokenizer, run_config, trainer_state)``.
+        ``(model, task, run_config, trainer_state)``; for an ``lm`` checkpoint ``task.tokenizer`` is the tokenizer
+        it was trained with (``task.corpus`` loads the data only when asked for).
     """
-    from ..models.heads import LanguageModel
     from ..tasks.text import tokenizer_from_json
     from .config import RunConfig
 
     state = read_state(path)
     run_config = RunConfig.from_dict(state["config"])
-    model = LanguageModel(run_config.model)
+    kwargs = {"tokenizer": tokenizer_from_json(state["tokenizer"])} if "tokenizer" in state else {}
+    task = run_config.build_task(**kwargs)
+    model = task.build_model(run_config.model)
     load_model_weights(path, model)
-    return model.eval(), tokenizer_from_json(state["tokenizer"]), run_config, state
+    return model.eval(), task, run_config, state

@@ -100,25 +100,66 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class TaskSpec:
+    """Which registered task a run trains on (``lightformer tasks``) and its options.
+
+    The default task ``lm`` takes ``data``, ``tokenizer`` and ``block_size`` from ``TrainConfig`` unless its
+    options set them, so LM presets, flags and old checkpoints keep their meaning.
+    """
+
+    name: str = "lm"
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from ..tasks import TASKS
+
+        if self.name not in TASKS:
+            TASKS.get(self.name)  # raises ValueError listing the registered tasks
+
+
+@dataclass(frozen=True)
 class RunConfig:
-    """A whole training run: the model and the training options."""
+    """A whole training run: the model, the training options and the task."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    task: TaskSpec = field(default_factory=TaskSpec)
+
+    SECTIONS = ("model", "train", "task")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": dataclasses.asdict(self.model), "train": dataclasses.asdict(self.train)}
+        return {"model": dataclasses.asdict(self.model), "train": dataclasses.asdict(self.train),
+                "task": dataclasses.asdict(self.task)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
-        unknown = sorted(set(data) - {"model", "train"})
+        unknown = sorted(set(data) - set(cls.SECTIONS))
         if unknown:
-            raise TypeError(f"unknown config section(s) {unknown}; valid sections: model, train")
+            raise TypeError(f"unknown config section(s) {unknown}; valid sections: {', '.join(cls.SECTIONS)}")
         train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
         bad = sorted(set(data.get("train", {})) - train_fields)
         if bad:
             raise TypeError(f"unknown train option(s) {bad}; valid options: {sorted(train_fields)}")
-        return cls(ModelConfig.from_dict(data.get("model", {})), TrainConfig(**data.get("train", {})))
+        task = dict(data.get("task", {}))
+        bad = sorted(set(task) - {"name", "options"})
+        if bad:
+            raise TypeError(f"unknown task field(s) {bad}; valid fields: name, options")
+        return cls(ModelConfig.from_dict(data.get("model", {})), TrainConfig(**data.get("train", {})),
+                   TaskSpec(**task))
+
+    def build_task(self, **kwargs: Any):
+        """The ``Task`` this run trains on (``lm`` gets data/tokenizer/block_size from the train section).
+
+        ``kwargs`` go to the lm task's constructor (``corpus=``, ``tokenizer=``) and are ignored by others."""
+        from ..tasks import TASKS, create_task
+
+        options = dict(self.task.options)
+        if self.task.name == "lm":
+            tc = self.train
+            for key, value in (("data", tc.data), ("tokenizer", tc.tokenizer), ("block_size", tc.block_size)):
+                options.setdefault(key, value)
+            return TASKS.get("lm")(TASKS.make_config("lm", **options), **kwargs)
+        return create_task(self.task.name, **options)
 
 
 #: Named presets (override any field with flags). Figures quoted are measured on the project's 2-core machines.
@@ -168,8 +209,8 @@ def parse_value(text: str) -> Any:
 def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     """``set_dotted(d, "model.mixer_options.window", 64)``: nested assignment creating tables as needed."""
     keys = dotted.split(".")
-    if len(keys) < 2 or keys[0] not in ("model", "train") or not all(keys):
-        raise ValueError(f"override {dotted!r} must look like model.<key>=... or train.<key>=...")
+    if len(keys) < 2 or keys[0] not in RunConfig.SECTIONS or not all(keys):
+        raise ValueError(f"override {dotted!r} must look like model.<key>=..., train.<key>=... or task.<key>=...")
     node = tree
     for key in keys[:-1]:
         node = node.setdefault(key, {})

@@ -1,9 +1,10 @@
-"""The trainer: AdamW, warm-up + cosine schedule, gradient clipping, bf16 autocast on CPU, periodic evaluation,
+"""The trainer: one loop for every task kind (language modelling, probes, classification, two-tower retrieval,
+in-context regression). The task builds the model head, yields the batches and computes the loss and metrics;
+the trainer owns AdamW/Muon, the warm-up + cosine schedule, gradient clipping, bf16 autocast, periodic evaluation,
 a step and/or wall-clock budget, atomic checkpoints and exact resume."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import time
@@ -13,32 +14,61 @@ from typing import Any, Callable
 import torch
 from tqdm.auto import tqdm
 
-from ..models.heads import LanguageModel
+from ..tasks.base import Task, batch_to
 from ..tasks.text import Corpus
 from . import checkpoint
 from .config import RunConfig
+from .evaluate import autocast_context, evaluate
 from .optim import build_optimizer
 
 LN2 = math.log(2.0)
+#: draw seeds of training batches: run seed s, step t -> s·STREAM + t (a stream per run seed, resumable by step)
+STREAM = 2**32
 
 
 @dataclass
 class TrainResult:
-    """What a run measured. Losses in nats per token; ``*_bpc`` in bits per token (per char or per byte,
-    as the tokenizer says); ``seconds`` is training wall time including evaluations."""
+    """What a run measured.
 
-    val_loss: float
-    val_bpc: float
+    Attributes:
+        metrics: the task's metrics on its validation set at the end, keyed ``val_<metric>`` (``val_bpc`` in bits
+            per token, ``val_loss`` in nats per scored unit, ``val_accuracy`` in [0, 1], ...).
+        train_loss: the last training batch's loss.
+        steps: optimizer steps; tokens: input tokens processed; scored: scored units trained on (tokens whose
+            target is not ignored, or examples); seconds: training wall time including evaluations.
+        task: the task's registry name; tokenizer: ``"byte" | "char"`` for ``lm``, else ``None``.
+    """
+
+    metrics: dict[str, float]
     train_loss: float
     steps: int
     tokens: int
+    scored: int
     seconds: float
-    tokenizer: str
+    task: str = "lm"
+    tokenizer: str | None = None
     history: list[dict[str, float]] = field(default_factory=list)
     checkpoint: str | None = None
 
+    @property
+    def val_loss(self) -> float | None:
+        return self.metrics.get("val_loss")
+
+    @property
+    def val_bpc(self) -> float | None:
+        return self.metrics.get("val_bpc")
+
     def summary(self) -> dict[str, Any]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != "history"}
+        out = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("history", "metrics")}
+        return {**self.metrics, **out}
+
+
+def input_tokens(batch: tuple) -> int:
+    """Token positions fed to the model by one batch (both towers of a pair batch)."""
+    first = batch[0]
+    if isinstance(first, tuple):  # pair: ((a, mask_a), (b, mask_b), labels)
+        return first[0].numel() + batch[1][0].numel()
+    return first.shape[0] * first.shape[1]
 
 
 def lr_at(cfg, step: int, progress: float) -> float:
@@ -50,59 +80,59 @@ def lr_at(cfg, step: int, progress: float) -> float:
 
 
 class Trainer:
-    """Train a ``LanguageModel`` on a ``Corpus`` as a ``RunConfig`` says.
+    """Train the model a task builds, as a ``RunConfig`` says.
 
     Args:
-        config: model + training options; ``model.vocab_size`` is taken from the corpus tokenizer.
-        corpus: the data (default: loaded from ``config.train.data``).
-        log: where progress lines go (default ``print`` to stderr via tqdm.write).
+        config: model + training options + task; the model's vocabulary comes from the task.
+        corpus: for the ``lm`` task, an already loaded corpus (default: loaded from ``config.train.data``).
+        task: the task instance (default: ``config.build_task()``).
+        log: where progress lines go (default ``tqdm.write``).
+
+    Training batches are ``task.sample("train", batch_size, seed=seed·2³² + step)``: a fresh draw per step from
+    the run seed's own stream, so a resumed run sees the batches the whole run would have. Evaluation uses the
+    task's canonical validation set (``eval_iters · batch_size`` examples), the same for every run and seed.
 
     Raises:
-        ValueError: ``block_size`` above ``model.max_len`` with absolute positions, or bad config values.
+        ValueError: bad config values, or a task whose length exceeds ``model.max_len`` with absolute positions.
     """
 
-    def __init__(self, config: RunConfig, corpus: Corpus | None = None,
+    def __init__(self, config: RunConfig, corpus: Corpus | None = None, *, task: Task | None = None,
                  log: Callable[[str], None] | None = None) -> None:
         tc = config.train
         if tc.threads:
             torch.set_num_threads(tc.threads)
-        self.corpus = corpus if corpus is not None else Corpus.load(tc.data, tokenizer=tc.tokenizer)
-        model_cfg = dataclasses.replace(config.model, vocab_size=self.corpus.tokenizer.vocab_size)
-        if model_cfg.position in ("learned", "sinusoidal") and tc.block_size > model_cfg.max_len:
-            raise ValueError(f"block_size={tc.block_size} is above model.max_len={model_cfg.max_len}")
-        self.config = RunConfig(model_cfg, tc)
+        self.task = task if task is not None else config.build_task(**({"corpus": corpus} if corpus else {}))
+        model_cfg = self.task.model_config(config.model)
+        self.config = RunConfig(model_cfg, tc, config.task)
         torch.manual_seed(tc.seed)
-        self.model = LanguageModel(model_cfg)
+        self.model = self.task.build_model(model_cfg)
         self.optimizer = build_optimizer(self.model, tc)
-        self.generator = torch.Generator().manual_seed(tc.seed)
+        self.device = torch.device("cpu")
         self.step = 0
         self.tokens = 0
+        self.scored = 0
         self.elapsed = 0.0
         self.history: list[dict[str, float]] = []
         self.log = log or tqdm.write
 
+    @property
+    def corpus(self) -> Corpus:
+        """The ``lm`` task's corpus (AttributeError for other tasks)."""
+        return self.task.corpus  # type: ignore[attr-defined]
+
     # -- pieces ---------------------------------------------------------------------------------------------------
     def autocast(self):
-        if self.config.train.bf16:
-            return torch.autocast("cpu", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast_context(self.device, self.config.train.bf16)
 
-    @torch.no_grad()
-    def evaluate(self, split: str = "val", iters: int | None = None) -> float:
-        """Mean next-token loss (nats) over ``iters`` batches drawn with a fixed seed, so every evaluation of a
-        run (and of runs with the same data and seed) sees the same windows."""
+    def evaluate(self, split: str = "val", iters: int | None = None) -> dict[str, float]:
+        """The task's metrics on the canonical ``split`` set of ``iters`` (default ``eval_iters``) batches."""
         tc = self.config.train
-        gen = torch.Generator().manual_seed(tc.seed + 1)
-        was_training = self.model.training
-        self.model.eval()
-        losses = []
-        for _ in range(iters or tc.eval_iters):
-            x, y = self.corpus.batch(split, tc.batch_size, tc.block_size, gen)
-            with self.autocast():
-                _, loss = self.model(x, y)
-            losses.append(loss.item())
-        self.model.train(was_training)
-        return sum(losses) / len(losses)
+        return evaluate(self.model, self.task, split, n=(iters or tc.eval_iters) * tc.batch_size,
+                        batch_size=tc.batch_size, bf16=tc.bf16, device=self.device)
+
+    def train_batch(self, step: int) -> tuple:
+        return batch_to(self.task.sample("train", self.config.train.batch_size,
+                                         seed=self.config.train.seed * STREAM + step), self.device)
 
     def progress(self) -> float:
         tc = self.config.train
@@ -114,22 +144,35 @@ class Trainer:
         return max(fractions)
 
     def trainer_state(self) -> dict[str, Any]:
-        return {"config": self.config.to_dict(), "step": self.step, "tokens": self.tokens, "elapsed": self.elapsed,
-                "history": self.history, "tokenizer": self.corpus.tokenizer.to_json(), "data": self.corpus.name,
-                "data_sha256": self.corpus.sha256}
+        state = {"config": self.config.to_dict(), "step": self.step, "tokens": self.tokens, "scored": self.scored,
+                 "elapsed": self.elapsed, "history": self.history, "task": self.task.name,
+                 "task_options": self.task.options()}
+        if self.task.kind == "lm":
+            state.update(tokenizer=self.corpus.tokenizer.to_json(), data=self.corpus.name,
+                         data_sha256=self.corpus.sha256)
+        return state
 
     def save(self) -> str | None:
         out_dir = self.config.train.out_dir
         if out_dir is None:
             return None
-        return str(checkpoint.save(out_dir, self.model, self.optimizer, self.trainer_state(), self.generator))
+        return str(checkpoint.save(out_dir, self.model, self.optimizer, self.trainer_state()))
 
     def resume(self, path: str) -> None:
-        """Continue from a checkpoint: weights, optimizer, RNG, step, elapsed time and history."""
-        state = checkpoint.restore(path, self.model, self.optimizer, self.generator)
-        if state.get("data_sha256") != self.corpus.sha256:
+        """Continue from a checkpoint: weights, optimizer, RNG, step, elapsed time and history.
+
+        Raises:
+            ValueError: the checkpoint was trained on another task or other data."""
+        state = checkpoint.read_state(path)
+        if state.get("task", "lm") != self.task.name or \
+                (self.task.kind != "lm" and state.get("task_options") != self.task.options()):
+            raise ValueError(f"resume={path!r}: the checkpoint was trained on task {state.get('task', 'lm')!r} "
+                             f"{state.get('task_options', '')}, not {self.task.describe()}")
+        if self.task.kind == "lm" and state.get("data_sha256") != self.corpus.sha256:
             raise ValueError(f"resume={path!r}: the checkpoint was trained on other data ({state.get('data')})")
+        checkpoint.restore(path, self.model, self.optimizer)
         self.step, self.tokens, self.elapsed = state["step"], state["tokens"], state["elapsed"]
+        self.scored = state.get("scored", self.tokens)
         self.history = state["history"]
 
     # -- loop -----------------------------------------------------------------------------------------------------
@@ -140,50 +183,52 @@ class Trainer:
         self.model.train()
         bar = tqdm(total=tc.max_steps, initial=self.step, disable=not progress_bar, unit="step", dynamic_ncols=True)
         train_loss = float("nan")
-        last_val = None
+        last: dict[str, float] | None = None
         start = time.perf_counter() - self.elapsed
         while self.progress() < 1.0 and (until_step is None or self.step < until_step):
             lr = lr_at(tc, self.step, self.progress())
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            x, y = self.corpus.batch("train", tc.batch_size, tc.block_size, self.generator)
+            batch = self.train_batch(self.step)
             with self.autocast():
-                _, loss = self.model(x, y)
+                out = self.task.loss(self.model, batch)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            out.loss.backward()
             if tc.grad_clip:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip, foreach=True)
             self.optimizer.step()
             self.step += 1
-            self.tokens += x.numel()
-            train_loss = loss.item()
+            self.tokens += input_tokens(batch)
+            self.scored += out.count
+            train_loss = float(out.loss.detach())
             self.elapsed = time.perf_counter() - start
             bar.update(1)
             bar.set_postfix(loss=f"{train_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{self.tokens / self.elapsed:,.0f}",
                             left=f"{self._time_left():.0f}s")
             if self.step % tc.eval_interval == 0:
-                last_val = self._record(train_loss)  # evaluation time counts against the budget
+                last = self._record(train_loss)  # evaluation time counts against the budget
             if tc.checkpoint_interval and self.step % tc.checkpoint_interval == 0:
                 self.save()
         bar.close()
-        if last_val is None or self.history[-1]["step"] != self.step:
-            last_val = self._record(train_loss)
+        if last is None or self.history[-1]["step"] != self.step:
+            last = self._record(train_loss)
         self.elapsed = time.perf_counter() - start
         path = self.save()
-        return TrainResult(val_loss=last_val, val_bpc=last_val / LN2, train_loss=train_loss, steps=self.step,
-                           tokens=self.tokens, seconds=self.elapsed, tokenizer=self.corpus.tokenizer.kind,
+        metrics = {f"val_{k}": v for k, v in last.items() if k != "count"}
+        return TrainResult(metrics=metrics, train_loss=train_loss, steps=self.step, tokens=self.tokens,
+                           scored=self.scored, seconds=self.elapsed, task=self.task.name,
+                           tokenizer=self.corpus.tokenizer.kind if self.task.kind == "lm" else None,
                            history=self.history, checkpoint=path)
 
     def _time_left(self) -> float:
-        tc = self.config.train
         p = self.progress()
         return max(0.0, self.elapsed * (1 - p) / p) if p > 0 else float("nan")
 
-    def _record(self, train_loss: float) -> float:
-        val = self.evaluate("val")
-        row = {"step": self.step, "tokens": self.tokens, "seconds": round(self.elapsed, 3),
-               "train_loss": train_loss, "val_loss": val, "val_bpc": val / LN2}
+    def _record(self, train_loss: float) -> dict[str, float]:
+        metrics = self.evaluate("val")
+        row = {"step": self.step, "tokens": self.tokens, "seconds": round(self.elapsed, 3), "train_loss": train_loss,
+               **{f"val_{k}": v for k, v in metrics.items() if k != "count"}}
         self.history.append(row)
-        self.log(f"step {self.step}: train loss {train_loss:.4f}, val loss {val:.4f} nats "
-                 f"({val / LN2:.4f} bits/{self.corpus.tokenizer.kind}), {self.elapsed:.1f}s")
-        return val
+        shown = ", ".join(f"val {k} {v:.4f}" for k, v in metrics.items() if k != "count")
+        self.log(f"step {self.step}: train loss {train_loss:.4f}, {shown}, {self.elapsed:.1f}s")
+        return metrics

@@ -1,0 +1,223 @@
+"""The capacity leaderboard of ``lightformer suite`` / ``lightformer report``: task × mixer, mean ± spread over
+seeds, the best per task marked, the mean over tasks; Markdown, PNG (each task's metric against the mixer's state
+size, e.g. MQAR accuracy against state, Zoology's Figure 3 axes) and one self-contained HTML page.
+
+A value is the test metric of the cell's best learning rate (chosen on validation). ``spread`` is half the range
+over seeds (max − min) / 2; a mixer whose mean is within the best one's spread (or whose own spread reaches the
+best mean) is marked as tied with it (``≈``), since a ranking inside the seed spread is not a verdict.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from ..tasks.base import direction
+from .results import capacity_records
+
+
+@dataclass
+class Entry:
+    """One (task, mixer): values over seeds and what they were measured with."""
+
+    task: str
+    mixer: str
+    metric: str
+    values: list[float] = field(default_factory=list)
+    statuses: list[str] = field(default_factory=list)
+    state_size: int | None = None
+    params: int | None = None
+    seconds: list[float] = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)
+    lrs: list[float] = field(default_factory=list)
+
+    @property
+    def mean(self) -> float | None:
+        return statistics.fmean(self.values) if self.values else None
+
+    @property
+    def spread(self) -> float:
+        return (max(self.values) - min(self.values)) / 2 if len(self.values) > 1 else 0.0
+
+
+def entries(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Entry]]:
+    """``{task: {mixer: Entry}}`` from the latest capacity record of every cell."""
+    out: dict[str, dict[str, Entry]] = {}
+    for r in capacity_records(records):
+        task, mixer = r["task"], r["mixer"]
+        e = out.setdefault(task, {}).get(mixer)
+        if e is None:
+            e = out[task][mixer] = Entry(task, mixer, r.get("metric") or "")
+        e.statuses.append(r["status"])
+        if r["status"] == "ok" and r.get("value") is not None and math.isfinite(r["value"]):
+            e.metric = r["metric"]
+            e.values.append(float(r["value"]))
+            e.state_size, e.params = r.get("state_size"), r.get("params")
+            e.seconds.append(float(r.get("seconds") or 0.0))
+            e.steps.append(int(r.get("steps") or 0))
+            e.lrs.append(float(r.get("lr") or 0.0))
+    return out
+
+
+def best_and_ties(row: dict[str, Entry]) -> tuple[str | None, set[str]]:
+    """The best mixer of a task (by mean, in the metric's direction) and the mixers tied with it."""
+    measured = [e for e in row.values() if e.values]
+    if not measured:
+        return None, set()
+    sign = 1 if direction(measured[0].metric) == "min" else -1
+    best = min(measured, key=lambda e: sign * e.mean)
+    ties = {e.mixer for e in measured if e is not best
+            and abs(e.mean - best.mean) <= max(best.spread, e.spread)}
+    return best.mixer, ties
+
+
+def _fmt(e: Entry | None) -> str:
+    if e is None:
+        return "—"
+    if not e.values:
+        return ", ".join(sorted(set(e.statuses))) or "—"
+    scale = 100.0 if e.metric == "accuracy" else 1.0
+    text = f"{e.mean * scale:.1f}" if scale == 100.0 else f"{e.mean:.3f}"
+    if len(e.values) > 1:
+        text += f" ± {e.spread * scale:.1f}" if scale == 100.0 else f" ± {e.spread:.3f}"
+    return text + (f" ({len(e.values)}/{len(e.statuses)} seeds)" if len(e.values) < len(e.statuses) else "")
+
+
+def header_lines(records: list[dict[str, Any]]) -> list[str]:
+    """Machine line, then per task its settings, model size, budget and learning-rate grid."""
+    caps = [r for r in capacity_records(records)]
+    if not caps:
+        return ["No capacity records."]
+    vals = {k: sorted({str(r.get(k)) for r in caps}) for k in ("cpu", "torch", "git_commit", "threads")}
+    dates = sorted(str(r.get("timestamp", ""))[:10] for r in caps)
+    lines = [f"Machine: {', '.join(vals['cpu'])} · {', '.join(vals['threads'])} threads · torch "
+             f"{', '.join(vals['torch'])} · git {', '.join(vals['git_commit'])} · {dates[-1]}", ""]
+    seen: dict[str, dict[str, Any]] = {}
+    for r in caps:
+        seen.setdefault(r["task"], r)
+    for task, r in sorted(seen.items()):
+        opts = ", ".join(f"{k}={v}" for k, v in sorted(r["task_options"].items())) or "defaults"
+        m = r["model"]
+        tr = r["train"]
+        budget = (f"{tr['max_time']:g} s" if tr.get("max_time") else "") + \
+            (f"{' / ' if tr.get('max_time') else ''}≤ {tr['max_steps']} steps" if tr.get("max_steps") else "")
+        params = sorted({x["params"] for x in caps if x["task"] == task and x.get("params")})
+        size = f"{params[0]:,}–{params[-1]:,} parameters" if params else "size unknown"
+        seeds = sorted({x["seed"] for x in caps if x["task"] == task})
+        lines.append(f"- **{task}** ({opts}): {m.get('num_layers')} layers × width {m.get('dim')}, "
+                     f"{m.get('num_heads')} heads ({size}); batch {tr.get('batch_size')}; budget {budget} per "
+                     f"learning rate, lr ∈ {{{', '.join(f'{x:g}' for x in r['lrs'])}}} chosen on validation "
+                     f"({r['eval_n']} examples); seeds {seeds}")
+    return lines
+
+
+def markdown_table(table: dict[str, dict[str, Entry]]) -> list[str]:
+    tasks = sorted(table)
+    mixers = sorted({m for row in table.values() for m in row})
+    marks = {t: best_and_ties(table[t]) for t in tasks}
+    metric_of = {t: next((e.metric for e in table[t].values() if e.metric), "") for t in tasks}
+    head = "| mixer | " + " | ".join(f"{t} ({metric_of[t]}{', %' if metric_of[t] == 'accuracy' else ''})"
+                                     for t in tasks) + " | mean rank |"
+    lines = [head, "|---|" + "---|" * len(tasks) + "---|"]
+    ranks = mean_ranks(table)
+    for m in sorted(mixers, key=lambda m: (ranks.get(m) is None, ranks.get(m) or 0.0, m)):
+        cells = []
+        for t in tasks:
+            e = table[t].get(m)
+            text = _fmt(e)
+            best, ties = marks[t]
+            if m == best:
+                text = f"**{text}** ★"
+            elif m in ties:
+                text += " ≈"
+            cells.append(text)
+        rank = ranks.get(m)
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {'—' if rank is None else f'{rank:.2f}'} |")
+    return lines
+
+
+def mean_ranks(table: dict[str, dict[str, Entry]]) -> dict[str, float]:
+    """Per mixer, the mean over tasks of its rank (1 = best) among the mixers measured on that task."""
+    ranks: dict[str, list[float]] = {}
+    for row in table.values():
+        measured = [e for e in row.values() if e.values]
+        if not measured:
+            continue
+        sign = 1 if direction(measured[0].metric) == "min" else -1
+        for i, e in enumerate(sorted(measured, key=lambda e: sign * e.mean), 1):
+            ranks.setdefault(e.mixer, []).append(float(i))
+    return {m: statistics.fmean(r) for m, r in ranks.items()}
+
+
+def plot_state(table: dict[str, dict[str, Entry]], task: str, path: Path) -> bool:
+    """The task's metric against state size (floats per layer and sequence, log x), one point per mixer with
+    its seed spread as an error bar. False when no mixer has both."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = [e for e in table[task].values() if e.values and e.state_size]
+    if not pts:
+        return False
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=100)
+    for i, e in enumerate(sorted(pts, key=lambda e: e.mixer)):
+        ax.errorbar(e.state_size, e.mean, yerr=e.spread, fmt="o", color=plt.get_cmap("tab20").colors[i % 20],
+                    capsize=3, label=e.mixer)
+        ax.annotate(e.mixer, (e.state_size, e.mean), textcoords="offset points", xytext=(5, 3), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("state size per layer and sequence (floats, log)")
+    ax.set_ylabel(f"test {pts[0].metric}")
+    ax.set_title(f"{task}: {pts[0].metric} against the state a mixer keeps", fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def write_leaderboard(records: Iterable[dict[str, Any]], out_dir: str | Path, *, name: str = "capacity",
+                      preamble: str = "") -> dict[str, Path]:
+    """Write ``<name>.md``, ``<name>_<task>_state.png`` and ``<name>.html`` into ``out_dir``; returns the paths."""
+    records = list(records)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    table = entries(records)
+    legend = ("Each cell: the test metric (accuracy in %) of the best learning rate on validation, mean ± half the "
+              "range over seeds. ★ best per task; ≈ tied with the best (the difference is inside the seed spread, "
+              "so it is not a verdict). Mean rank: the mixer's rank averaged over the tasks it was measured on. "
+              "A status (oom, timeout, unsupported, error) replaces a value where the cell did not finish.")
+    pngs = []
+    for task in sorted(table):
+        p = out / f"{name}_{task}_state.png"
+        if plot_state(table, task, p):
+            pngs.append(p)
+    lines = ["# lightformer capacity", "", *([preamble, ""] if preamble else []), *header_lines(records), "",
+             legend, "", *markdown_table(table), ""]
+    lines += [f"![{p.stem}]({p.name})" for p in pngs]
+    md = out / f"{name}.md"
+    md.write_text("\n".join(lines) + "\n")
+    e = html.escape
+    body = [f"<p>{e(line)}</p>" for line in header_lines(records)] + [f"<p>{e(legend)}</p>", "<table>"]
+    for i, line in enumerate(markdown_table(table)):
+        if i == 1:
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        tag = "th" if i == 0 else "td"
+        body.append("<tr>" + "".join(f"<{tag}>{e(c.replace('**', ''))}</{tag}>" for c in cells) + "</tr>")
+    body.append("</table>")
+    for p in pngs:
+        body.append(f"<img alt='{e(p.name)}' src='data:image/png;base64,"
+                    f"{base64.b64encode(p.read_bytes()).decode('ascii')}'>")
+    page = out / f"{name}.html"
+    page.write_text("<!DOCTYPE html><html><head><meta charset='utf-8'><title>lightformer capacity</title><style>"
+                    "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid "
+                    "#999;padding:4px 8px;font-size:13px}th{background:#dde6f0}img{max-width:48%}</style></head>"
+                    "<body><h1>lightformer capacity</h1>" + (f"<p>{e(preamble)}</p>" if preamble else "")
+                    + "\n".join(body) + "</body></html>\n")
+    return {"markdown": md, "html": page, **{p.name: p for p in pngs}}

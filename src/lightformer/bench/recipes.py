@@ -1,0 +1,110 @@
+"""The capacity suite's recipes: per task, the CPU-sized task settings, the model every mixer is trained in, the
+training options, the learning-rate grid and the evaluation size; per mixer, options sized for the task's length.
+
+Every mixer of a sweep gets the same recipe for a task: only the mixer (and its length-sized options) differs.
+Each mixer gets the best position scheme it accepts: RoPE where it can, learned absolute positions otherwise
+(RoPE gains the exact baseline 0.79 bits/byte on the stdlib LM at compare's budget; learned positions are what the
+others accept). The numbers below are the documented CPU settings of ``docs/capacity.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..mixers import MIXERS
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one task is trained in the suite.
+
+    Attributes:
+        task_options: options of the task (CPU-sized; the paper's settings are selectable through options).
+        model: ``ModelConfig`` fields (without the mixer); ``position="auto"`` = ``best_position(mixer)``.
+        train: ``TrainConfig`` fields (batch, warm-up, weight decay, bf16, ``max_steps``; the time budget comes
+            from ``lightformer suite --budget``).
+        lrs: the learning-rate grid (the best on validation is kept).
+        eval_n: validation and test examples.
+    """
+
+    task_options: dict[str, Any] = field(default_factory=dict)
+    model: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+    lrs: tuple[float, ...] = (1e-3, 3e-3)
+    eval_n: int = 512
+
+
+_PROBE_MODEL = {"dim": 64, "num_layers": 2, "num_heads": 2, "position": "auto", "ffn_mult": 2.0}
+_PROBE_TRAIN = {"batch_size": 64, "warmup_steps": 100, "weight_decay": 0.1, "bf16": True, "max_steps": 20000}
+_LRA_MODEL = {"dim": 64, "num_layers": 2, "num_heads": 2, "position": "auto", "ffn_mult": 2.0, "dropout": 0.1}
+_LRA_TRAIN = {"batch_size": 32, "warmup_steps": 100, "weight_decay": 0.01, "bf16": True, "max_steps": 20000}
+
+RECIPES: dict[str, Recipe] = {
+    "mqar": Recipe({}, _PROBE_MODEL, _PROBE_TRAIN, (1e-3, 3e-3), 512),
+    "induction": Recipe({}, _PROBE_MODEL, _PROBE_TRAIN, (1e-3, 3e-3), 512),
+    "fuzzy_recall": Recipe({}, _PROBE_MODEL, _PROBE_TRAIN, (1e-3, 3e-3), 512),
+    "noisy_recall": Recipe({}, _PROBE_MODEL, _PROBE_TRAIN, (1e-3, 3e-3), 512),
+    "selective_copy": Recipe({}, _PROBE_MODEL, _PROBE_TRAIN, (1e-3, 3e-3), 512),
+    "compression": Recipe({}, _PROBE_MODEL, _PROBE_TRAIN, (1e-3, 3e-3), 512),
+    "memorization": Recipe({}, _PROBE_MODEL, _PROBE_TRAIN, (1e-3, 3e-3), 256),
+    "icl_regression": Recipe({}, _PROBE_MODEL, _PROBE_TRAIN, (1e-3, 3e-3), 512),
+    "listops": Recipe({}, _LRA_MODEL, _LRA_TRAIN, (5e-4, 1e-3, 2e-3), 1000),
+    "image": Recipe({}, _LRA_MODEL, _LRA_TRAIN, (5e-4, 1e-3, 2e-3), 1000),
+    "pathfinder": Recipe({}, _LRA_MODEL, _LRA_TRAIN, (5e-4, 1e-3, 2e-3), 1000),
+    "text": Recipe({}, _LRA_MODEL, _LRA_TRAIN, (5e-4, 1e-3, 2e-3), 500),
+    "retrieval": Recipe({}, _LRA_MODEL, _LRA_TRAIN, (5e-4, 1e-3, 2e-3), 500),
+    "lm": Recipe({"block_size": 256}, {"dim": 128, "num_layers": 4, "num_heads": 4, "position": "auto"},
+                 {"batch_size": 16, "warmup_steps": 50, "bf16": True, "max_steps": None}, (2e-3,), 640),
+}
+#: The probes (causal, ``LanguageModel``) and the Long Range Arena tasks (bidirectional classifiers).
+PROBES = ("mqar", "induction", "fuzzy_recall", "noisy_recall", "selective_copy", "compression", "memorization",
+          "icl_regression")
+LRA = ("listops", "text", "retrieval", "image", "pathfinder")
+
+
+def recipe(task: str) -> Recipe:
+    """The recipe of ``task``; a task without one gets the probe recipe (causal) or the LRA one."""
+    if task in RECIPES:
+        return RECIPES[task]
+    return Recipe({}, _PROBE_MODEL, _PROBE_TRAIN)
+
+
+def best_position(mixer: str) -> str:
+    """``"rope"`` when the mixer accepts it, else ``"learned"`` (added to the embeddings by the model)."""
+    return "rope" if "rope" in MIXERS.get(mixer).capabilities.positions else "learned"
+
+
+def sized_options(mixer: str, seq_len: int, dim: int) -> dict[str, Any]:
+    """Options of ``mixer`` sized for sequences of ``seq_len`` tokens at width ``dim``: local windows of T/4 (at
+    most 256, so a window never covers the whole sequence), a quarter-length low-rank projection (at most 256),
+    feature maps of 64, LSH buckets of 32 below T=1024 (else 64), BigBird blocks of 16 below T=1024 (else 64),
+    and ``max_len = T`` where the mixer's parameters are sized by it. Options the mixer lacks are left out."""
+    window = max(8, min(256, seq_len // 4))
+    options: dict[str, Any] = {
+        "window": window, "proj_len": max(8, min(256, seq_len // 4)), "num_features": 64,
+        "bucket_size": 32 if seq_len < 1024 else 64, "n_hashes": 2, "max_len": seq_len,
+        "num_landmarks": max(8, min(64, seq_len // 8)),
+    }
+    if mixer == "bigbird":
+        options.update(block_size=16 if seq_len < 1024 else 64, num_random=1 if seq_len < 1024 else 3)
+    if mixer == "longformer":
+        options["num_global"] = 4
+    if mixer == "dilated_window":
+        options["window"] = max(4, window // 2)
+    valid = MIXERS.options(mixer)
+    return {k: v for k, v in sorted(options.items()) if k in valid}
+
+
+def model_for(recipe_: Recipe, mixer: str, seq_len: int) -> dict[str, Any]:
+    """The recipe's model fields for ``mixer``: ``position`` resolved and ``max_len`` = the task's length."""
+    model = dict(recipe_.model)
+    if model.get("position", "auto") == "auto":
+        model["position"] = best_position(mixer)
+    model["max_len"] = seq_len
+    return model
+
+
+def replace(recipe_: Recipe, **changes: Any) -> Recipe:
+    return dataclasses.replace(recipe_, **changes)

@@ -1,0 +1,186 @@
+"""``lightformer suite``: capacity — what each mixer costs in accuracy on each task, same model, data, seeds and
+budget for every mixer.
+
+The sweep is tasks × mixers × seeds; each (task, mixer, seed) is a ``CapacityCell`` run in its own subprocess
+(``python -m lightformer.bench.capacity``): it trains the task's recipe (``bench/recipes.py``) once per learning
+rate of the grid, keeps the best on validation and reports the test metric. Records (``kind: "capacity"``) are
+appended to a JSON-lines file as soon as each cell is done; re-running skips measured cells unless ``force``; a
+cell that fails, runs out of memory or times out is recorded with that status and the sweep goes on.
+
+Mixers by task: a causal task (probe, LM) takes every registered mixer that can be causal, a bidirectional one
+(LRA) every mixer that can be bidirectional; a mixer that cannot take the task is recorded as ``unsupported``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from ..mixers import MIXERS
+from ..tasks import TASKS
+from .capacity import CapacityCell
+from .machine import machine_info
+from .recipes import model_for, recipe, sized_options
+from .results import RETRIED, append_record, capacity_record, capacity_records, load_records
+from .runner import _OOM_TEXT
+
+
+def causal_task(task: str) -> bool:
+    """True for tasks trained causally (``lm``, ``sequence``, ``regression`` kinds)."""
+    return TASKS.get(task).kind in ("lm", "sequence", "regression")
+
+
+def default_mixers(task: str) -> list[str]:
+    """Every registered mixer that can run the task's direction."""
+    causal = causal_task(task)
+    return [m for m in MIXERS.names()
+            if (MIXERS.get(m).capabilities.causal if causal else MIXERS.get(m).capabilities.non_causal)]
+
+
+def build_cells(tasks: list[str], mixers: list[str] | None, seeds: list[int], *, budget_s: float | None,
+                max_steps: int | None = None, lrs: list[float] | None = None,
+                task_options: dict[str, dict[str, Any]] | None = None,
+                model_overrides: dict[str, Any] | None = None, mixer_options: dict[str, dict[str, Any]] | None = None,
+                eval_n: int | None = None, threads: int | None = None, timeout_s: float | None = None,
+                max_memory_mib: float | None = None) -> list[CapacityCell]:
+    """The cells of a sweep (task-major, then mixer, then seed).
+
+    Args:
+        budget_s: training time per learning rate (s); max_steps: step cap per learning rate (either or both).
+        lrs: the learning-rate grid (default: each recipe's).
+        task_options / mixer_options: per task / per mixer option overrides (win over the recipe and the
+            length-sized options).
+        model_overrides: ``ModelConfig`` fields applied to every task's model (e.g. ``{"dim": 128}``).
+        timeout_s: per cell (default: 1.5 × the grid's budget + 10 minutes for data and evaluation).
+
+    Raises:
+        ValueError: an unknown task or mixer, no budget, or a non-positive one.
+    """
+    if budget_s is None and max_steps is None:
+        raise ValueError("budget: give a time budget (--budget) and/or --max-steps")
+    if budget_s is not None and budget_s <= 0:
+        raise ValueError(f"budget must be positive, got {budget_s}")
+    cells = []
+    for task in tasks:
+        TASKS.get(task)
+        rec = recipe(task)
+        options = {**rec.task_options, **(task_options or {}).get(task, {})}
+        instance = TASKS.create(task, **{k: v for k, v in options.items()}) if task != "lm" else None
+        seq_len = instance.seq_len if instance is not None else options.get("block_size", 256)
+        grid = tuple(lrs or rec.lrs)
+        train = dict(rec.train)
+        if budget_s is not None:  # the recipe's max_steps stays a cap
+            train["max_time"] = budget_s
+        if max_steps is not None:
+            train["max_steps"] = max_steps
+        for mixer in mixers or default_mixers(task):
+            MIXERS.get(mixer)
+            model = {**model_for(rec, mixer, seq_len), **(model_overrides or {})}
+            m_opts = {**sized_options(mixer, seq_len, model.get("dim", 64)), **(mixer_options or {}).get(mixer, {})}
+            per_cell = (budget_s or 0) * len(grid)
+            for seed in seeds:
+                cells.append(CapacityCell(task=task, task_options=options, mixer=mixer, mixer_options=m_opts,
+                                          model=model, train=train, lrs=grid, seed=seed,
+                                          eval_n=eval_n or rec.eval_n, threads=threads or _all_cores(),
+                                          timeout_s=timeout_s or (1.5 * per_cell + 600.0),
+                                          max_memory_mib=max_memory_mib))
+    return cells
+
+
+def _all_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def unsupported_reason(cell: CapacityCell) -> str | None:
+    """Why a mixer cannot take a task, from its declared capabilities (no subprocess needed)."""
+    caps = MIXERS.get(cell.mixer).capabilities
+    if causal_task(cell.task) and not caps.causal:
+        return f"{cell.mixer} cannot be causal and task {cell.task} is causal"
+    if not causal_task(cell.task) and not caps.non_causal:
+        return f"{cell.mixer} is causal-only and task {cell.task} is bidirectional"
+    return None
+
+
+def run_capacity_cell(cell: CapacityCell, machine: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run ``cell`` in a fresh subprocess and return its record; a failure is the record's status."""
+    from .cell import RECORD_PREFIX
+
+    machine = machine or machine_info()
+    reason = unsupported_reason(cell)
+    if reason:
+        return capacity_record(cell, machine, status="unsupported", reason=reason)
+    env = dict(os.environ)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env[var] = str(cell.threads)
+    src = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join([src, *filter(None, [env.get("PYTHONPATH")])])
+    t0 = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "lightformer.bench.capacity", cell.to_json()],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=cell.timeout_s)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.communicate()
+        rec = capacity_record(cell, machine, status="timeout", reason=f"no result within {cell.timeout_s:g} s")
+        rec["total_seconds"] = time.monotonic() - t0
+        return rec
+    for line in reversed(out.splitlines()):
+        if line.startswith(RECORD_PREFIX):
+            return json.loads(line[len(RECORD_PREFIX):])
+    tail = err.strip()[-1500:]
+    if proc.returncode == -signal.SIGKILL or any(s in err for s in _OOM_TEXT):
+        rec = capacity_record(cell, machine, status="oom", reason=f"subprocess killed (exit {proc.returncode}); "
+                                                                  f"{tail[-300:]}".strip())
+    else:
+        rec = capacity_record(cell, machine, status="error", reason=f"subprocess exit {proc.returncode}: {tail}")
+    rec["total_seconds"] = time.monotonic() - t0
+    return rec
+
+
+def run_suite(cells: list[CapacityCell], out_path: str | os.PathLike[str], *, force: bool = False,
+              progress: bool = True, log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Run every cell not yet in ``out_path`` (unless ``force``; ``error`` records are retried), appending each
+    record as soon as it is done. A tqdm bar shows the cell and the ETA. Returns the records of ``cells`` in
+    order (stored ones for skipped cells)."""
+    from tqdm import tqdm
+
+    done = {} if force else {r_key: r for r in capacity_records(load_records(out_path))
+                             if r.get("status") not in RETRIED for r_key in [_key(r)]}
+    machine = machine_info()
+    records = []
+    bar = tqdm(cells, desc="suite", unit="cell", disable=not progress, dynamic_ncols=True)
+    for cell in bar:
+        bar.set_postfix_str(f"{cell.task}/{cell.mixer}/seed {cell.seed}", refresh=True)
+        if cell.key in done:
+            records.append(done[cell.key])
+            continue
+        rec = run_capacity_cell(cell, machine)
+        append_record(out_path, rec)
+        records.append(rec)
+        if log is not None:
+            shown = f"{rec['metric']} {rec['value']:.4f}" if rec.get("status") == "ok" else rec["status"]
+            log(f"{cell.task} / {cell.mixer} / seed {cell.seed}: {shown}"
+                + (f" (lr {rec['lr']:g}, {rec['steps']} steps)" if rec.get("status") == "ok" else
+                   f" ({(rec.get('reason') or '')[:200]})"))
+    bar.close()
+    return records
+
+
+def _key(record: dict[str, Any]) -> str:
+    from .capacity import capacity_key
+
+    return capacity_key(record)
