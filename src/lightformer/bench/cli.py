@@ -226,15 +226,19 @@ def add_compare_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help=f"causal mixers to compare (default {','.join(DEFAULT_MIXERS)})")
     p.add_argument("--data", default="stdlib", help="'stdlib' (built-in corpus, default) or a text file")
     p.add_argument("--tokenizer", choices=["byte", "char"], help="default: byte for stdlib, char for a file")
-    p.add_argument("--budget", default="90s", help="training time per mixer, e.g. 90s, 2m (default 90s)")
-    p.add_argument("--seq-lens", type=_csv(int), default=[1024, 4096, 16384],
-                   help="bench lengths T (default 1024,4096,16384)")
+    p.add_argument("--budget", default="45s", help="LM training time per mixer and seed, e.g. 45s, 3m (default 45s)")
+    p.add_argument("--seeds", type=_csv(int), default=[0, 1], help="training seeds (default 0,1)")
+    p.add_argument("--recall-budget", default=None, help="MQAR recall-probe training time per mixer and seed "
+                                                         "(default half of --budget; 0 = no probe)")
+    p.add_argument("--seq-len", type=int, default=None, help="the recall probe's length T (default: the largest "
+                                                             "power of two from 64 that the recall budget allows)")
+    p.add_argument("--seq-lens", type=_csv(int), default=[1024, 4096],
+                   help="bench lengths T (default 1024,4096)")
     p.add_argument("--report-len", type=int, help="T of the quality/speed table (default 4096)")
     p.add_argument("--out-dir", default="results/compare", help="where results and reports go")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per bench cell (median)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per bench cell")
     p.add_argument("--threads", type=int, help="torch threads (default all cores)")
-    p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--retrain", action="store_true", help="train again even if the results file has the quality")
     p.set_defaults(func=run_compare_cmd)
     return p
@@ -245,9 +249,10 @@ def run_compare_cmd(args: argparse.Namespace) -> int:
     from .compare import run_compare
 
     try:
+        recall = parse_duration(args.recall_budget) if args.recall_budget is not None else None
         run_compare(args.mixers, data=args.data, tokenizer=args.tokenizer, budget_s=parse_duration(args.budget),
-                    seq_lens=args.seq_lens, report_len=args.report_len, out_dir=args.out_dir, seed=args.seed,
-                    repeats=args.repeats, timeout_s=args.timeout, threads=args.threads, retrain=args.retrain)
+                    seeds=args.seeds, recall_budget_s=recall, recall_len=args.seq_len, seq_lens=args.seq_lens,
+                    report_len=args.report_len, out_dir=args.out_dir, repeats=args.repeats, timeout_s=args.timeout, threads=args.threads, retrain=args.retrain)
         return 0
     except (ValueError, TypeError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
