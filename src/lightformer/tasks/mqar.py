@@ -15,10 +15,11 @@ There attention reaches ~1.0 at every T for every width, while gated convolution
 (at T=512, d=512: BaseConv ≈ 0.7, RWKV ≈ 0.37, Hyena ≈ 0.18, H3 ≈ 0.1). Select Figure 2's settings with
 ``vocab_size=8192, seq_len=T, num_kv_pairs=K``.
 
-Default (CPU-sized): V = 256, T = 128, K = 8: Figure 2's second (T, K) point with a vocabulary small enough that a
-width-64 model sees every key often within minutes of CPU training; the key space (127 keys) is still 16x K, so a
-model cannot guess. Training draws fresh examples every step (``sample("train", n, seed=step)``) rather than
-Zoology's fixed 100k, the CPU analogue of many epochs.
+Default (CPU-sized): V = 64, T = 64, K = 4: Figure 2's first (T, K) point with a vocabulary a width-64 model sees
+often enough to learn within minutes of CPU training (31 possible keys, so a model cannot guess the pairs: chance
+is 1/32 per query, and "one of the K values in context" is 1/K). Training draws fresh examples every step
+(``sample("train", n, seed=step)``) rather than Zoology's fixed 100k, the CPU analogue of many epochs; the recipe
+(batch 256, learning rates, steps) is in ``bench/recipes.py`` and its measurements in ``docs/capacity.md``.
 """
 
 from __future__ import annotations
@@ -41,9 +42,9 @@ class MQARConfig(TaskConfig):
         random_non_queries: fill the query region with random tokens instead of 0.
     """
 
-    vocab_size: int = 256
-    seq_len: int = 128
-    num_kv_pairs: int = 8
+    vocab_size: int = 64
+    seq_len: int = 64
+    num_kv_pairs: int = 4
     power_a: float = 0.01
     random_non_queries: bool = False
 
