@@ -172,12 +172,11 @@ class CompressionAutoEncoder(nn.Module):
     input from one vector.
 
     Raises:
-        ValueError: ``config.causal`` is False, T above ``config.max_len``, or the backbone's input errors.
+        ValueError: ``config.causal`` is False, or the backbone's input errors.
     """
 
     def __init__(self, config: ModelConfig) -> None:
         from ..nn.norms import make_norm
-        from ..nn.positions import sinusoidal_table
 
         super().__init__()
         if not config.causal:
@@ -186,9 +185,6 @@ class CompressionAutoEncoder(nn.Module):
         self.config = config
         d = config.dim
         self.backbone = Transformer(config)
-        # an odd width gets the first d columns of a table one wider
-        table = sinusoidal_table(config.max_len, d + d % 2)[:, :d]
-        self.register_buffer("decoder_positions", table.contiguous(), persistent=False)  # [max_len, D]
         self.decoder = nn.Sequential(make_norm(config.norm, d), nn.Linear(d, d), nn.GELU(),
                                      make_norm(config.norm, d), nn.Linear(d, d), nn.GELU())
         self.head = nn.Sequential(make_norm(config.norm, d), nn.Linear(d, config.vocab_size))
@@ -203,9 +199,12 @@ class CompressionAutoEncoder(nn.Module):
 
     def decode(self, code: Tensor, length: int) -> Tensor:
         """``code [B, D]`` -> logits ``[B, length, vocab]`` (fp32)."""
-        if length > self.config.max_len:
-            raise ValueError(f"length {length} is above max_len={self.config.max_len}")
-        x = code[:, None, :] + self.decoder_positions[:length].to(code.dtype)  # [B, T, D]
+        from ..nn.positions import sinusoidal_table
+
+        d = self.config.dim
+        # built per call (T·D numbers, any T); an odd width takes the first d columns of a table one wider
+        positions = sinusoidal_table(length, d + d % 2)[:, :d].to(device=code.device, dtype=code.dtype)
+        x = code[:, None, :] + positions  # [B, T, D]
         return self.head(self.decoder(x)).float()
 
     def forward(self, idx: Tensor) -> Tensor:
