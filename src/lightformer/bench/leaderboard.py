@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..tasks.base import direction
+from .lra_reference import LRA_TASKS, paper_row
 from .results import capacity_records
 
 
@@ -122,9 +123,10 @@ def markdown_table(table: dict[str, dict[str, Entry]]) -> list[str]:
     marks = {t: best_and_ties(table[t]) for t in tasks}
     metric_of = {t: next((e.metric for e in table[t].values() if e.metric), "") for t in tasks}
     head = "| mixer | " + " | ".join(f"{t} ({metric_of[t]}{', %' if metric_of[t] == 'accuracy' else ''})"
-                                     for t in tasks) + " | mean rank |"
-    lines = [head, "|---|" + "---|" * len(tasks) + "---|"]
+                                     for t in tasks) + " | mean accuracy (%) | mean rank |"
+    lines = [head, "|---|" + "---|" * len(tasks) + "---|---|"]
     ranks = mean_ranks(table)
+    accs = mean_accuracy(table)
     for m in sorted(mixers, key=lambda m: (ranks.get(m) is None, ranks.get(m) or 0.0, m)):
         cells = []
         for t in tasks:
@@ -137,8 +139,38 @@ def markdown_table(table: dict[str, dict[str, Entry]]) -> list[str]:
                 text += " ≈"
             cells.append(text)
         rank = ranks.get(m)
-        lines.append(f"| {m} | " + " | ".join(cells) + f" | {'—' if rank is None else f'{rank:.2f}'} |")
+        acc = accs.get(m)
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {'—' if acc is None else f'{100 * acc:.1f}'} | "
+                     f"{'—' if rank is None else f'{rank:.2f}'} |")
     return lines
+
+
+def lra_table(table: dict[str, dict[str, Entry]]) -> list[str]:
+    """Our LRA-task accuracies next to LRA Table 1's row of the same model (empty when no LRA task was run)."""
+    tasks = [t for t in LRA_TASKS if t in table]
+    if not tasks:
+        return []
+    lines = ["| mixer | LRA model | " + " | ".join(f"{t}: ours / LRA (%)" for t in tasks) + " |",
+             "|---|---|" + "---|" * len(tasks)]
+    mixers = sorted({m for t in tasks for m in table[t]})
+    for m in mixers:
+        ref = paper_row(m)
+        cells = []
+        for t in tasks:
+            ours = _fmt(table[t].get(m))
+            cells.append(f"{ours} / {ref[1][t]:.2f}" if ref else ours)
+        lines.append(f"| {m} | {ref[0] if ref else '—'} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def mean_accuracy(table: dict[str, dict[str, Entry]]) -> dict[str, float]:
+    """Per mixer, the mean test accuracy over the accuracy tasks it was measured on (LRA's "Avg" column)."""
+    out: dict[str, list[float]] = {}
+    for row in table.values():
+        for e in row.values():
+            if e.values and e.metric == "accuracy":
+                out.setdefault(e.mixer, []).append(e.mean)
+    return {m: statistics.fmean(v) for m, v in out.items()}
 
 
 def mean_ranks(table: dict[str, dict[str, Entry]]) -> dict[str, float]:
@@ -181,6 +213,18 @@ def plot_state(table: dict[str, dict[str, Entry]], task: str, path: Path) -> boo
     return True
 
 
+def _html_table(md_lines: list[str]) -> list[str]:
+    """A Markdown table (header, rule, rows) as HTML rows."""
+    out = ["<table>"]
+    for i, line in enumerate(md_lines):
+        if i == 1:
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        tag = "th" if i == 0 else "td"
+        out.append("<tr>" + "".join(f"<{tag}>{html.escape(c.replace('**', ''))}</{tag}>" for c in cells) + "</tr>")
+    return out + ["</table>"]
+
+
 def write_leaderboard(records: Iterable[dict[str, Any]], out_dir: str | Path, *, name: str = "capacity",
                       preamble: str = "") -> dict[str, Path]:
     """Write ``<name>.md``, ``<name>_<task>_state.png`` and ``<name>.html`` into ``out_dir``; returns the paths."""
@@ -190,7 +234,8 @@ def write_leaderboard(records: Iterable[dict[str, Any]], out_dir: str | Path, *,
     table = entries(records)
     legend = ("Each cell: the test metric (accuracy in %) of the best learning rate on validation, mean ± half the "
               "range over seeds. ★ best per task; ≈ tied with the best (the difference is inside the seed spread, "
-              "so it is not a verdict). Mean rank: the mixer's rank averaged over the tasks it was measured on. "
+              "so it is not a verdict). Mean accuracy: over the accuracy tasks the mixer was measured on (LRA's "
+              "Avg). Mean rank: the mixer's rank averaged over the tasks it was measured on. "
               "A status (oom, timeout, unsupported, error) replaces a value where the cell did not finish.")
     pngs = []
     for task in sorted(table):
@@ -199,18 +244,19 @@ def write_leaderboard(records: Iterable[dict[str, Any]], out_dir: str | Path, *,
             pngs.append(p)
     lines = ["# lightformer capacity", "", *([preamble, ""] if preamble else []), *header_lines(records), "",
              legend, "", *markdown_table(table), ""]
+    lra = lra_table(table)
+    if lra:
+        lines += ["## Long Range Arena tasks next to LRA Table 1", "",
+                  "LRA's numbers (Tay et al. 2021, Table 1) are for its own data and TPU-sized models; only listops "
+                  "and pathfinder are the same tasks here (see `lightformer.bench.lra_reference`).", "", *lra, ""]
     lines += [f"![{p.stem}]({p.name})" for p in pngs]
     md = out / f"{name}.md"
     md.write_text("\n".join(lines) + "\n")
     e = html.escape
-    body = [f"<p>{e(line)}</p>" for line in header_lines(records)] + [f"<p>{e(legend)}</p>", "<table>"]
-    for i, line in enumerate(markdown_table(table)):
-        if i == 1:
-            continue
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        tag = "th" if i == 0 else "td"
-        body.append("<tr>" + "".join(f"<{tag}>{e(c.replace('**', ''))}</{tag}>" for c in cells) + "</tr>")
-    body.append("</table>")
+    body = [f"<p>{e(line)}</p>" for line in header_lines(records)] + [f"<p>{e(legend)}</p>"]
+    body += _html_table(markdown_table(table))
+    if lra:
+        body += ["<h2>Long Range Arena tasks next to LRA Table 1</h2>", *_html_table(lra)]
     for p in pngs:
         body.append(f"<img alt='{e(p.name)}' src='data:image/png;base64,"
                     f"{base64.b64encode(p.read_bytes()).decode('ascii')}'>")
