@@ -97,6 +97,10 @@ def run(cell: CapacityCell) -> dict[str, Any]:
         load_plugins(list(cell.plugins))
         torch.set_num_threads(cell.threads)
         if cell.max_memory_mib is not None:
+            # AdamW imports torch._dynamo on construction; imported under the cap, the shared objects it maps
+            # fail as an ImportError (status error) instead of the training running out of memory (oom)
+            import torch._dynamo  # noqa: F401
+
             _limit_address_space(cell.max_memory_mib)
         task_spec = TaskSpec(cell.task, dict(cell.task_options))
         model = ModelConfig(**cell.model, mixer=cell.mixer, mixer_options=dict(cell.mixer_options))

@@ -315,7 +315,11 @@ def run_suite_cmd(args: argparse.Namespace) -> int:
             if not sep:
                 raise ValueError(f"--model {text!r}: expected KEY=VALUE, e.g. dim=128")
             model[key.strip()] = parse_option(f"m.{key.strip()}={value}")[2]
-        cells = build_cells(args.tasks, args.mixers, args.seeds, budget_s=parse_duration(args.budget),
+        try:
+            budget = parse_duration(args.budget)
+        except ValueError as exc:
+            raise ValueError(f"--budget: {exc}") from None
+        cells = build_cells(args.tasks, args.mixers, args.seeds, budget_s=budget,
                             max_steps=args.max_steps, lrs=args.lrs, task_options=task_options,
                             model_overrides=model, mixer_options=mixer_options, eval_n=args.eval_n,
                             threads=args.threads, timeout_s=args.timeout, max_memory_mib=args.max_memory)

@@ -71,6 +71,10 @@ def recipe(task: str) -> Recipe:
     """The recipe of ``task``; a task without one gets the probe recipe (causal) or the LRA one."""
     if task in RECIPES:
         return RECIPES[task]
+    from ..tasks import TASKS
+
+    if TASKS.get(task).kind in ("classify", "pair"):
+        return Recipe({}, _LRA_MODEL, _LRA_TRAIN, (5e-4, 1e-3, 2e-3), 1000)
     return Recipe({}, _PROBE_MODEL, _PROBE_TRAIN)
 
 
