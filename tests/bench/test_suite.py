@@ -17,6 +17,7 @@ import shutil
 import pytest
 
 from lightformer.bench import capacity as capacity_mod
+from lightformer.bench import runner as runner_mod
 from lightformer.bench import suite as suite_mod
 from lightformer.bench.capacity import CapacityCell, run
 from lightformer.bench.leaderboard import Entry, best_and_ties, entries, mean_accuracy, mean_ranks, write_leaderboard
@@ -187,7 +188,7 @@ def test_sweep_records_every_cell_in_order(sweep):
         assert r["kind"] == "capacity" and r["schema"] == 1
         assert json.loads(capacity_mod.capacity_key(r)) == json.loads(cell.key)
     assert "linformer cannot be causal" in recs[0]["reason"]
-    assert recs[1]["reason"] == "no result within 0.5 s" and recs[1]["total_seconds"] >= 0.5
+    assert recs[1]["reason"] == "no result within --timeout 0.5 s" and recs[1]["total_seconds"] >= 0.5
     assert "allocate" in recs[2]["reason"]
     assert len(sweep["log"]) == 4
     assert sweep["log"][0].startswith("mqar / linformer / seed 0: unsupported")
@@ -283,7 +284,7 @@ def test_unsupported_cell_spawns_no_subprocess(monkeypatch):
     def no_popen(*a, **k):
         raise AssertionError("a subprocess was started for an unsupported cell")
 
-    monkeypatch.setattr(suite_mod.subprocess, "Popen", no_popen)
+    monkeypatch.setattr(runner_mod.subprocess, "Popen", no_popen)
     cell, = mqar_cells(["linformer"])
     rec = run_capacity_cell(cell, MACHINE)  # (machine_info() runs git in a subprocess)
     assert rec["status"] == "unsupported" and rec["kind"] == "capacity"

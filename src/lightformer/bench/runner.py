@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +28,52 @@ from .results import RETRIED, append_record, base_record, bench_records, load_re
 _OOM_TEXT = ("MemoryError", "bad_alloc", "Cannot allocate memory", "out of memory")
 
 
-def _child_env(cell: Cell) -> dict[str, str]:
+def child_env(threads: int) -> dict[str, str]:
+    """The environment of a measuring subprocess: thread counts fixed, this checkout's package importable."""
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        env[var] = str(cell.threads)
+        env[var] = str(threads)
     src = str(Path(__file__).resolve().parents[2])  # the directory holding the lightformer package
     env["PYTHONPATH"] = os.pathsep.join([src, *filter(None, [env.get("PYTHONPATH")])])
     return env
+
+
+@dataclass
+class Outcome:
+    """How a ``python -m <module> <payload>`` subprocess ended: its record (the last ``RECORD_PREFIX`` line) or
+    the status it died with (``timeout``, ``oom``, ``error``) and why; ``elapsed_s`` in seconds."""
+
+    record: dict[str, Any] | None
+    status: str
+    reason: str
+    elapsed_s: float
+
+
+def run_module(module: str, payload: str, *, threads: int, timeout_s: float) -> Outcome:
+    """Run ``python -m module payload`` in a fresh process group; kill the group after ``timeout_s``.
+
+    ``oom`` = killed by SIGKILL (the kernel OOM killer) or an allocation failure on stderr; ``error`` = any other
+    death without a record."""
+    t0 = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", module, payload], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=child_env(threads), start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.communicate()
+        return Outcome(None, "timeout", f"no result within --timeout {timeout_s:g} s", time.monotonic() - t0)
+    elapsed = time.monotonic() - t0
+    for line in reversed(out.splitlines()):
+        if line.startswith(RECORD_PREFIX):
+            return Outcome(json.loads(line[len(RECORD_PREFIX):]), "ok", "", elapsed)
+    tail = err.strip()[-1500:]
+    if proc.returncode == -signal.SIGKILL or any(s in err for s in _OOM_TEXT):
+        return Outcome(None, "oom", f"subprocess killed (exit {proc.returncode}); {tail[-300:]}".strip(), elapsed)
+    return Outcome(None, "error", f"subprocess exit {proc.returncode}: {tail}", elapsed)
 
 
 def run_cell(cell: Cell, machine: dict[str, str] | None = None) -> dict[str, Any]:
@@ -49,34 +89,9 @@ def run_cell(cell: Cell, machine: dict[str, str] | None = None) -> dict[str, Any
     reason = capability_reason(cell)
     if reason:
         return base_record(cell, machine, status="unsupported", reason=reason)
-    t0 = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "lightformer.bench.cell", cell.to_json()],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_child_env(cell),
-                            start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=cell.timeout_s)
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.communicate()
-        rec = base_record(cell, machine, status="timeout", reason=f"no result within --timeout {cell.timeout_s:g} s")
-        rec["elapsed_s"] = time.monotonic() - t0
-        return rec
-    elapsed = time.monotonic() - t0
-    for line in reversed(out.splitlines()):
-        if line.startswith(RECORD_PREFIX):
-            rec = json.loads(line[len(RECORD_PREFIX):])
-            rec["elapsed_s"] = elapsed
-            return rec
-    tail = err.strip()[-1500:]
-    if proc.returncode == -signal.SIGKILL or any(s in err for s in _OOM_TEXT):
-        rec = base_record(cell, machine, status="oom",
-                          reason=f"subprocess killed (exit {proc.returncode}); {tail[-300:]}".strip())
-    else:
-        rec = base_record(cell, machine, status="error", reason=f"subprocess exit {proc.returncode}: {tail}")
-    rec["elapsed_s"] = elapsed
+    outcome = run_module("lightformer.bench.cell", cell.to_json(), threads=cell.threads, timeout_s=cell.timeout_s)
+    rec = outcome.record or base_record(cell, machine, status=outcome.status, reason=outcome.reason)
+    rec["elapsed_s"] = outcome.elapsed_s
     return rec
 
 

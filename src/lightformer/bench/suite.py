@@ -13,13 +13,7 @@ Mixers by task: a causal task (probe, LM) takes every registered mixer that can 
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 from typing import Any, Callable
 
 from ..mixers import MIXERS
@@ -28,7 +22,7 @@ from .capacity import CapacityCell
 from .machine import machine_info
 from .recipes import model_for, recipe, sized_options
 from .results import RETRIED, append_record, capacity_record, capacity_records, load_records
-from .runner import _OOM_TEXT
+from .runner import run_module
 
 
 def causal_task(task: str) -> bool:
@@ -112,42 +106,16 @@ def unsupported_reason(cell: CapacityCell) -> str | None:
 
 def run_capacity_cell(cell: CapacityCell, machine: dict[str, str] | None = None) -> dict[str, Any]:
     """Run ``cell`` in a fresh subprocess and return its record; a failure is the record's status."""
-    from .cell import RECORD_PREFIX
-
     machine = machine or machine_info()
     reason = unsupported_reason(cell)
     if reason:
         return capacity_record(cell, machine, status="unsupported", reason=reason)
-    env = dict(os.environ)
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        env[var] = str(cell.threads)
-    src = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join([src, *filter(None, [env.get("PYTHONPATH")])])
-    t0 = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "lightformer.bench.capacity", cell.to_json()],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=cell.timeout_s)
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.communicate()
-        rec = capacity_record(cell, machine, status="timeout", reason=f"no result within {cell.timeout_s:g} s")
-        rec["total_seconds"] = time.monotonic() - t0
-        return rec
-    for line in reversed(out.splitlines()):
-        if line.startswith(RECORD_PREFIX):
-            return json.loads(line[len(RECORD_PREFIX):])
-    tail = err.strip()[-1500:]
-    if proc.returncode == -signal.SIGKILL or any(s in err for s in _OOM_TEXT):
-        rec = capacity_record(cell, machine, status="oom", reason=f"subprocess killed (exit {proc.returncode}); "
-                                                                  f"{tail[-300:]}".strip())
-    else:
-        rec = capacity_record(cell, machine, status="error", reason=f"subprocess exit {proc.returncode}: {tail}")
-    rec["total_seconds"] = time.monotonic() - t0
+    outcome = run_module("lightformer.bench.capacity", cell.to_json(), threads=cell.threads,
+                         timeout_s=cell.timeout_s)
+    if outcome.record is not None:
+        return outcome.record
+    rec = capacity_record(cell, machine, status=outcome.status, reason=outcome.reason)
+    rec["total_seconds"] = outcome.elapsed_s
     return rec
 
 

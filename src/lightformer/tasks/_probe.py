@@ -91,6 +91,10 @@ class ProbeTask(SequenceTask):
         super().__init__(config)
         self._pool: tuple[np.ndarray, np.ndarray] | None = None
 
+    @property
+    def seq_len(self) -> int:
+        return self.config.seq_len  # type: ignore[attr-defined]
+
     def _generate(self, rng: np.random.Generator, n: int, split: str) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 

@@ -224,6 +224,19 @@ class Task:
         return f"{self.name} ({self.kind}, T={self.seq_len}; {opts})"
 
 
+class ByteVocabulary:
+    """Mixin of tasks whose tokens are raw bytes (vocabulary 256, ``decode`` renders the bytes as UTF-8 text,
+    undecodable bytes replaced)."""
+
+    @property
+    def vocab(self) -> tuple[str, ...]:
+        return tuple(bytes([i]).decode("latin-1") for i in range(256))
+
+    def decode(self, ids: Tensor | list[int]) -> str:
+        return bytes(int(i) for i in (ids.tolist() if isinstance(ids, Tensor) else ids)).decode(
+            "utf-8", errors="replace")
+
+
 class SequenceTask(Task):
     """A causal next-token task scored only where the targets are not ``IGNORE`` (capability probes). Trained as a
     ``LanguageModel``; metrics: accuracy of the argmax over the scored positions, and the loss there."""

@@ -76,10 +76,6 @@ class Compression(ProbeTask):
     example_options = {"seq_len": 16, "num_train_examples": 64}
 
     @property
-    def seq_len(self) -> int:
-        return self.config.seq_len
-
-    @property
     def compress(self) -> int:
         return self.config.vocab_size - 1
 

@@ -103,10 +103,6 @@ class FuzzyRecall(ProbeTask):
     example_options = {"seq_len": 32, "num_train_examples": 64}
 
     @property
-    def seq_len(self) -> int:
-        return self.config.seq_len
-
-    @property
     def num_keys(self) -> int:
         return (self.config.vocab_size - 1) // 2
 

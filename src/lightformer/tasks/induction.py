@@ -78,10 +78,6 @@ class Induction(ProbeTask):
     example_options = {"seq_len": 16, "num_train_examples": 64}
 
     @property
-    def seq_len(self) -> int:
-        return self.config.seq_len
-
-    @property
     def trigger(self) -> int:
         return self.config.vocab_size - 2
 

@@ -57,7 +57,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import SPLITS, TASKS, ClassificationTask, TaskConfig, check_int
+from .base import SPLITS, TASKS, ByteVocabulary, ClassificationTask, TaskConfig, check_int
 
 GENRES = ("comedy", "history", "tragedy")
 #: The First Folio's catalogue (1623), in its order, by the package's file stems (``<stem>_gut.txt``).
@@ -176,7 +176,7 @@ class TextClassificationConfig(TaskConfig):
 
 
 @TASKS.register("text")
-class TextClassification(ClassificationTask):
+class TextClassification(ByteVocabulary, ClassificationTask):
     """First Folio genre of a byte window of a Shakespeare play (see the module docstring).
 
     ``sample(split, n)`` returns ``(inputs [n, window] int64 in [0, 256), key_padding_mask [n, window] bool,
@@ -202,15 +202,6 @@ class TextClassification(ClassificationTask):
     @property
     def seq_len(self) -> int:
         return self.config.window
-
-    @property
-    def vocab(self) -> tuple[str, ...]:
-        return tuple(bytes([i]).decode("latin-1") for i in range(256))
-
-    def decode(self, ids: Tensor | list[int]) -> str:
-        """Byte ids -> text (UTF-8, undecodable bytes replaced)."""
-        return bytes(int(i) for i in (ids.tolist() if isinstance(ids, Tensor) else ids)).decode(
-            "utf-8", errors="replace")
 
     @property
     def data_sha256(self) -> str:

@@ -76,10 +76,6 @@ class Memorization(ProbeTask):
     example_options = {"vocab_size": 64, "seq_len": 16, "num_train_examples": 32}
 
     @property
-    def seq_len(self) -> int:
-        return self.config.seq_len
-
-    @property
     def num_keys(self) -> int:
         return (self.config.vocab_size - 1) // 2
 

@@ -47,9 +47,8 @@ from functools import cached_property
 
 import numpy as np
 import torch
-from torch import Tensor
 
-from .base import SPLITS, TASKS, PairTask, TaskConfig, check_int
+from .base import SPLITS, TASKS, ByteVocabulary, PairTask, TaskConfig, check_int
 from .text import stdlib_files
 
 #: Percent buckets of ``sha256(f"{seed}/{path}") % 10`` that go to each split.
@@ -93,7 +92,7 @@ class RetrievalConfig(TaskConfig):
 
 
 @TASKS.register("retrieval")
-class Retrieval(PairTask):
+class Retrieval(ByteVocabulary, PairTask):
     """Same source file or not, for two byte windows of the standard library (see the module docstring).
 
     ``sample(split, n)`` returns ``((inputs1 [n, window] int64 in [0, 256), mask1 [n, window] bool),
@@ -110,15 +109,6 @@ class Retrieval(PairTask):
     @property
     def seq_len(self) -> int:
         return self.config.window
-
-    @property
-    def vocab(self) -> tuple[str, ...]:
-        return tuple(bytes([i]).decode("latin-1") for i in range(256))
-
-    def decode(self, ids: Tensor | list[int]) -> str:
-        """Byte ids -> text (UTF-8, undecodable bytes replaced)."""
-        return bytes(int(i) for i in (ids.tolist() if isinstance(ids, Tensor) else ids)).decode(
-            "utf-8", errors="replace")
 
     @cached_property
     def _pool(self) -> tuple[tuple[str, np.ndarray], ...]:

@@ -82,10 +82,6 @@ class SelectiveCopy(ProbeTask):
     example_options = {"seq_len": 32, "num_tokens_to_copy": 4, "num_train_examples": 64}
 
     @property
-    def seq_len(self) -> int:
-        return self.config.seq_len
-
-    @property
     def blank(self) -> int:
         return self.config.vocab_size - 2
 
