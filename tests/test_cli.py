@@ -57,3 +57,31 @@ def test_bad_input_exits_2_naming_it(capsys, argv, message):
 def test_unknown_flag_is_an_error(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--preset", "tiny", "--dpth=3"])
+
+
+def test_train_and_eval_any_task(capsys, tmp_path):
+    task = ["--task", "mqar", "--task.options.seq_len=32", "--task.options.num_kv_pairs=4",
+            "--task.options.vocab_size=32"]
+    code, out, err = run(capsys, "train", "--preset", "tiny", *task, "--max-steps", "4", "--out", str(tmp_path),
+                         "--json", "--no-progress")
+    assert code == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["task"] == "mqar" and 0.0 <= result["val_accuracy"] <= 1.0
+    assert result["tokens"] == 4 * 8 * 32 and result["scored"] == 4 * 8 * 4  # K=4 scored positions per sequence
+    code, out, _ = run(capsys, "eval", "--checkpoint", str(tmp_path), "--json")
+    assert code == 0 and json.loads(out.strip().splitlines()[-1])["val_accuracy"] == pytest.approx(
+        result["val_accuracy"])
+    code, _, err = run(capsys, "sample", "--checkpoint", str(tmp_path))
+    assert code == 2 and "needs a language model" in err
+
+
+def test_tasks_lists_and_shows_decoded_examples(capsys):
+    code, out, _ = run(capsys, "tasks", "--json")
+    rows = {r["name"]: r for r in json.loads(out)}
+    assert code == 0 and {"mqar", "listops", "lm", "retrieval"} <= set(rows)
+    assert rows["mqar"]["kind"] == "sequence" and rows["mqar"]["options"]["num_kv_pairs"] == 4
+    code, out, _ = run(capsys, "tasks", "show", "mqar", "--n", "2", "--option", "seq_len=16",
+                       "--option", "num_kv_pairs=2", "--option", "vocab_size=16")
+    assert code == 0 and out.count("--- example") == 2 and "targets:" in out
+    code, _, err = run(capsys, "tasks", "show", "mqar", "--option", "no_such=1")
+    assert code == 2 and "no_such" in err
