@@ -25,6 +25,10 @@ from .results import RETRIED, append_record, capacity_record, capacity_records, 
 from .runner import run_module
 
 
+#: Per-cell timeout (s) of a sweep with a step budget and no time budget.
+STEP_ONLY_TIMEOUT_S = 4 * 3600.0
+
+
 def causal_task(task: str) -> bool:
     """True for tasks trained causally (``lm``, ``sequence``, ``regression`` kinds)."""
     return TASKS.get(task).kind in ("lm", "sequence", "regression")
@@ -51,7 +55,8 @@ def build_cells(tasks: list[str], mixers: list[str] | None, seeds: list[int], *,
         task_options / mixer_options: per task / per mixer option overrides (win over the recipe and the
             length-sized options).
         model_overrides: ``ModelConfig`` fields applied to every task's model (e.g. ``{"dim": 128}``).
-        timeout_s: per cell (default: 1.5 × the grid's budget + 10 minutes for data and evaluation).
+        timeout_s: per cell (default: 1.5 × the grid's time budget + 10 minutes for data and evaluation;
+            ``STEP_ONLY_TIMEOUT_S`` when only ``max_steps`` is given).
 
     Raises:
         ValueError: an unknown task or mixer, no budget, or a non-positive one.
@@ -77,12 +82,13 @@ def build_cells(tasks: list[str], mixers: list[str] | None, seeds: list[int], *,
             MIXERS.get(mixer)
             model = {**model_for(rec, mixer, seq_len), **(model_overrides or {})}
             m_opts = {**sized_options(mixer, seq_len, model.get("dim", 64)), **(mixer_options or {}).get(mixer, {})}
-            per_cell = (budget_s or 0) * len(grid)
+            # a time budget bounds a cell; a step budget alone does not, so its cells get STEP_ONLY_TIMEOUT_S
+            per_cell = 1.5 * budget_s * len(grid) + 600.0 if budget_s is not None else STEP_ONLY_TIMEOUT_S
             for seed in seeds:
                 cells.append(CapacityCell(task=task, task_options=options, mixer=mixer, mixer_options=m_opts,
                                           model=model, train=train, lrs=grid, seed=seed,
                                           eval_n=eval_n or rec.eval_n, threads=threads or _all_cores(),
-                                          timeout_s=timeout_s or (1.5 * per_cell + 600.0),
+                                          timeout_s=timeout_s or per_cell,
                                           max_memory_mib=max_memory_mib))
     return cells
 
