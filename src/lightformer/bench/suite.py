@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from ..mixers import MIXERS
 from ..tasks import TASKS
-from .capacity import CapacityCell
+from .capacity import CapacityCell, capacity_key
 from .machine import machine_info
 from .recipes import model_for, recipe, sized_options
 from .results import RETRIED, append_record, capacity_record, capacity_records, load_records
@@ -132,8 +132,8 @@ def run_suite(cells: list[CapacityCell], out_path: str | os.PathLike[str], *, fo
     order (stored ones for skipped cells)."""
     from tqdm import tqdm
 
-    done = {} if force else {r_key: r for r in capacity_records(load_records(out_path))
-                             if r.get("status") not in RETRIED for r_key in [_key(r)]}
+    done = {} if force else {capacity_key(r): r for r in capacity_records(load_records(out_path))
+                             if r.get("status") not in RETRIED}
     machine = machine_info()
     records = []
     bar = tqdm(cells, desc="suite", unit="cell", disable=not progress, dynamic_ncols=True)
@@ -153,8 +153,3 @@ def run_suite(cells: list[CapacityCell], out_path: str | os.PathLike[str], *, fo
     bar.close()
     return records
 
-
-def _key(record: dict[str, Any]) -> str:
-    from .capacity import capacity_key
-
-    return capacity_key(record)

@@ -106,6 +106,14 @@ class Loss:
     sums: dict[str, float]
 
 
+def classification_loss(logits: Tensor, labels: Tensor) -> Loss:
+    """Cross-entropy and argmax accuracy of ``logits [N, C]`` against ``labels [N]``, per scored unit."""
+    n = labels.shape[0]
+    loss = F.cross_entropy(logits, labels)
+    correct = (logits.argmax(-1) == labels).sum()
+    return Loss(loss, n, {"accuracy": float(correct), "loss": float(loss.detach()) * n})
+
+
 TASKS: Registry[type["Task"]] = Registry("task")
 
 
@@ -252,13 +260,8 @@ class SequenceTask(Task):
     def loss(self, model: nn.Module, batch: tuple) -> Loss:
         inputs, targets = batch
         scored = targets != IGNORE
-        count = int(scored.sum())
         # the head only at the scored positions: [B, T, V] logits of a V=8192 probe would not fit in memory
-        flat_logits = model.head(model.backbone(inputs)[scored]).float()  # [N, V]
-        flat_targets = targets[scored]  # [N]
-        loss = F.cross_entropy(flat_logits, flat_targets)
-        correct = (flat_logits.argmax(-1) == flat_targets).sum()
-        return Loss(loss, count, {"accuracy": float(correct), "loss": float(loss.detach()) * count})
+        return classification_loss(model.head(model.backbone(inputs)[scored]).float(), targets[scored])
 
     def format_example(self, batch: tuple, i: int) -> str:
         inputs, targets = batch
@@ -294,11 +297,7 @@ class ClassificationTask(Task):
 
     def loss(self, model: nn.Module, batch: tuple) -> Loss:
         inputs, mask, labels = batch
-        logits = model(inputs, key_padding_mask=None if bool(mask.all()) else mask)
-        loss = F.cross_entropy(logits, labels)
-        correct = (logits.argmax(-1) == labels).sum()
-        n = labels.shape[0]
-        return Loss(loss, n, {"accuracy": float(correct), "loss": float(loss.detach()) * n})
+        return classification_loss(model(inputs, key_padding_mask=None if bool(mask.all()) else mask), labels)
 
     def format_example(self, batch: tuple, i: int) -> str:
         inputs, mask, labels = batch
@@ -330,10 +329,7 @@ class PairTask(Task):
         (a, mask_a), (b, mask_b), labels = batch
         logits = model(a, b, key_padding_mask=None if bool(mask_a.all()) else mask_a,
                        key_padding_mask2=None if bool(mask_b.all()) else mask_b)
-        loss = F.cross_entropy(logits, labels)
-        correct = (logits.argmax(-1) == labels).sum()
-        n = labels.shape[0]
-        return Loss(loss, n, {"accuracy": float(correct), "loss": float(loss.detach()) * n})
+        return classification_loss(logits, labels)
 
     def format_example(self, batch: tuple, i: int) -> str:
         (a, mask_a), (b, mask_b), labels = batch

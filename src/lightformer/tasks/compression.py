@@ -34,11 +34,10 @@ import functools
 from dataclasses import dataclass
 
 import numpy as np
-import torch.nn.functional as F
 from torch import nn
 
 from ..models.config import ModelConfig
-from .base import IGNORE, TASKS, Loss, TaskConfig, check_int
+from .base import IGNORE, TASKS, Loss, TaskConfig, check_int, classification_loss
 from ._probe import ProbeTask
 
 
@@ -101,12 +100,7 @@ class Compression(ProbeTask):
         that are right (argmax), both per scored token."""
         inputs, targets = batch
         scored = targets != IGNORE
-        count = int(scored.sum())
-        flat_logits = model(inputs)[scored]  # [N, V]
-        flat_targets = targets[scored]  # [N]
-        loss = F.cross_entropy(flat_logits, flat_targets)
-        correct = (flat_logits.argmax(-1) == flat_targets).sum()
-        return Loss(loss, count, {"accuracy": float(correct), "loss": float(loss.detach()) * count})
+        return classification_loss(model(inputs)[scored], targets[scored])
 
     def format_example(self, batch: tuple, i: int) -> str:
         inputs, targets = batch
