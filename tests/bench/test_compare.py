@@ -21,7 +21,10 @@ def test_pareto_front_follows_each_metric_direction():
 
 
 def test_ties_inside_the_seed_spread():
+    # tied when |Δ| <= 2·sqrt(sa² + sb²): 0.04 <= 0.102; 0.04 > 0.028; 0.068 <= 0.107 (compare's 45 s default:
+    # sliding_window 3.050 ± 0.021 against softmax 3.118 ± 0.049); 0.49 > 0.057
     assert tied((2.00, 0.05), (2.04, 0.01)) and not tied((2.00, 0.01), (2.04, 0.01))
+    assert tied((3.050, 0.021), (3.118, 0.049)) and not tied((3.050, 0.021), (3.540, 0.020))
     rows = [{"mixer": "a", "val_bpc": 2.00, "val_bpc_spread": 0.05}, {"mixer": "b", "val_bpc": 2.04,
             "val_bpc_spread": 0.01}, {"mixer": "c", "val_bpc": 2.50, "val_bpc_spread": 0.02}]
     order, ties = ranking(rows, "val_bpc")

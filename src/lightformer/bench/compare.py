@@ -6,8 +6,9 @@ quality and recall against speed and memory, with ties and the Pareto front mark
   mixer and its position scheme differ: each mixer gets the best scheme it accepts (RoPE where it can, learned
   absolute positions otherwise), so the exact baseline is not handicapped by a scheme chosen for others.
 - LM quality is validation bits per token on the same fixed windows, as mean ± spread over ``seeds``; a difference
-  inside the spread is a tie (``bench/verdict.py``). Each run's validation loss is recorded against wall-clock
-  time, and plotted, so a reader can see whether a ranking is an early-training effect.
+  inside the seed noise is a tie (``bench/verdict.py``: within twice the standard error of the difference). Each
+  run's validation loss is recorded against wall-clock time, and plotted, so a reader can see whether a ranking is
+  an early-training effect.
 - Recall: Zoology's MQAR (``tasks/mqar.py``) at ``recall_len`` (default: the largest length the recall budget
   allows, ``recall_length``), with K = T/16 pairs over a 64-token vocabulary, in the suite's probe model.
 - Speed/memory: a ``bench`` grid over the same mixers and options (plus torch SDPA), one mixer layer at D=512.
@@ -288,7 +289,8 @@ def run_compare(mixers: list[str], *, data: str = "stdlib", tokenizer: str | Non
             f"Data: {corpus.describe()}. Each mixer trained the same model ({json.dumps(COMPARE_MODEL)}; RoPE where "
             f"the mixer accepts it, else learned positions) for {budget_s:.0f} s per seed, seeds {seeds} "
             f"(bf16 autocast, batch {COMPARE_TRAIN['batch_size']} × {COMPARE_TRAIN['block_size']}); ≈ marks a "
-            f"value tied with the best (inside the seed spread).{recall_text} Speed and memory: fwd+bwd of one "
+            f"value tied with the best (means within 2·sqrt(spread² + spread²), twice the standard error of the "
+            f"difference for two seeds).{recall_text} Speed and memory: fwd+bwd of one "
             f"mixer layer (D=512, H=8, B=1, fp32, causal), median of {repeats} runs, peak RSS growth, in a fresh "
             "process per cell.\n\n")
     md = out / "compare.md"

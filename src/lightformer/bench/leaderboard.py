@@ -3,8 +3,8 @@ seeds, the best per task marked, the mean over tasks; Markdown, PNG (each task's
 size, e.g. MQAR accuracy against state, Zoology's Figure 3 axes) and one self-contained HTML page.
 
 A value is the test metric of the cell's best learning rate (chosen on validation). ``spread`` is half the range
-over seeds (max − min) / 2; a mixer whose mean is within the best one's spread (or whose own spread reaches the
-best mean) is marked as tied with it (``≈``), since a ranking inside the seed spread is not a verdict.
+over seeds (max − min) / 2; a mixer that ``verdict.tied`` cannot tell from the best one is marked as tied with it
+(``≈``), since a ranking inside the seed noise is not a verdict.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any, Iterable
 from ..tasks.base import direction
 from .lra_reference import LRA_TASKS, paper_row
 from .results import capacity_records
+from .verdict import tied
 
 
 @dataclass
@@ -72,8 +73,7 @@ def best_and_ties(row: dict[str, Entry]) -> tuple[str | None, set[str]]:
         return None, set()
     sign = 1 if direction(measured[0].metric) == "min" else -1
     best = min(measured, key=lambda e: sign * e.mean)
-    ties = {e.mixer for e in measured if e is not best
-            and abs(e.mean - best.mean) <= max(best.spread, e.spread)}
+    ties = {e.mixer for e in measured if e is not best and tied((best.mean, best.spread), (e.mean, e.spread))}
     return best.mixer, ties
 
 

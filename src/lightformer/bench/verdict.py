@@ -1,8 +1,10 @@
 """``compare``'s summary: per mixer the mean ± spread over seeds of its LM quality and its recall, its bench cost, the
 Pareto front, ties, and the verdict sentence that leads the printed table.
 
-Spread = half the range over seeds ((max − min) / 2). Two mixers are tied on a metric when their means differ by no
-more than the larger of their spreads: a ranking inside the seed spread is not a verdict.
+Spread = half the range over seeds ((max − min) / 2); with two seeds it equals the standard error of the mean
+(s/√2 with s = |a − b|/√2), with more it bounds it from above. Two mixers are tied on a metric when their means
+differ by no more than twice the standard error of the difference, 2·sqrt(spread_a² + spread_b²) (about a 95 %
+interval under normal noise): a ranking inside the seed noise is not a verdict.
 """
 
 from __future__ import annotations
@@ -23,10 +25,10 @@ def mean_spread(values: list[float]) -> tuple[float | None, float]:
 
 
 def tied(a: tuple[float | None, float], b: tuple[float | None, float]) -> bool:
-    """True when two (mean, spread) pairs differ by no more than the larger spread."""
+    """True when two (mean, spread) pairs differ by no more than 2·sqrt(spread_a² + spread_b²)."""
     if a[0] is None or b[0] is None:
         return False
-    return abs(a[0] - b[0]) <= max(a[1], b[1])
+    return abs(a[0] - b[0]) <= 2.0 * math.hypot(a[1], b[1])
 
 
 def ranking(rows: list[dict[str, Any]], metric: str) -> tuple[list[str], dict[str, bool]]:
