@@ -10,6 +10,7 @@ from typing import Any
 
 from .mixers import MIXERS, Capabilities, Mixer, MixerConfig
 from .models import LanguageModel, ModelConfig, SequenceClassifier, Transformer
+from .tasks import TASKS, Task, create_task
 
 __version__ = "0.1.0"
 
@@ -29,5 +30,5 @@ def list_mixers(pattern: str | None = None) -> list[str]:
     return MIXERS.names(pattern)
 
 
-__all__ = ["create_mixer", "list_mixers", "MIXERS", "Mixer", "MixerConfig", "Capabilities", "ModelConfig",
+__all__ = ["create_mixer", "list_mixers", "create_task", "TASKS", "Task", "MIXERS", "Mixer", "MixerConfig", "Capabilities", "ModelConfig",
            "Transformer", "LanguageModel", "SequenceClassifier"]

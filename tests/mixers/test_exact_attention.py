@@ -75,7 +75,8 @@ def test_sliding_window_cache_stays_bounded():
         for t in range(50):
             y, state = m.step(x[:, t], state)
             outs.append(y)
-    assert state.k.shape[2] <= 12, "the cache must keep O(window) keys"
+    assert state.storage.k.shape[2] <= 12, "the cache must keep O(window) keys"
+    assert state.kept == 6 and state.nbytes() == 2 * 6 * DIM * 4
     torch.testing.assert_close(torch.stack(outs, 1), m(x), rtol=1e-5, atol=1e-6)
 
 

@@ -37,6 +37,18 @@ def test_greedy_with_cache_equals_full_reforward(mixer, position):
     for t in range(cached.shape[1]):
         step_logits, state = model.step(cached[:, t], state)
         torch.testing.assert_close(step_logits, logits[:, t], rtol=1e-4, atol=1e-4)
+    # and so does a prefill of a prefix, continued by a second prefill, in float64 (hidden states: the logits are
+    # float32 by design)
+    backbone = model.double().backbone
+    with torch.no_grad():
+        full_hidden = backbone(cached)
+        head, state = backbone.prefill(cached[:, :9])
+        assert state.length == 9 and state.nbytes() > 0
+        tail, end = backbone.prefill(cached[:, 9:], state)
+        assert end.length == cached.shape[1]
+        head_logits, _ = model.prefill(cached[:, :9])
+    torch.testing.assert_close(torch.cat([head, tail], dim=1), full_hidden, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(head_logits, model(cached)[0][:, :9], rtol=1e-5, atol=1e-5)
 
 
 def test_sampling_respects_top_k_and_seed():

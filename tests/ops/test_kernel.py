@@ -61,7 +61,7 @@ def test_chunked_matches_oracle(name, causal, dtype, floor):
 
         def fast(q, k, v):
             return chunked.kernel_attention(q, k, v, fmap, causal=causal, eps=1e-6, chunk_size=cs,
-                                            key_padding_mask=mask)
+                                            key_padding_mask=mask)[0]
 
         ref = run(oracle, q, k, v, g)
         lowp = [x.to(dtype) for x in (q, k, v)]
@@ -83,7 +83,7 @@ def test_several_groups_match_oracle(monkeypatch, causal):
         ref = run(lambda q, k, v: naive.kernel_attention(fmap(q, True), fmap(k, False), v, causal=causal, eps=1e-6,
                                                          key_padding_mask=mask), q, k, v, g)
         fast = run(lambda q, k, v: chunked.kernel_attention(q, k, v, fmap, causal=causal, eps=1e-6, chunk_size=4,
-                                                            key_padding_mask=mask), q, k, v, g)
+                                                            key_padding_mask=mask)[0], q, k, v, g)
         assert err(fast, ref) < 1e-10, name
 
 
@@ -94,7 +94,7 @@ def test_causal_oracles_agree(name):
     fmap = FEATURE_MAPS[name]
     q, k, v, mask = qkv_mask(33)
     pq, pk = fmap(q, True), fmap(k, False)
-    rec = naive.recurrent_kernel_attention(pq, pk, v, eps=1e-6, key_padding_mask=mask)
+    rec, _ = naive.recurrent_kernel_attention(pq, pk, v, eps=1e-6, key_padding_mask=mask)
     quad = naive.kernel_attention(pq, pk, v, causal=True, eps=1e-6, key_padding_mask=mask)
     torch.testing.assert_close(rec, quad, rtol=1e-12, atol=1e-12)
     sums = naive.noncausal_kernel_attention(pq, pk, v, eps=1e-6, key_padding_mask=mask)
@@ -106,7 +106,7 @@ def test_causal_oracles_agree(name):
 def test_recurrent_step_equals_causal(name):
     fmap = FEATURE_MAPS[name]
     q, k, v, _ = qkv_mask(19)
-    full = chunked.kernel_attention(q, k, v, fmap, causal=True, eps=1e-6, chunk_size=5)
+    full = chunked.kernel_attention(q, k, v, fmap, causal=True, eps=1e-6, chunk_size=5)[0]
     m = fmap(q[:, :, :1], True).shape[-1]
     s, z = torch.zeros(2, 3, m, D, dtype=torch.float64), torch.zeros(2, 3, m, dtype=torch.float64)
     outs = []
@@ -136,7 +136,7 @@ def test_relu_all_zero_rows_are_finite():
     q, k, v, _ = qkv_mask(16)
     q = -q.abs().requires_grad_(True)  # every query feature is 0
     for causal in (False, True):
-        y = chunked.kernel_attention(q, k, v, FEATURE_MAPS["relu"], causal=causal, eps=1e-6, chunk_size=4)
+        y = chunked.kernel_attention(q, k, v, FEATURE_MAPS["relu"], causal=causal, eps=1e-6, chunk_size=4)[0]
         (gq,) = torch.autograd.grad(y.sum(), q)
         assert torch.isfinite(y).all() and torch.isfinite(gq).all()
         assert y.abs().max().item() == 0.0
@@ -146,7 +146,7 @@ def test_fully_padded_sequence_is_finite():
     q, k, v, _ = qkv_mask(9)
     mask = torch.zeros(2, 9, dtype=torch.bool)
     for name, fmap in FEATURE_MAPS.items():
-        y = chunked.kernel_attention(q, k, v, fmap, causal=False, eps=1e-6, chunk_size=4, key_padding_mask=mask)
+        y = chunked.kernel_attention(q, k, v, fmap, causal=False, eps=1e-6, chunk_size=4, key_padding_mask=mask)[0]
         assert torch.isfinite(y).all() and y.abs().max().item() == 0.0, name
 
 
@@ -189,7 +189,7 @@ def test_backward_memory_is_linear_in_length(causal):
         return x
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
-        y = chunked.kernel_attention(q, k, v, fmap, causal=causal, eps=1e-6, chunk_size=64)
+        y = chunked.kernel_attention(q, k, v, fmap, causal=causal, eps=1e-6, chunk_size=64)[0]
     # q, k, V̄ = (d + 1) columns, N, and the division's operands: a few [T, d + 1] tensors
     assert sum(saved) <= 8 * h * t * (D + 1), f"saved {sum(saved)} elements"
     y.sum().backward()
@@ -209,7 +209,7 @@ def favor_error(m: int, t: int, d: int, radius: float, seed: int = 0) -> tuple[f
     def fmap(x, is_query):
         return features.favor_plus(x, w, is_query=is_query, scale=d ** -0.25)
 
-    approx = chunked.kernel_attention(q, k, v, fmap, causal=False, eps=1e-12, chunk_size=64)
+    approx = chunked.kernel_attention(q, k, v, fmap, causal=False, eps=1e-12, chunk_size=64)[0]
     exact = softmax_naive.attention(q, k, v)
     rel = ((approx - exact).norm() / exact.norm()).item()
     sigma = math.sqrt((math.exp((2 * radius) ** 2) - 1.0) / m)
@@ -247,6 +247,63 @@ def test_orthogonal_features():
 def test_bad_arguments():
     q, k, v, _ = qkv_mask(4)
     with pytest.raises(ValueError, match="chunk_size"):
-        chunked.kernel_attention(q, k, v, FEATURE_MAPS["elu"], causal=True, eps=1e-6, chunk_size=0)
+        chunked.kernel_attention(q, k, v, FEATURE_MAPS["elu"], causal=True, eps=1e-6, chunk_size=0)[0]
     with pytest.raises(ValueError, match="eps"):
-        chunked.kernel_attention(q, k, v, FEATURE_MAPS["elu"], causal=True, eps=0.0, chunk_size=4)
+        chunked.kernel_attention(q, k, v, FEATURE_MAPS["elu"], causal=True, eps=0.0, chunk_size=4)[0]
+
+
+@pytest.mark.parametrize("name", ["elu", "favor_analytic"])
+@pytest.mark.parametrize("t,chunk", [(1, 4), (7, 4), (63, 8), (257, 16)])
+def test_chunked_state_handoff_matches_recurrence(name, t, chunk):
+    """From an initial state to the final state: outputs, final (S, z) and the gradients of every input
+    (q, k, v, S_0, z_0) under cotangents on both the output and the final state equal the recurrence's, in float64,
+    at lengths that are not multiples of the chunk."""
+    fmap = FEATURE_MAPS[name]
+    q, k, v, mask = qkv_mask(t, seed=t)
+    m = fmap(q[:, :, :1], True).shape[-1]
+    g = torch.Generator().manual_seed(5)
+    s0 = torch.randn(2, 3, m, D, generator=g, dtype=torch.float64)
+    z0 = torch.rand(2, 3, m, generator=g, dtype=torch.float64) + 0.5  # a sum of positive features
+    do = torch.randn(2, 3, t, D, generator=g, dtype=torch.float64)
+    ds, dz = torch.randn(2, 3, m, D, generator=g, dtype=torch.float64), torch.randn(2, 3, m, generator=g,
+                                                                                    dtype=torch.float64)
+
+    def grads(fn):
+        inputs = [x.detach().clone().requires_grad_(True) for x in (q, k, v, s0, z0)]
+        o, (s, z) = fn(*inputs)
+        loss = (o * do).sum() + (s * ds).sum() + (z * dz).sum()
+        return [o.detach(), s.detach(), z.detach(), *torch.autograd.grad(loss, inputs)]
+
+    ref = grads(lambda q, k, v, s0, z0: naive.recurrent_kernel_attention(
+        fmap(q, True), fmap(k, False), v, eps=1e-6, key_padding_mask=mask, initial_state=(s0, z0)))
+    fast = grads(lambda q, k, v, s0, z0: chunked.kernel_attention(
+        q, k, v, fmap, causal=True, eps=1e-6, chunk_size=chunk, key_padding_mask=mask, initial_state=(s0, z0),
+        output_final_state=True))
+    for what, a, b in zip(("o", "S_T", "z_T", "dq", "dk", "dv", "dS_0", "dz_0"), fast, ref):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9, msg=what)
+
+
+def test_chunked_split_at_any_point_equals_one_call():
+    """Prefill in two calls (state handed over at a point inside a chunk) equals one call, on outputs and state."""
+    fmap = FEATURE_MAPS["elu"]
+    q, k, v, _ = qkv_mask(40, seed=3)
+    whole, state = chunked.kernel_attention(q, k, v, fmap, causal=True, eps=1e-6, chunk_size=8,
+                                            output_final_state=True)
+    for cut in (1, 13, 16, 39):
+        a, mid = chunked.kernel_attention(q[:, :, :cut], k[:, :, :cut], v[:, :, :cut], fmap, causal=True, eps=1e-6,
+                                          chunk_size=8, output_final_state=True)
+        b, end = chunked.kernel_attention(q[:, :, cut:], k[:, :, cut:], v[:, :, cut:], fmap, causal=True, eps=1e-6,
+                                          chunk_size=8, initial_state=mid, output_final_state=True)
+        torch.testing.assert_close(torch.cat([a, b], dim=2), whole, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(end, state, rtol=1e-12, atol=1e-12)
+
+
+def test_chunked_state_errors():
+    q, k, v, _ = qkv_mask(8)
+    fmap = FEATURE_MAPS["elu"]
+    with pytest.raises(ValueError, match="only causal"):
+        chunked.kernel_attention(q, k, v, fmap, causal=False, eps=1e-6, chunk_size=4, output_final_state=True)
+    with pytest.raises(ValueError, match="initial_state must be"):
+        chunked.kernel_attention(q, k, v, fmap, causal=True, eps=1e-6, chunk_size=4,
+                                 initial_state=(torch.zeros(2, 3, D + 1, D, dtype=q.dtype),
+                                                torch.zeros(2, 3, D + 1, dtype=q.dtype)))

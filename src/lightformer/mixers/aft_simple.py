@@ -18,9 +18,10 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
+from ..nn.state import State
 from ..ops.aft import naive, simple
 from .attention import AttentionConfig, AttentionMixer
-from .base import MIXERS, Capabilities
+from .base import MIXERS, Capabilities, Mixer
 
 
 @dataclass(frozen=True)
@@ -28,9 +29,10 @@ class AftSimpleConfig(AttentionConfig):
     """AFT-simple has no options beyond ``AttentionConfig`` (``position`` must be ``"none"``)."""
 
 
-@dataclass
-class AftSimpleState:
-    """Decoding state: running max ``m``, numerator ``n``, denominator ``z`` (``[B, D]``, float32 or float64)."""
+@dataclass(frozen=True)
+class AftSimpleState(State):
+    """Decoding state after ``length`` tokens: running max ``m``, numerator ``n``, denominator ``z`` (``[B, D]``,
+    float32 or float64)."""
 
     m: Tensor
     n: Tensor
@@ -68,13 +70,17 @@ class AftSimple(AttentionMixer):
     def _init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> AftSimpleState:
         sd = torch.float64 if dtype == torch.float64 else torch.float32
         d = self.config.dim
-        return AftSimpleState(m=torch.full((batch_size, d), float("-inf"), device=device, dtype=sd),
+        return AftSimpleState(length=0, m=torch.full((batch_size, d), float("-inf"), device=device, dtype=sd),
                               n=torch.zeros(batch_size, d, device=device, dtype=sd),
                               z=torch.zeros(batch_size, d, device=device, dtype=sd))
+
+    # no parallel prefill (capabilities.prefill is False): step through the tokens, not the KV-cache prefill of
+    # AttentionMixer, whose projections AFT shares but whose state it does not
+    _forward_state = Mixer._forward_state
 
     def _step(self, x_t: Tensor, state: AftSimpleState) -> tuple[Tensor, AftSimpleState]:
         if not isinstance(state, AftSimpleState):
             raise TypeError(f"state must be the AftSimpleState from init_state, got {type(state).__name__}")
         q, k, v = (z[:, 0] for z in qkv_channels(self, x_t[:, None, :]))  # [B, D]
         y, (m, n, z) = simple.aft_simple_step(q, k, v, (state.m, state.n, state.z))
-        return self.out(y), AftSimpleState(m, n, z)
+        return self.out(y), AftSimpleState(state.length + 1, m, n, z)

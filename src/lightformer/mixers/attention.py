@@ -119,12 +119,31 @@ class AttentionMixer(Mixer):
         return KVCache.empty(batch_size, self.config.kv_heads, self.config.head_dim, device=device, dtype=dtype,
                              max_keep=self.decode_window())
 
+    def _forward_state(self, x: Tensor, state: KVCache) -> tuple[Tensor, KVCache]:
+        """Prefill: the causal forward of ``x [B, T, D]`` after the ``state.length`` cached tokens, in one pass.
+        From an empty cache this is ``attend`` itself; after a prefix, the T queries attend to the kept keys and
+        their own (end-aligned causal mask, the window, ALiBi) through SDPA with a dense bias."""
+        if not isinstance(state, KVCache):
+            raise TypeError(f"state must be the KVCache from init_state, got {type(state).__name__}")
+        t = x.shape[1]
+        q, k, v = self.project(x, torch.arange(state.length, state.length + t, device=x.device))
+        if state.length == 0:
+            o = self.attend(q, k, v, None)
+        else:
+            old_k, old_v = state.keys_values()
+            keys, values = torch.cat([old_k.to(k.dtype), k], dim=2), torch.cat([old_v.to(v.dtype), v], dim=2)
+            bias = dense_bias(t, keys.shape[2], causal=True, alibi_slopes=self.alibi_slopes,
+                              window=self.window_bounds(), dtype=q.dtype, device=q.device)
+            o = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias, enable_gqa=keys.shape[1] != q.shape[1])
+        return self.out(rearrange(o, "b h t d -> b t (h d)")), state.append(k, v)
+
     def _step(self, x_t: Tensor, state: KVCache) -> tuple[Tensor, KVCache]:
         if not isinstance(state, KVCache):
             raise TypeError(f"state must be the KVCache from init_state, got {type(state).__name__}")
         pos = torch.tensor([state.length], device=x_t.device)
         q, k, v = self.project(x_t[:, None, :], pos)
-        keys, values = state.append(k, v)
+        state = state.append(k, v)
+        keys, values = state.keys_values()
         slopes = self.alibi_slopes
         if keys.shape[2] > self.config.split_kv_size:
             h = self.config.num_heads

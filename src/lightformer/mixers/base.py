@@ -3,7 +3,11 @@
 A mixer is built from a frozen config (``MixerConfig`` subclass) and declares what it can honour in
 ``Capabilities``; the contract tests, the benchmark grid and ``advise`` read those capabilities. The public entry
 points (``forward``, ``init_state``, ``step``) validate their inputs here, once, and call the subclass's
-``_forward`` / ``_init_state`` / ``_step``, so no mixer can forget a check.
+``_forward`` / ``_init_state`` / ``_step`` / ``_forward_state``, so no mixer can forget a check.
+
+Decoding (``capabilities.decode``) is a state machine over immutable ``State`` values (``nn/state.py``):
+``init_state`` gives the empty state, ``forward(x, state=s, return_state=True)`` prefills T tokens in one call,
+``step`` consumes one token; both return a new state and never modify the one given.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from ..nn.state import State
 from ..registry import Registry
 
 #: Relative position schemes a mixer applies itself (absolute ones are added to the embeddings by the model).
@@ -64,7 +69,9 @@ class Capabilities:
         exact: equals softmax attention up to floating-point error.
         causal: can be built with ``causal=True``.
         padding_mask: honours ``key_padding_mask``.
-        decode: implements ``init_state``/``step`` (recurrent or cached decoding).
+        decode: implements ``init_state``/``step`` (recurrent or cached decoding) and ``forward`` with ``state``.
+        prefill: ``forward(..., state=, return_state=True)`` runs in one parallel pass (else it steps token by
+            token).
         complexity: time complexity of ``forward`` in T (sequence length), d, and the mixer's own sizes, e.g. ``"T²·d"``.
         max_len: longest sequence accepted (``None`` = unbounded); may depend on the config, see ``Mixer.max_len``.
         positions: relative position schemes accepted (always includes ``"none"``).
@@ -79,6 +86,7 @@ class Capabilities:
     max_len: int | None = None
     positions: frozenset[str] = field(default_factory=lambda: frozenset({"none"}))
     non_causal: bool = True
+    prefill: bool = False
 
     @property
     def linear_in_length(self) -> bool:
@@ -99,6 +107,12 @@ class Mixer(nn.Module):
     registry_name: ClassVar[str] = ""
     #: small options that make the mixer meaningful at T <= 64 (used by the contract suite and the bench gate)
     example_options: ClassVar[dict[str, Any]] = {}
+    #: names of this mixer's parameters that write into the residual stream; a model scales their initial
+    #: std by 1/sqrt(2·num_layers) (GPT-2, Radford et al. 2019, Sec. 2.3)
+    residual_projections: ClassVar[tuple[str, ...]] = ("out.weight",)
+    #: shell-style patterns over this mixer's parameter names that the optimizer must not weight-decay
+    #: (e.g. ``"A_log"``, ``"D"``, ``"dt_proj.bias"``); rank-1 parameters are never decayed anyway
+    no_weight_decay: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: MixerConfig) -> None:
         super().__init__()
@@ -125,40 +139,59 @@ class Mixer(nn.Module):
         return self.capabilities.max_len
 
     # -- public entry points (validated) ---------------------------------------------------------------------
-    def forward(self, x: Tensor, *, key_padding_mask: Tensor | None = None) -> Tensor:
-        """Mix tokens.
+    def forward(self, x: Tensor, *, key_padding_mask: Tensor | None = None, state: State | None = None,
+                return_state: bool = False) -> Tensor | tuple[Tensor, State]:
+        """Mix tokens; with ``state``/``return_state``, continue from a decoding state and hand one on (prefill).
 
         Args:
             x: ``[B, T, D]`` floating tensor.
             key_padding_mask: optional ``[B, T]`` bool, True = real token. Outputs at padded positions are
                 unspecified (finite); outputs at real positions equal those of the unpadded sequence.
+            state: the state after earlier tokens (from ``init_state``, ``step`` or an earlier ``forward``); the
+                T tokens of ``x`` follow them. ``None`` with ``return_state`` = start from ``init_state``.
+            return_state: also return the state after the last token of ``x``, so that ``step`` (or another
+                ``forward``) continues from it. ``state`` is never modified.
 
         Returns:
-            ``[B, T, D]`` with the dtype of ``x``.
+            ``y [B, T, D]`` with the dtype of ``x``, or ``(y, new_state)`` when ``return_state``. With a state, y
+            equals rows ``state.length ..`` of the causal forward of the whole sequence. Mixers with
+            ``capabilities.prefill`` compute it in one parallel pass; the others step through the T tokens.
 
         Raises:
             ValueError: wrong rank/width of ``x``, a mask of wrong shape or dtype, a mask on a mixer without
-                ``padding_mask`` capability, or T above ``max_len``.
+                ``padding_mask`` capability, T above ``max_len``, a state or ``return_state`` on a mixer that
+                cannot decode (or is not causal), or a state together with ``key_padding_mask``.
+            TypeError: a ``state`` that is not this mixer's state type.
         """
         self._check_x(x)
         if key_padding_mask is not None:
             self._check_mask(x, key_padding_mask)
-        return self.output_dropout(self._forward(x, key_padding_mask))
+        if state is None and not return_state:
+            return self.output_dropout(self._forward(x, key_padding_mask))
+        self._check_decodable("state/return_state")
+        if key_padding_mask is not None:
+            raise ValueError("key_padding_mask cannot be combined with state/return_state: a padded token would "
+                             "enter the state (prefill each prompt unpadded, or left-align them)")
+        if state is None:
+            state = self._init_state(x.shape[0], x.device, x.dtype)
+        elif not isinstance(state, State):
+            raise TypeError(f"state must be a State from init_state/step/forward, got {type(state).__name__}")
+        y, new_state = self._forward_state(x, state)
+        y = self.output_dropout(y)
+        return (y, new_state) if return_state else y
 
     def init_state(self, batch_size: int, *, device: torch.device | str | None = None,
                    dtype: torch.dtype = torch.float32) -> Any:
         """Empty decoding state for ``batch_size`` sequences. Raises ``NotImplementedError`` without decode."""
-        if not self.capabilities.decode:
-            raise NotImplementedError(f"mixer {self.registry_name!r} has no decode path (capabilities.decode=False)")
-        if not self.config.causal:
-            raise ValueError("causal=False: decoding needs a causal mixer")
+        self._check_decodable("init_state")
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         return self._init_state(batch_size, torch.device(device) if device is not None else torch.device("cpu"),
                                 dtype)
 
-    def step(self, x_t: Tensor, state: Any) -> tuple[Tensor, Any]:
-        """Decode one token: ``x_t: [B, D] -> ([B, D], new_state)``; equals row t of the causal ``forward``."""
+    def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
+        """Decode one token: ``x_t: [B, D] -> ([B, D], new_state)``; equals row ``state.length`` of the causal
+        ``forward``. ``state`` is left unchanged (a caller may step from it again)."""
         if x_t.dim() != 2 or x_t.shape[-1] != self.config.dim:
             raise ValueError(f"x_t must be [B, D={self.config.dim}], got shape {tuple(x_t.shape)}")
         y, state = self._step(x_t, state)
@@ -173,6 +206,12 @@ class Mixer(nn.Module):
             self._check_mask(x, key_padding_mask)
         return self._oracle(x, key_padding_mask)
 
+    def init_weights(self, num_layers: int) -> None:
+        """Called by the model after its generic initialisation of every layer (``nn.Linear``/``nn.Embedding``
+        weights N(0, 0.02), zero biases, ``residual_projections`` scaled by 1/sqrt(2·num_layers)): a mixer whose
+        paper prescribes another init for some parameters (Mamba's dt bias and ``A_log``, decay rates) sets them
+        here, so the model cannot overwrite them. The default keeps the generic init."""
+
     # -- to implement -------------------------------------------------------------------------------------
     def _oracle(self, x: Tensor, key_padding_mask: Tensor | None) -> Tensor:
         raise NotImplementedError(f"mixer {self.registry_name!r} has no oracle")
@@ -183,10 +222,26 @@ class Mixer(nn.Module):
     def _init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> Any:
         raise NotImplementedError
 
-    def _step(self, x_t: Tensor, state: Any) -> tuple[Tensor, Any]:
+    def _step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
         raise NotImplementedError
 
+    def _forward_state(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        """``forward`` from ``state``, returning the new state (no dropout). This default steps through the tokens
+        (O(T) sequential steps); mixers with a parallel form override it and set ``capabilities.prefill``."""
+        ys = []
+        for t in range(x.shape[1]):
+            y, state = self._step(x[:, t], state)
+            ys.append(y)
+        return torch.stack(ys, dim=1), state
+
     # -- validation ---------------------------------------------------------------------------------------------
+    def _check_decodable(self, what: str) -> None:
+        if not self.capabilities.decode:
+            raise NotImplementedError(f"{what}: mixer {self.registry_name!r} has no decode path "
+                                      "(capabilities.decode=False)")
+        if not self.config.causal:
+            raise ValueError(f"{what}: causal=False, decoding needs a causal mixer")
+
     def _check_x(self, x: Tensor) -> None:
         if not isinstance(x, Tensor):
             raise TypeError(f"x must be a Tensor, got {type(x).__name__}")

@@ -33,6 +33,7 @@ from ..ops.kernel import chunked, naive, recurrent
 from ..ops.kernel.chunked import FeatureMap
 from ..ops.kernel.features import elu_plus_one
 from .attention import AttentionConfig, AttentionMixer, repeat_kv
+from ..nn.state import State
 from .base import MIXERS, Capabilities
 
 @dataclass(frozen=True)
@@ -57,14 +58,13 @@ class LinearAttentionConfig(AttentionConfig):
             raise ValueError(f"eps must be a positive float, got {self.eps!r}")
 
 
-@dataclass
-class KernelState:
-    """Decoding state: ``s: [B, H, m, d]`` = Σ φ(k)vᵀ, ``z: [B, H, m]`` = Σ φ(k), ``length`` tokens seen, and
-    ``conv: [B, K−1, H·d]`` the last values (``linear_relu`` only, else None)."""
+@dataclass(frozen=True)
+class KernelState(State):
+    """Decoding state: ``s: [B, H, m, d]`` = Σ φ(k)vᵀ, ``z: [B, H, m]`` = Σ φ(k) over the ``length`` tokens seen,
+    and ``conv: [B, K−1, H·d]`` the last values (``linear_relu`` only, else None). float32 (float64 for float64)."""
 
     s: Tensor
     z: Tensor
-    length: int = 0
     conv: Tensor | None = None
 
 
@@ -91,7 +91,7 @@ class KernelAttentionMixer(AttentionMixer):
     def attention_oracle(self, phi_q: Tensor, phi_k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
         """The oracle of the attention part: the recurrence (causal) or the plain sums (non-causal)."""
         if self.config.causal:
-            return naive.recurrent_kernel_attention(phi_q, phi_k, v, eps=self.config.eps, key_padding_mask=mask)
+            return naive.recurrent_kernel_attention(phi_q, phi_k, v, eps=self.config.eps, key_padding_mask=mask)[0]
         return naive.noncausal_kernel_attention(phi_q, phi_k, v, eps=self.config.eps, key_padding_mask=mask)
 
     def _qkv(self, x: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -102,8 +102,8 @@ class KernelAttentionMixer(AttentionMixer):
     def _forward(self, x: Tensor, key_padding_mask: Tensor | None) -> Tensor:
         cfg = self.config
         q, k, v = self._qkv(x, torch.arange(x.shape[1], device=x.device))
-        o = chunked.kernel_attention(q, k, v, self.feature_map(), causal=cfg.causal, eps=cfg.eps,
-                                     chunk_size=cfg.chunk_size, key_padding_mask=key_padding_mask)
+        o, _ = chunked.kernel_attention(q, k, v, self.feature_map(), causal=cfg.causal, eps=cfg.eps,
+                                        chunk_size=cfg.chunk_size, key_padding_mask=key_padding_mask)
         o = self.mix_values(o, v, key_padding_mask, naive_ops=False)
         return self.out(rearrange(o, "b h t d -> b t (h d)"))
 
@@ -117,8 +117,27 @@ class KernelAttentionMixer(AttentionMixer):
     def _init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> KernelState:
         h, m, d = self.config.num_heads, self.num_features, self.config.head_dim
         acc = torch.float64 if dtype == torch.float64 else torch.float32  # sums of many terms: keep >= float32
-        return KernelState(s=torch.zeros(batch_size, h, m, d, device=device, dtype=acc),
+        return KernelState(length=0, s=torch.zeros(batch_size, h, m, d, device=device, dtype=acc),
                            z=torch.zeros(batch_size, h, m, device=device, dtype=acc))
+
+    def _forward_state(self, x: Tensor, state: KernelState) -> tuple[Tensor, KernelState]:
+        """Prefill in one chunked pass: the kernel op continues from (S, z) and returns the final (S, z)."""
+        if not isinstance(state, KernelState):
+            raise TypeError(f"state must be the KernelState from init_state, got {type(state).__name__}")
+        cfg = self.config
+        t = x.shape[1]
+        q, k, v = self._qkv(x, torch.arange(state.length, state.length + t, device=x.device))
+        o, (s, z) = chunked.kernel_attention(q, k, v, self.feature_map(), causal=True, eps=cfg.eps,
+                                             chunk_size=cfg.chunk_size, initial_state=(state.s, state.z),
+                                             output_final_state=True)
+        new = KernelState(length=state.length + t, s=s.to(state.s.dtype), z=z.to(state.z.dtype), conv=state.conv)
+        o, new = self.prefill_values(o, v, state, new)
+        return self.out(rearrange(o, "b h t d -> b t (h d)")), new
+
+    def prefill_values(self, o: Tensor, v: Tensor, old: KernelState, new: KernelState
+                       ) -> tuple[Tensor, KernelState]:
+        """Prefill counterpart of ``mix_values`` (o, v ``[B, H, T, d]``) continuing from ``old``."""
+        return o, new
 
     def _step(self, x_t: Tensor, state: KernelState) -> tuple[Tensor, KernelState]:
         if not isinstance(state, KernelState):
@@ -128,7 +147,7 @@ class KernelAttentionMixer(AttentionMixer):
         acc = state.s.dtype
         o, s, z = recurrent.kernel_step(fmap(q[:, :, 0].to(acc), True), fmap(k[:, :, 0].to(acc), False),
                                         v[:, :, 0], state.s, state.z, eps=self.config.eps)  # [B, H, d]
-        new = KernelState(s=s, z=z, length=state.length + 1, conv=state.conv)
+        new = KernelState(length=state.length + 1, s=s, z=z, conv=state.conv)
         o, new = self.step_values(o, v[:, :, 0], new)
         return self.out(rearrange(o.to(x_t.dtype), "b h d -> b (h d)")), new
 
@@ -142,7 +161,8 @@ class LinearAttention(KernelAttentionMixer):
     """Linear attention, φ(x) = elu(x) + 1 (Katharopoulos et al. 2020). x ``[B, T, D]`` -> ``[B, T, D]``;
     O(T·d²) time, O(T·d) memory."""
 
-    capabilities = Capabilities(exact=False, causal=True, padding_mask=True, decode=True, complexity="T·d²")
+    capabilities = Capabilities(exact=False, causal=True, padding_mask=True, decode=True, complexity="T·d²",
+                                prefill=True)
     example_options = {"chunk_size": 4}
 
     def feature_map(self) -> FeatureMap:

@@ -23,6 +23,7 @@ x: ``[B, T, D]`` -> ``[B, T, D]``. Complexity O(T·d² + T·D·K) time, O(T·d) 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -58,7 +59,8 @@ class SimplifiedLinearAttention(KernelAttentionMixer):
 
     config_class = SimplifiedLinearAttentionConfig
     config: SimplifiedLinearAttentionConfig
-    capabilities = Capabilities(exact=False, causal=True, padding_mask=True, decode=True, complexity="T·d²")
+    capabilities = Capabilities(exact=False, causal=True, padding_mask=True, decode=True, complexity="T·d²",
+                                prefill=True)
     example_options = {"chunk_size": 4, "conv_kernel": 3}
 
     def __init__(self, config: SimplifiedLinearAttentionConfig) -> None:
@@ -87,14 +89,25 @@ class SimplifiedLinearAttention(KernelAttentionMixer):
     def _init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> KernelState:
         state = super()._init_state(batch_size, device, dtype)
         cfg = self.config
-        state.conv = torch.zeros(batch_size, cfg.conv_kernel - 1, cfg.num_heads * cfg.head_dim, device=device,
+        conv_state = torch.zeros(batch_size, cfg.conv_kernel - 1, cfg.num_heads * cfg.head_dim, device=device,
                                  dtype=state.s.dtype)  # zeros = the causal padding before the first token
-        return state
+        return dataclasses.replace(state, conv=conv_state)
+
+    def prefill_values(self, o: Tensor, v: Tensor, old: KernelState, new: KernelState
+                       ) -> tuple[Tensor, KernelState]:
+        """The causal convolution over the K−1 values before this call and the T new ones; the last K−1 values
+        become the new conv state."""
+        h, k = self.config.num_heads, self.config.conv_kernel
+        vt = rearrange(v, "b h t d -> b t (h d)")
+        window = torch.cat([old.conv.to(vt.dtype), vt], dim=1)  # [B, K − 1 + T, H·d]
+        y = conv.depthwise_conv(window, self.conv_weight, self.conv_bias, causal=True)[:, k - 1:]
+        o = o + rearrange(y, "b t (h d) -> b h t d", h=h).to(o.dtype)
+        return o, dataclasses.replace(new, conv=window[:, window.shape[1] - (k - 1):].to(old.conv.dtype))
 
     def step_values(self, o: Tensor, v_t: Tensor, state: KernelState) -> tuple[Tensor, KernelState]:
         window = torch.cat([state.conv, rearrange(v_t, "b h d -> b 1 (h d)").to(state.conv.dtype)], dim=1)
         y = (window * self.conv_weight.T.to(window.dtype)).sum(dim=1)  # [B, H·d]: tap j reads v[t − K + 1 + j]
         if self.conv_bias is not None:
             y = y + self.conv_bias.to(y.dtype)
-        state.conv = window[:, 1:]
+        state = dataclasses.replace(state, conv=window[:, 1:])
         return o + rearrange(y, "b (h d) -> b h d", h=self.config.num_heads).to(o.dtype), state

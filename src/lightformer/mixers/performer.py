@@ -69,7 +69,8 @@ class Performer(KernelAttentionMixer):
 
     config_class = PerformerConfig
     config: PerformerConfig
-    capabilities = Capabilities(exact=False, causal=True, padding_mask=True, decode=True, complexity="T·m·d")
+    capabilities = Capabilities(exact=False, causal=True, padding_mask=True, decode=True, complexity="T·m·d",
+                                prefill=True)
     example_options = {"num_features": 16, "chunk_size": 4}
 
     def __init__(self, config: PerformerConfig) -> None:

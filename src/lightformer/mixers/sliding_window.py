@@ -41,7 +41,7 @@ class SlidingWindowAttention(AttentionMixer):
 
     config_class = SlidingWindowConfig
     config: SlidingWindowConfig
-    capabilities = Capabilities(exact=False, causal=True, padding_mask=True, decode=True, complexity="T·w·d",
+    capabilities = Capabilities(exact=False, causal=True, padding_mask=True, decode=True, prefill=True, complexity="T·w·d",
                                 positions=frozenset({"none", "rope", "alibi"}))
     example_options = {"window": 5, "block_size": 4}
 

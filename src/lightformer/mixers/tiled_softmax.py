@@ -38,7 +38,7 @@ class TiledSoftmaxAttention(AttentionMixer):
 
     config_class = TiledSoftmaxConfig
     config: TiledSoftmaxConfig
-    capabilities = Capabilities(exact=True, causal=True, padding_mask=True, decode=True, complexity="T²·d",
+    capabilities = Capabilities(exact=True, causal=True, padding_mask=True, decode=True, prefill=True, complexity="T²·d",
                                 positions=frozenset({"none", "rope", "alibi"}))
     example_options = {"block_size": 4}
 

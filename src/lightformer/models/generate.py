@@ -29,8 +29,8 @@ def generate(model: "LanguageModel", idx: Tensor, max_new_tokens: int, *, temper
              top_k: int | None = None, use_cache: bool = True, generator: torch.Generator | None = None) -> Tensor:
     """Extend ``idx [B, T0]`` (T0 >= 1) by ``max_new_tokens`` tokens -> ``[B, T0 + max_new_tokens]``.
 
-    With ``use_cache`` the prompt and each new token go through ``model.step`` (KV cache or recurrent state, O(1)
-    per token in T for recurrent mixers); otherwise every token re-runs the whole sequence. Greedy decoding
+    With ``use_cache`` the prompt is prefilled in one pass (``model.prefill``) and each new token goes through
+    ``model.step`` (KV cache or recurrent state, O(1) per token in T for recurrent mixers); otherwise every token re-runs the whole sequence. Greedy decoding
     (``temperature=0``) gives the same tokens both ways.
 
     Raises:
@@ -55,9 +55,8 @@ def generate(model: "LanguageModel", idx: Tensor, max_new_tokens: int, *, temper
     try:
         out = idx
         if use_cache:
-            state = model.init_state(idx.shape[0], device=idx.device)
-            for t in range(idx.shape[1]):
-                logits, state = model.step(idx[:, t], state)
+            logits, state = model.prefill(idx)  # the whole prompt in one pass per layer
+            logits = logits[:, -1]
             for _ in range(max_new_tokens):
                 nxt = sample_next(logits, temperature=temperature, top_k=top_k, generator=generator)
                 out = torch.cat([out, nxt[:, None]], dim=1)

@@ -47,8 +47,14 @@ class LanguageModel(nn.Module):
         return self.backbone.init_state(batch_size, device=device, dtype=dtype)
 
     def step(self, idx_t: Tensor, state: DecodeState) -> tuple[Tensor, DecodeState]:
-        """``idx_t [B]`` -> next-token logits ``[B, vocab]`` (fp32) and the advanced state."""
+        """``idx_t [B]`` -> next-token logits ``[B, vocab]`` (fp32) and the advanced state (a new one)."""
         hidden, state = self.backbone.step(idx_t, state)
+        return self.head(hidden).float(), state
+
+    def prefill(self, idx: Tensor, state: DecodeState | None = None) -> tuple[Tensor, DecodeState]:
+        """``idx [B, T]`` after ``state``'s tokens -> logits ``[B, T, vocab]`` (fp32) and the state after them,
+        in one pass (see ``Transformer.prefill``)."""
+        hidden, state = self.backbone.prefill(idx, state)
         return self.head(hidden).float(), state
 
     @torch.no_grad()

@@ -13,6 +13,7 @@ from ..mixers import MIXERS
 from ..nn.ffn import make_ffn
 from ..nn.norms import make_norm
 from ..nn.positions import RELATIVE, sinusoidal_table
+from ..nn.state import State
 from .config import ModelConfig
 
 
@@ -32,18 +33,34 @@ class Block(nn.Module):
         x = x + self.mixer(self.norm1(x), key_padding_mask=key_padding_mask)
         return x + self.ffn(self.norm2(x))
 
+    def prefill(self, x: Tensor, state: Any) -> tuple[Tensor, Any]:
+        """``forward`` of ``x [B, T, D]`` continuing from the mixer's ``state``; returns the new state too."""
+        y, state = self.mixer(self.norm1(x), state=state, return_state=True)
+        x = x + y
+        return x + self.ffn(self.norm2(x)), state
+
     def step(self, x_t: Tensor, state: Any) -> tuple[Tensor, Any]:
         y, state = self.mixer.step(self.norm1(x_t), state)
         x_t = x_t + y
         return x_t + self.ffn(self.norm2(x_t)), state
 
 
-@dataclass
-class DecodeState:
-    """Per-layer mixer states plus the number of tokens decoded so far."""
+@dataclass(frozen=True)
+class DecodeState(State):
+    """The model's decoding state after ``length`` tokens: one mixer ``State`` per layer (immutable, like them)."""
 
-    layers: list[Any]
-    position: int = 0
+    layers: tuple[State, ...] = ()
+
+    @property
+    def position(self) -> int:
+        """Absolute position of the next token (= ``length``)."""
+        return self.length
+
+    def nbytes(self) -> int:
+        return sum(layer.nbytes() for layer in self.layers)
+
+    def select(self, index: Tensor) -> "DecodeState":
+        return DecodeState(self.length, tuple(layer.select(index) for layer in self.layers))
 
 
 class Transformer(nn.Module):
@@ -69,18 +86,24 @@ class Transformer(nn.Module):
 
     def reset_parameters(self) -> None:
         """GPT-2 initialisation (Radford et al. 2019, Sec. 2.3): N(0, 0.02) for linear and embedding weights,
-        zero biases, and the projections that write into the residual stream (a mixer's ``out`` and the FFN's
-        ``fc2``) scaled by 1/sqrt(2·num_layers)."""
+        zero biases, and the projections that write into the residual stream (each mixer's
+        ``residual_projections`` and the FFN's ``fc2``) scaled by 1/sqrt(2·num_layers); then each mixer's own
+        ``init_weights(num_layers)``, which sets what its paper prescribes (and the generic pass must not
+        decide), e.g. Mamba's dt bias."""
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(module.weight, mean=0.0, std=0.02)
             if isinstance(module, nn.Linear) and module.bias is not None:
                 nn.init.zeros_(module.bias)
-        residual_std = 0.02 / math.sqrt(2 * self.config.num_layers)
+        layers = self.config.num_layers
+        residual_std = 0.02 / math.sqrt(2 * layers)
         for block in self.blocks:
+            residual = {f"mixer.{name}" for name in block.mixer.residual_projections} | {"ffn.fc2.weight"}
             for name, param in block.named_parameters():
-                if name in ("mixer.out.weight", "ffn.fc2.weight"):
+                if name in residual:
                     nn.init.normal_(param, mean=0.0, std=residual_std)
+        for block in self.blocks:
+            block.mixer.init_weights(layers)
 
     def _check_ids(self, idx: Tensor) -> None:
         if idx.dtype not in (torch.int64, torch.int32):
@@ -124,18 +147,43 @@ class Transformer(nn.Module):
     def init_state(self, batch_size: int, *, device: torch.device | str = "cpu",
                    dtype: torch.dtype = torch.float32) -> DecodeState:
         """Empty decoding state; requires a causal model whose mixer has ``capabilities.decode``."""
-        return DecodeState([b.mixer.init_state(batch_size, device=device, dtype=dtype) for b in self.blocks])
+        return DecodeState(0, tuple(b.mixer.init_state(batch_size, device=device, dtype=dtype) for b in self.blocks))
+
+    def prefill(self, idx: Tensor, state: DecodeState | None = None) -> tuple[Tensor, DecodeState]:
+        """Run ``idx [B, T]`` after the tokens of ``state`` (None = from the start) in one pass per layer ->
+        (hidden ``[B, T, D]``, the state after the last token). Equals ``forward`` of the whole sequence on those
+        rows and ``step`` token by token on the state; mixers without ``capabilities.prefill`` step internally.
+
+        Raises:
+            ValueError: as ``forward``; NotImplementedError: a mixer without decode."""
+        if idx.dim() != 2:
+            raise ValueError(f"idx must be [B, T] (rank 2), got shape {tuple(idx.shape)}")
+        self._check_ids(idx)
+        if state is None:
+            state = self.init_state(idx.shape[0], device=idx.device, dtype=self.embed.weight.dtype)
+        x = self.embed(idx)
+        pos = self._positions(state.length, idx.shape[1], idx.device)
+        if pos is not None:
+            x = x + pos
+        x = self.drop(x)
+        layers = []
+        for block, layer_state in zip(self.blocks, state.layers):
+            x, layer_state = block.prefill(x, layer_state)
+            layers.append(layer_state)
+        return self.norm(x), DecodeState(state.length + idx.shape[1], tuple(layers))
 
     def step(self, idx_t: Tensor, state: DecodeState) -> tuple[Tensor, DecodeState]:
-        """One token per sequence: ``idx_t [B]`` -> hidden ``[B, D]``; equals the last row of ``forward``."""
+        """One token per sequence: ``idx_t [B]`` -> hidden ``[B, D]``; equals the last row of ``forward``. Returns a
+        new state; ``state`` is unchanged."""
         if idx_t.dim() != 1:
             raise ValueError(f"idx_t must be [B] (rank 1), got shape {tuple(idx_t.shape)}")
         self._check_ids(idx_t)
         x = self.embed(idx_t)
-        pos = self._positions(state.position, 1, idx_t.device)
+        pos = self._positions(state.length, 1, idx_t.device)
         if pos is not None:
             x = x + pos[0]
-        for i, block in enumerate(self.blocks):
-            x, state.layers[i] = block.step(x, state.layers[i])
-        state.position += 1
-        return self.norm(x), state
+        layers = []
+        for block, layer_state in zip(self.blocks, state.layers):
+            x, layer_state = block.step(x, layer_state)
+            layers.append(layer_state)
+        return self.norm(x), DecodeState(state.length + 1, tuple(layers))

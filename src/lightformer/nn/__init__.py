@@ -1,1 +1,1 @@
-"""Shared building blocks: norms, feed-forward networks, position schemes, KV cache."""
+"""Shared building blocks: norms, feed-forward networks, position schemes, decoding states and the KV cache."""

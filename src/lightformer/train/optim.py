@@ -1,6 +1,7 @@
 """Optimizers of the trainer: AdamW, or Muon for the blocks' weight matrices with AdamW for the rest.
 
-* ``adamw``: AdamW (Loshchilov & Hutter 2019) on every parameter; weight decay on tensors with >= 2 dims only.
+* ``adamw``: AdamW (Loshchilov & Hutter 2019) on every parameter; weight decay on tensors with >= 2 dims only, and
+  never on the parameters a mixer declares in ``no_weight_decay`` (state-space ``A_log``/``D``, dt biases, decays).
 * ``muon``: Muon (Jordan et al. 2024, "Muon: An optimizer for hidden layers in neural networks"; momentum
   orthogonalised by a Newton–Schulz iteration) on the weight matrices of the ``nn.Linear`` layers inside the
   Transformer blocks, through ``torch.optim.Muon`` with ``adjust_lr_fn="match_rms_adamw"`` (Liu et al. 2025,
@@ -13,6 +14,7 @@ Both are driven by one learning-rate schedule: the trainer writes ``lr`` into ev
 
 from __future__ import annotations
 
+import fnmatch
 from typing import Any
 
 import torch
@@ -75,9 +77,23 @@ class OptimizerChain:
             offset += count
 
 
-def _adamw(params: list[nn.Parameter], tc) -> torch.optim.AdamW:
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
+def declared_no_decay(model: nn.Module) -> set[int]:
+    """``id``s of the parameters that a mixer of ``model`` declares exempt from weight decay
+    (``Mixer.no_weight_decay``: shell-style patterns over the mixer's own parameter names, e.g. ``A_log``, ``D``,
+    a dt bias, decay rates), whatever their rank."""
+    from ..mixers import Mixer
+
+    ids: set[int] = set()
+    for module in model.modules():
+        if isinstance(module, Mixer) and module.no_weight_decay:
+            ids |= {id(p) for name, p in module.named_parameters()
+                    if any(fnmatch.fnmatchcase(name, pat) for pat in module.no_weight_decay)}
+    return ids
+
+
+def _adamw(params: list[nn.Parameter], tc, exempt: set[int] = frozenset()) -> torch.optim.AdamW:
+    decay = [p for p in params if p.dim() >= 2 and id(p) not in exempt]
+    no_decay = [p for p in params if p.dim() < 2 or id(p) in exempt]
     return torch.optim.AdamW(
         [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=tc.lr, betas=(tc.beta1, tc.beta2), fused=True)  # one fused kernel per step, not ~10 ops per tensor
@@ -90,15 +106,17 @@ def build_optimizer(model: nn.Module, tc) -> torch.optim.AdamW | OptimizerChain:
         ValueError: ``tc.optimizer`` is not one of ``OPTIMIZERS``, or ``muon`` finds no block weight matrix.
     """
     params = list(model.parameters())
+    exempt = declared_no_decay(model)
     if tc.optimizer == "adamw":
-        return _adamw(params, tc)
+        return _adamw(params, tc, exempt)
     if tc.optimizer != "muon":
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {tc.optimizer!r}")
     blocks = getattr(getattr(model, "backbone", model), "blocks", None)
-    hidden = [] if blocks is None else [m.weight for m in blocks.modules() if isinstance(m, nn.Linear)]
+    hidden = [] if blocks is None else [m.weight for m in blocks.modules()
+                                         if isinstance(m, nn.Linear) and id(m.weight) not in exempt]
     if not hidden:
         raise ValueError("optimizer='muon' needs a model with nn.Linear layers in `backbone.blocks`")
     ids = {id(p) for p in hidden}
     rest = [p for p in params if id(p) not in ids]
     muon = torch.optim.Muon(hidden, lr=tc.lr, weight_decay=tc.weight_decay, adjust_lr_fn="match_rms_adamw")
-    return OptimizerChain([_adamw(rest, tc), muon])
+    return OptimizerChain([_adamw(rest, tc, exempt), muon])

@@ -141,12 +141,12 @@ def _mm_into(a: Tensor, b: Tensor, mm: torch.dtype, out: Tensor | None, acc: tor
 
 class _KernelProduct(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, va: Tensor, fmap: FeatureMap, causal: bool, c: int,
-                group: int, m: int) -> Tensor:
+    def forward(ctx, q: Tensor, k: Tensor, va: Tensor, s0: Tensor | None, fmap: FeatureMap, causal: bool, c: int,
+                group: int, m: int) -> tuple[Tensor, Tensor]:
         acc, mm = _acc(q.dtype), va.dtype
         b, h, t, _ = q.shape
         n_out = torch.empty(b, h, t, va.shape[-1], dtype=acc, device=q.device)  # [B, H, T, d + 1]
-        s = None  # running state [B, H, m, d + 1]
+        s = None if s0 is None else s0.to(acc)  # running state [B, H, m, d + 1] (causal: starts at S̄_0)
         with torch.no_grad():
             if not causal:
                 bufs = _GroupBuffers(fmap, b * h * group * m, acc, q.device, 1)
@@ -168,13 +168,15 @@ class _KernelProduct(torch.autograd.Function):
                     a = torch.matmul(fq, fk.transpose(-1, -2)).tril_()  # intra-chunk [B, H, G, C, C]
                     n = _mm_add(n, a, vb, mm)
                     n_out[:, :, lo:lo + group] = rearrange(n, "b h g c e -> b h (g c) e")
-        ctx.save_for_backward(q, k, va, s if not causal else None)
+        ctx.save_for_backward(q, k, va, s if not causal else s0)
         ctx.fmap, ctx.causal, ctx.c, ctx.group, ctx.m = fmap, causal, c, group, m
-        return n_out
+        if not causal:
+            ctx.mark_non_differentiable(s)  # Σ over all keys: not a state anything continues from
+        return n_out, s
 
     @staticmethod
-    def backward(ctx, dn: Tensor):
-        q, k, va, s_total = ctx.saved_tensors
+    def backward(ctx, dn: Tensor, ds_final: Tensor | None):
+        q, k, va, saved_state = ctx.saved_tensors
         fmap, causal, c, group, m = ctx.fmap, ctx.causal, ctx.c, ctx.group, ctx.m
         acc, mm = _acc(q.dtype), va.dtype
         t = q.shape[2]
@@ -203,7 +205,7 @@ class _KernelProduct(torch.autograd.Function):
             return torch.autograd.grad(phi, xc, dphi)[0]
 
         if not causal:
-            s_mm = s_total.to(mm)
+            s_mm = saved_state.to(mm)
             ds = None
             for lo in starts:
                 qc, fq = features_with_grad(q[:, :, lo:lo + group], True)
@@ -218,13 +220,13 @@ class _KernelProduct(torch.autograd.Function):
                 dva[:, :, lo:lo + group] = _mm(fk.detach(), ds_mm, mm, va.dtype)
                 dphi = _mm_into(va_c, ds_mm.transpose(-1, -2), mm, bufs.buf(1, kc, m), acc)
                 dk[:, :, lo:lo + group] = feature_grad(kc, fk, dphi, False)
-            return dq, dk, dva, None, None, None, None, None
+            return dq, dk, dva, None, None, None, None, None, None
 
         def unchunk(x: Tensor) -> Tensor:
             return rearrange(x, "b h g c e -> b h (g c) e")
 
-        # pass 1, group order: rebuild the states of earlier chunks and get dφ(Q)
-        s = None
+        # pass 1, group order: rebuild the states of earlier chunks (from S̄_0) and get dφ(Q)
+        s = saved_state
         for lo in starts:
             qc, fq = features_with_grad(q[:, :, lo:lo + group], True)
             with torch.no_grad():
@@ -235,8 +237,9 @@ class _KernelProduct(torch.autograd.Function):
             prev, s = _exclusive_prefix(sc, s)
             dfq = _mm_add(_mm(m_ij, fk, mm, acc), dnb, prev.transpose(-1, -2), mm)
             dq[:, :, lo:lo + group] = feature_grad(qc, fq, unchunk(dfq), True)
-        # pass 2, reverse group order: accumulate dS̄ of later chunks and get dφ(K), dV̄
-        ds = None
+        # pass 2, reverse group order: accumulate dS̄ of later chunks (from dS̄_T: every key is in the final
+        # state) and get dφ(K), dV̄; what is left at the end is dS̄_0 = dS̄_T + Σ_i φ(Q_i)ᵀdN_i
+        ds = None if ds_final is None else ds_final.to(acc)
         for lo in reversed(starts):
             with torch.no_grad():
                 fq = _chunks(fmap(q[:, :, lo:lo + group].to(acc), True).to(mm), c)
@@ -252,7 +255,8 @@ class _KernelProduct(torch.autograd.Function):
             dvb = _mm_add(_mm(a.transpose(-1, -2), dnb, mm, acc), fk, ds_next, mm)
             dk[:, :, lo:lo + group] = feature_grad(kc, fk_g, unchunk(dfk), False)
             dva[:, :, lo:lo + group] = unchunk(dvb)
-        return dq, dk, dva, None, None, None, None, None
+        ds0 = None if saved_state is None or ds is None else ds.to(saved_state.dtype)
+        return dq, dk, dva, ds0, None, None, None, None, None
 
 
 def group_size(b: int, h: int, m: int, chunk_size: int, t: int) -> int:
@@ -264,11 +268,15 @@ def group_size(b: int, h: int, m: int, chunk_size: int, t: int) -> int:
 
 
 def kernel_product(q: Tensor, k: Tensor, va: Tensor, feature_map: FeatureMap, *, causal: bool,
-                   chunk_size: int) -> Tensor:
+                   chunk_size: int, initial_state: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """N = A V̄ with A = φ(q)φ(k)ᵀ (``tril`` when causal), chunked; see the module docstring.
 
-    q, k ``[B, H, T, dk]`` (pre-feature), va ``[B, H, T, e]`` -> ``[B, H, T, e]`` (float32, float64 for float64)."""
+    q, k ``[B, H, T, dk]`` (pre-feature), va ``[B, H, T, e]``, causal ``initial_state`` S̄_0 ``[B, H, m, e]`` (the
+    sum φ(K)ᵀV̄ over earlier tokens; None = 0) -> (N ``[B, H, T, e]``, S̄_T ``[B, H, m, e]``), both float32 (float64
+    for float64). N_i includes φ(Q_i)S̄_0; S̄_T = S̄_0 + Σ_j φ(K_j)V̄_jᵀ, differentiable in every input."""
     b, h, t, _ = q.shape
+    if initial_state is not None and not causal:
+        raise ValueError("initial_state: only causal kernel attention continues from a state")
     # q, k arrive as strided views of the fused QKV projection; elementwise feature maps keep that layout, which
     # would make every batched matmul below copy its operand: one copy here instead. 16-bit q, k need none: every
     # group is widened to float32 (a contiguous copy) before its feature map
@@ -277,14 +285,17 @@ def kernel_product(q: Tensor, k: Tensor, va: Tensor, feature_map: FeatureMap, *,
     va = va.contiguous()
     with torch.no_grad():
         m = feature_map(q[:1, :1, :1].to(_acc(q.dtype)), True).shape[-1]
+    if initial_state is not None and initial_state.shape != (b, h, m, va.shape[-1]):
+        raise ValueError(f"initial_state must be [B, H, m, e]={(b, h, m, va.shape[-1])}, "
+                         f"got {tuple(initial_state.shape)}")
     c = min(chunk_size, t)
     pad = -t % c
     if pad:  # padded keys have V̄ = 0 (no contribution); padded queries are cut off below
         q, k, va = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, va))
     group = group_size(b, h, m, c, t + pad)
     with torch.autocast(device_type=q.device.type, enabled=False):  # dtypes are chosen here (module docstring)
-        n = _KernelProduct.apply(q, k, va, feature_map, causal, c, group, m)
-    return n[:, :, :t] if pad else n
+        n, s = _KernelProduct.apply(q, k, va, initial_state, feature_map, causal, c, group, m)
+    return (n[:, :, :t] if pad else n), s
 
 
 class _Ratio(torch.autograd.Function):
@@ -313,7 +324,9 @@ class _Ratio(torch.autograd.Function):
 
 
 def kernel_attention(q: Tensor, k: Tensor, v: Tensor, feature_map: FeatureMap, *, causal: bool, eps: float,
-                     chunk_size: int, key_padding_mask: Tensor | None = None) -> Tensor:
+                     chunk_size: int, key_padding_mask: Tensor | None = None,
+                     initial_state: tuple[Tensor, Tensor] | None = None,
+                     output_final_state: bool = False) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
     """Chunked kernel attention, see the module docstring.
 
     Args:
@@ -323,20 +336,32 @@ def kernel_attention(q: Tensor, k: Tensor, v: Tensor, feature_map: FeatureMap, *
         eps: added to the denominator (> 0).
         chunk_size: tokens per chunk C (>= 1); bounds the feature memory (B·H·C·m) and, when causal, sets the size
             of the intra-chunk quadratic part.
-        key_padding_mask: ``[B, T]`` bool, True = real key; padded keys drop out of both sums.
+        key_padding_mask: ``[B, T]`` bool, True = real key; padded keys drop out of both sums (and of the state).
+        initial_state: causal only: ``(S [B, H, m, d], z [B, H, m])`` = (Σ φ(k)vᵀ, Σ φ(k)) over the tokens before
+            this call (Katharopoulos et al. 2020, Eq. 16-20); None = the empty state.
+        output_final_state: also return the state after the last token (causal only).
 
     Returns:
-        ``[B, H, T, d]`` in the dtype of v. Equals ``naive.kernel_attention(φ(q), φ(k), v, ...)``.
+        ``(o, final_state)``: o ``[B, H, T, d]`` in the dtype of v, equal to ``naive.kernel_attention(φ(q), φ(k),
+        v, ...)`` continued from ``initial_state``; ``final_state = (S, z)`` in float32 (float64 for float64)
+        when ``output_final_state``, else None. Gradients flow into ``initial_state`` and out of the final state.
 
     Raises:
-        ValueError: ``chunk_size < 1`` or ``eps <= 0``.
+        ValueError: ``chunk_size < 1``, ``eps <= 0``, a state with ``causal=False``, or a state of wrong shape.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     if eps <= 0:
         raise ValueError(f"eps must be > 0, got {eps}")
+    if not causal and (initial_state is not None or output_final_state):
+        raise ValueError("initial_state/output_final_state: only causal kernel attention has a state")
     va = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)  # V̄ = [V, 1], [B, H, T, d + 1]
     if key_padding_mask is not None:
         va = va * key_padding_mask[:, None, :, None].to(va.dtype)
-    n = kernel_product(q, k, va, feature_map, causal=causal, chunk_size=chunk_size)
-    return _Ratio.apply(n, eps, v.dtype)
+    s0 = None
+    if initial_state is not None:
+        s_init, z_init = initial_state
+        s0 = torch.cat([s_init, z_init[..., None]], dim=-1)  # S̄ = [S, z]: the state of V̄
+    n, s_bar = kernel_product(q, k, va, feature_map, causal=causal, chunk_size=chunk_size, initial_state=s0)
+    o = _Ratio.apply(n, eps, v.dtype)
+    return o, ((s_bar[..., :-1], s_bar[..., -1]) if output_final_state else None)

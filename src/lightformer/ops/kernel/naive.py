@@ -44,13 +44,20 @@ def kernel_attention(phi_q: Tensor, phi_k: Tensor, v: Tensor, *, causal: bool, e
 
 
 def recurrent_kernel_attention(phi_q: Tensor, phi_k: Tensor, v: Tensor, *, eps: float,
-                               key_padding_mask: Tensor | None = None) -> Tensor:
+                               key_padding_mask: Tensor | None = None,
+                               initial_state: tuple[Tensor, Tensor] | None = None
+                               ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """Causal kernel attention by the RNN recurrence (Katharopoulos et al. 2020, Sec. 3.4, Eq. 16-20), one token
-    at a time. O(T·m·d) time, but a Python loop over T: an oracle, not a fast path."""
+    at a time, from ``initial_state = (S_0 [B, H, m, d], z_0 [B, H, m])`` (None = zeros). Returns (out
+    ``[B, H, T, d]``, final state ``(S_T, z_T)``). O(T·m·d) time, but a Python loop over T: an oracle, not a fast
+    path."""
     phi_k = mask_keys(phi_k, key_padding_mask)
     b, h, t, m = phi_q.shape
-    s = phi_q.new_zeros(b, h, m, v.shape[-1])  # S_0 = 0, [B, H, m, d]
-    z = phi_q.new_zeros(b, h, m)  # z_0 = 0, [B, H, m]
+    if initial_state is None:
+        s = phi_q.new_zeros(b, h, m, v.shape[-1])  # S_0 = 0, [B, H, m, d]
+        z = phi_q.new_zeros(b, h, m)  # z_0 = 0, [B, H, m]
+    else:
+        s, z = initial_state
     outs = []
     for i in range(t):
         s = s + phi_k[:, :, i, :, None] * v[:, :, i, None, :]  # S_i = S_{i-1} + φ(k_i) v_iᵀ
@@ -58,7 +65,7 @@ def recurrent_kernel_attention(phi_q: Tensor, phi_k: Tensor, v: Tensor, *, eps: 
         num = torch.einsum("bhm,bhmd->bhd", phi_q[:, :, i], s)
         den = (phi_q[:, :, i] * z).sum(-1, keepdim=True) + eps
         outs.append(num / den)
-    return torch.stack(outs, dim=2)
+    return torch.stack(outs, dim=2), (s, z)
 
 
 def noncausal_kernel_attention(phi_q: Tensor, phi_k: Tensor, v: Tensor, *, eps: float,
