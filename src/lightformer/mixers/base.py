@@ -12,6 +12,10 @@ Decoding (``capabilities.decode``) is a state machine over immutable ``State`` v
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -23,6 +27,47 @@ from ..registry import Registry
 
 #: Relative position schemes a mixer applies itself (absolute ones are added to the embeddings by the model).
 RELATIVE_POSITIONS = ("none", "rope", "alibi")
+
+
+def _accepts(hint: Any, value: Any) -> bool:
+    """Whether ``value`` has the declared type ``hint`` (``int`` excludes ``bool``; ``float`` takes ints;
+    unions and ``None`` as written; other annotations are not checked)."""
+    if hint is Any:
+        return True
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return any(_accepts(h, value) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    return True
+
+
+@functools.cache
+def _field_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def check_field_types(config: Any) -> None:
+    """The one declarative check every mixer config runs first: each field's value has its annotated type.
+
+    Raises:
+        ValueError: naming the field, its declared type and the value given (``num_heads=True``,
+            ``split_kv_size=2.5`` and ``window=True`` are all refused here, before any hand-written check).
+    """
+    hints = _field_hints(type(config))
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        hint = hints.get(f.name, Any)
+        if not _accepts(hint, value):
+            name = getattr(hint, "__name__", None) or str(hint)
+            raise ValueError(f"{f.name} must be {name}, got {value!r} ({type(value).__name__})")
 
 
 @dataclass(frozen=True)
@@ -45,6 +90,7 @@ class MixerConfig:
     position: str = "none"
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         if not isinstance(self.dim, int) or self.dim <= 0:
             raise ValueError(f"dim must be a positive int, got {self.dim!r}")
         if not isinstance(self.num_heads, int) or self.num_heads <= 0:
