@@ -30,5 +30,5 @@ def list_mixers(pattern: str | None = None) -> list[str]:
     return MIXERS.names(pattern)
 
 
-__all__ = ["create_mixer", "list_mixers", "create_task", "TASKS", "Task", "MIXERS", "Mixer", "MixerConfig", "Capabilities", "ModelConfig",
-           "Transformer", "LanguageModel", "SequenceClassifier"]
+__all__ = ["create_mixer", "list_mixers", "create_task", "TASKS", "Task", "MIXERS", "Mixer", "MixerConfig",
+           "Capabilities", "ModelConfig", "Transformer", "LanguageModel", "SequenceClassifier"]

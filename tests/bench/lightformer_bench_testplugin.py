@@ -20,7 +20,8 @@ class WrongSoftmax(SoftmaxAttention):
 class NonCausalSoftmax(SoftmaxAttention):
     """Declares it cannot be causal and has no decode path."""
 
-    capabilities = Capabilities(exact=True, causal=False, padding_mask=True, decode=False, complexity="T²·d")
+    capabilities = Capabilities(exact=True, causal=False, padding_mask=True, decode=False, complexity="T²·d",
+                                time_exponent=2)
 
 
 @MIXERS.register("bench_test_short")
@@ -28,4 +29,13 @@ class ShortSoftmax(SoftmaxAttention):
     """Accepts at most 16 tokens."""
 
     capabilities = Capabilities(exact=True, causal=True, padding_mask=True, decode=True, complexity="T²·d",
-                                max_len=16)
+                                max_len=16, time_exponent=2)
+
+
+@MIXERS.register("bench_test_bad_step")
+class BadStepSoftmax(SoftmaxAttention):
+    """Forward is exact, but ``step`` is 1% off: the decode gate must reject it."""
+
+    def _step(self, x_t, state):
+        y, state = super()._step(x_t, state)
+        return y * 1.01, state

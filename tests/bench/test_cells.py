@@ -31,7 +31,8 @@ def check_schema(rec, status):
         for key, kind in MEASURED.items():
             assert isinstance(rec[key], kind), (key, rec[key])
         assert rec["time_ms"] > 0 and rec["mem_mib"] >= 0 and len(rec["times_ms"]) == rec["repeats"]
-        assert rec["tokens_per_s"] == pytest.approx(rec["batch"] * rec["seq_len"] / (rec["time_ms"] / 1e3))
+        tokens = 1 if rec["mode"] == "decode" else rec["seq_len"]  # decode: time_ms per token
+        assert rec["tokens_per_s"] == pytest.approx(rec["batch"] * tokens / (rec["time_ms"] / 1e3))
         assert rec["gflops"] == pytest.approx(rec["flops"] / (rec["time_ms"] / 1e3) / 1e9)
     else:
         assert rec["time_ms"] is None and rec["gflops"] is None and isinstance(rec["reason"], str)
@@ -70,6 +71,24 @@ def test_gate_rejects_wrong_implementation(tmp_path, tiny_grid, plugin_env):
     check_schema(rec, "gate_failed")
     assert rec["gate"]["passed"] is False and rec["gate"]["max_abs_err"] > 1e-3
     assert "oracle" in rec["reason"] and rec["times_ms"] == [] and rec["mem_mib"] is None
+
+
+def test_decode_cells_prefill_a_context_and_time_per_token(tmp_path, tiny_grid, plugin_env):
+    grid = tiny_grid(mixers=["softmax", "linear", "bench_test_bad_step"], modes=["decode"], causal=[True],
+                     plugins=[plugin_env])
+    recs = {r["mixer"]: r for r in run_sweep(grid, tmp_path / "d.jsonl", progress=False)}
+    for name in ("softmax", "linear"):
+        check_schema(recs[name], "ok")
+        assert recs[name]["gate"]["kind"] == "oracle+decode" and recs[name]["decode_steps"] == 16
+    # the context's state: softmax's KV cache of T=16 tokens (2·B·H·T·d fp32), linear's fixed [B, H, d, d] + z
+    b, t, d, h = recs["softmax"]["batch"], recs["softmax"]["seq_len"], recs["softmax"]["dim"], recs["softmax"]["heads"]
+    assert recs["softmax"]["state_mib"] * 2 ** 20 == 2 * b * t * d * 4
+    assert recs["linear"]["state_mib"] * 2 ** 20 == b * h * (d // h) * (d // h + 1) * 4
+    # per-token FLOPs of exact attention at context T: 8·B·D² + 4·B·D·(T + 8.5)
+    assert recs["softmax"]["flops"] == pytest.approx(8 * b * d * d + 4 * b * d * (t + 8.5))
+    bad = recs["bench_test_bad_step"]
+    check_schema(bad, "gate_failed")
+    assert bad["gate"]["passed"] is False and "prefill + step" in bad["reason"]
 
 
 def test_unsupported_cells_are_recorded_not_skipped(tmp_path, tiny_grid, plugin_env):

@@ -27,7 +27,8 @@ class ToyMixer(Mixer):
     and an output projection named ``out_proj``."""
 
     config_class = ToyConfig
-    capabilities = Capabilities(exact=False, causal=True, padding_mask=False, decode=False, complexity="T·d")
+    capabilities = Capabilities(exact=False, causal=True, padding_mask=False, decode=False, complexity="T·d",
+                                time_exponent=1)
     residual_projections = ("out_proj.weight",)
     no_weight_decay = ("A_log", "dt_proj.bias")
 

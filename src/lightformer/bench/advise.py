@@ -8,8 +8,8 @@ mixer, each distinct (mixer, options) separately. For each one:
 2. Measurement: the records of ``mode`` / ``dtype`` / ``causal`` (and batch/dim/heads when given) at the nearest
    measured T >= ``seq_len``; if several match (e.g. different batch), the slowest is used (conservative). A
    non-ok status there (oom, timeout, gate_failed ...) rejects the mixer. With no record at T >= ``seq_len`` the
-   largest measured T is extrapolated, time and memory scaled by (T/T_m)² for mixers whose complexity has a T²
-   term and by T/T_m otherwise; the output says so. No ok record at all = ``unmeasured``.
+   largest measured T is extrapolated, time and memory scaled by (T/T_m)^e · (log T / log T_m)^l with the
+   mixer's declared ``Capabilities.time_exponent`` e and ``log_exponent`` l; the output says so. No ok record at all = ``unmeasured``.
 3. Budget: time_ms <= ``max_latency_ms`` and mem_mib <= ``max_memory_mib`` (``None`` = no limit).
 4. Quality. Without ``task``: the LM validation bpc of ``compare`` (``kind == "quality"`` records), the mean over
    seeds of the records with the same mixer and options, else of the same mixer (noted ``options differ``).
@@ -111,11 +111,13 @@ def _name(mixer: str, options: dict[str, Any], several: bool) -> str:
     return f"{mixer} [{', '.join(f'{k}={v}' for k, v in sorted(options.items()))}]"
 
 
-def _scaling(mixer: str) -> int:
+def _scaling(mixer: str, seq_len: int, measured_len: int) -> float:
+    """Time/memory growth from ``measured_len`` to ``seq_len``: the mixer's declared ``Capabilities.time_scale``;
+    an unregistered mixer is assumed quadratic (the worst)."""
     from lightformer import MIXERS
     if mixer in MIXERS:
-        return 1 if MIXERS.get(mixer).capabilities.linear_in_length else 2
-    return 2  # unknown complexity: assume the worst
+        return MIXERS.get(mixer).capabilities.time_scale(seq_len, measured_len)
+    return (seq_len / measured_len) ** 2
 
 
 def _judge(c: Candidate, recs: list[dict[str, Any]], seq_len: int) -> None:
@@ -142,7 +144,7 @@ def _judge(c: Candidate, recs: list[dict[str, Any]], seq_len: int) -> None:
         return
     t = max(r["seq_len"] for r in ok)
     worst = max((r for r in ok if r["seq_len"] == t), key=lambda r: r["time_ms"])
-    scale = (seq_len / t) ** _scaling(c.mixer)
+    scale = _scaling(c.mixer, seq_len, t)
     c.time_ms, c.mem_mib = worst["time_ms"] * scale, worst["mem_mib"] * scale
     c.measured_len, c.extrapolated = t, True
 

@@ -8,7 +8,8 @@ Prints one line ``LIGHTFORMER_RECORD {json}`` (the schema of ``lightformer.bench
 2. Correctness gate, before any timing. A lightformer mixer is built in float64 at T_gate = min(T, gate_len)
    (retried at 4× and 8× gate_len if the small T raises ValueError, e.g. a projection longer than T) and its
    ``forward`` is compared with its ``oracle`` on the same parameters: max |forward - oracle| must be <= gate_tol
-   and finite, else ``gate_failed`` with no speed. A peer has no oracle: its first (warm-up) output at the full
+   and finite, else ``gate_failed`` with no speed. A ``decode`` cell also checks that a prefill followed by
+   ``step``s equals the forward (``decode_error``). A peer has no oracle: its first (warm-up) output at the full
    shape must be finite and ``[B, T, D]``.
 3. Memory baseline: a preflight run at T <= 128 in the cell's dtype and mode absorbs one-time costs (lazy
    imports, thread pools, kernel JIT); gate and preflight objects are freed, the kernel's RSS high-water mark is
@@ -16,8 +17,9 @@ Prints one line ``LIGHTFORMER_RECORD {json}`` (the schema of ``lightformer.bench
    read (``VmHWM`` of ``/proc/self/status``; ``ru_maxrss`` where that file is missing).
 4. Build the module at the cell's options and dtype, make the inputs, run ``warmup`` untimed and ``repeats`` timed
    runs (``fwd`` under ``no_grad``; ``fwd+bwd`` = forward and ``backward`` of a fixed random output gradient, input
-   and parameter gradients cleared between runs; ``decode`` = ``init_state`` then T ``step`` calls).
-   ``time_ms`` = median run; ``mem_mib`` = (the high-water mark after the timed runs − the baseline of step 3) / 1024,
+   and parameter gradients cleared between runs; ``decode`` = a context of T tokens prefilled once, untimed, by
+   ``forward(x, return_state=True)``, then each run decodes ``DECODE_STEPS`` tokens by ``step`` from that context,
+   and ``time_ms`` is per token, ``state_mib`` the context's ``State.nbytes()``). ``time_ms`` = median run; ``mem_mib`` = (the high-water mark after the timed runs − the baseline of step 3) / 1024,
    i.e. the peak RSS growth caused by the module, its inputs, activations, gradients and any workspace.
 
 ``MemoryError`` or a RuntimeError about allocation -> ``oom``; a ValueError from building at the full shape ->
@@ -104,6 +106,26 @@ def _hook(point: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+#: tokens decoded per timed ``decode`` run, after a prefill of ``seq_len`` tokens; time_ms is per token
+DECODE_STEPS = 16
+
+
+def decode_error(m: Any, x: Any) -> float:
+    """max |prefill of T − 4 tokens then 4 ``step``s − the causal forward| over the last 4 rows (float64)."""
+    import torch
+
+    t = x.shape[1]
+    cut = max(1, t - 4)
+    with torch.no_grad():
+        full = m(x)
+        head, state = m(x[:, :cut], return_state=True)
+        rows = [head]
+        for i in range(cut, t):
+            y, state = m.step(x[:, i], state)
+            rows.append(y[:, None])
+    return (torch.cat(rows, dim=1) - full).abs().max().item()
+
+
 def oracle_gate(cell: Cell) -> dict[str, Any]:
     """Float64 forward vs oracle of a lightformer mixer; ``passed`` is None when every gate length raised
     ValueError (the caller then decides between unsupported and gate_failed)."""
@@ -133,26 +155,33 @@ def oracle_gate(cell: Cell) -> dict[str, Any]:
                     "reason": f"forward shape {tuple(y.shape)} != oracle shape {tuple(ref.shape)}"}
         err = (y - ref).abs().max().item()
         ok = err == err and err <= cell.gate_tol  # err == err: not NaN
-        return {"kind": "oracle", "seq_len": t, "max_abs_err": err, "tol": cell.gate_tol, "passed": ok,
-                "reason": None if ok else f"max |forward - oracle| = {err:.3g} > tol {cell.gate_tol:g} "
-                                          f"at T={t} in float64"}
+        reason = None if ok else f"max |forward - oracle| = {err:.3g} > tol {cell.gate_tol:g} at T={t} in float64"
+        if ok and cell.mode == "decode" and m.capabilities.decode and cell.causal:
+            derr = decode_error(m, x)
+            ok = derr == derr and derr <= cell.gate_tol
+            err = max(err, derr)
+            reason = None if ok else (f"max |prefill + step - forward| = {derr:.3g} > tol {cell.gate_tol:g} at "
+                                      f"T={t} in float64")
+        return {"kind": "oracle+decode" if cell.mode == "decode" else "oracle", "seq_len": t, "max_abs_err": err,
+                "tol": cell.gate_tol, "passed": ok, "reason": reason}
     return {"kind": "oracle", "seq_len": lengths[-1], "max_abs_err": None, "tol": cell.gate_tol, "passed": None,
             "reason": f"ValueError at every gate length {lengths}: {last}"}
 
 
-def build(cell: Cell) -> tuple[Any, str | None]:
-    """The module of ``cell`` (train mode off) and its complexity string (``None`` for peers)."""
+def build(cell: Cell) -> tuple[Any, int | None]:
+    """The module of ``cell`` (train mode off) and the declared ``time_exponent`` of the mixer it implements
+    (``None`` for a peer of an unregistered mixer)."""
     from lightformer import MIXERS, create_mixer
     from .peers import get_peer
 
     if cell.impl == LIGHTFORMER:
         m = create_mixer(cell.mixer, dim=cell.dim, num_heads=cell.heads, causal=cell.causal,
                          **resolve_options(cell.options, cell.seq_len))
-        return m, m.capabilities.complexity
-    complexity = MIXERS.get(cell.mixer).capabilities.complexity if cell.mixer in MIXERS else None
+        return m, m.capabilities.time_exponent
+    time_exponent = MIXERS.get(cell.mixer).capabilities.time_exponent if cell.mixer in MIXERS else None
     m = get_peer(cell.impl).build(resolve_options(cell.options, cell.seq_len), cell.seq_len, cell.dim, cell.heads,
                                   cell.causal)
-    return m, complexity
+    return m, time_exponent
 
 
 def _runner(cell: Cell, module: Any, x: Any) -> Callable[[int | None], Any]:
@@ -192,16 +221,21 @@ def _runner(cell: Cell, module: Any, x: Any) -> Callable[[int | None], Any]:
             return y.detach()
         return run
     module.eval()
+    with torch.no_grad(), precision():  # the context: T tokens prefilled once, untimed
+        _, context = module(x, return_state=True)
+    new_tokens = torch.randn(cell.batch, DECODE_STEPS, cell.dim, generator=torch.Generator().manual_seed(1))
+    new_tokens = new_tokens.to(x.dtype)
 
     def run(steps: int | None = None) -> Any:
-        n = cell.seq_len if steps is None else min(steps, cell.seq_len)
+        n = DECODE_STEPS if steps is None else min(steps, DECODE_STEPS)
         with torch.no_grad(), precision():
-            state = module.init_state(cell.batch, device="cpu", dtype=x.dtype)
+            state = context  # states are values: every run continues from the same context
             ys = []
             for t in range(n):
-                y, state = module.step(x[:, t], state)
+                y, state = module.step(new_tokens[:, t], state)
                 ys.append(y)
         return torch.stack(ys, dim=1)
+    run.state_bytes = context.nbytes()  # type: ignore[attr-defined]
     return run
 
 
@@ -280,7 +314,7 @@ def _measure(cell: Cell, rec: dict[str, Any]) -> dict[str, Any]:
     before_kib = _peak_rss_kib()
     torch.manual_seed(0)
     try:
-        module, complexity = build(cell)
+        module, time_exponent = build(cell)
     except ValueError as exc:
         rec.update(status="unsupported", reason=f"ValueError: {exc}")
         return rec
@@ -298,7 +332,7 @@ def _measure(cell: Cell, rec: dict[str, Any]) -> dict[str, Any]:
     run = _runner(cell, module, x)
     # the first untimed run is also the peers' gate (and a sanity check of every mixer at full size)
     y = run(8 if cell.mode == "decode" else None)
-    want = (cell.batch, min(8, cell.seq_len) if cell.mode == "decode" else cell.seq_len, cell.dim)
+    want = (cell.batch, min(8, DECODE_STEPS) if cell.mode == "decode" else cell.seq_len, cell.dim)
     finite = bool(torch.isfinite(y).all()) if isinstance(y, torch.Tensor) else False
     if not isinstance(y, torch.Tensor) or tuple(y.shape) != want or not finite:
         got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
@@ -319,12 +353,16 @@ def _measure(cell: Cell, rec: dict[str, Any]) -> dict[str, Any]:
         run(None)
         times.append((time.perf_counter() - t0) * 1e3)
     after_kib = _peak_rss_kib()
+    tokens = cell.seq_len
+    if cell.mode == "decode":  # per-token latency at context T
+        times, tokens = [t / DECODE_STEPS for t in times], 1
+        rec.update(decode_steps=DECODE_STEPS, state_mib=run.state_bytes / 2 ** 20)
     time_ms = statistics.median(times)
     flops, family = cell_flops(effective_options(cell), cell.seq_len, cell.batch, cell.dim, cell.heads,
-                               cell.causal, cell.mode, complexity)
+                               cell.causal, cell.mode, time_exponent)
     rec.update(time_ms=time_ms, times_ms=times, mem_mib=(after_kib - before_kib) / 1024.0, flops=flops,
                flops_family=family, gflops=flops / (time_ms * 1e-3) / 1e9,
-               tokens_per_s=cell.batch * cell.seq_len / (time_ms * 1e-3))
+               tokens_per_s=cell.batch * tokens / (time_ms * 1e-3))
     return rec
 
 

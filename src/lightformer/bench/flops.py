@@ -7,7 +7,8 @@ achieved GFLOP/s compare like with like. For ``x: [B, T, D]`` with H heads of wi
     projections = 8·B·T·D²             fused QKV (D -> 3D) and output (D -> D) Linear layers
     mixing      = 4·B·T·D·K            Q·Kᵀ and A·V over H heads (2·2·T·K·d per head), K = "keys per query"
 
-K by family, chosen from the cell's options first and the declared complexity second:
+K by family, chosen from the cell's options first and the mixer's declared ``Capabilities.time_exponent``
+second:
 
     window        option ``window`` (sliding_window, longformer, local_attention): the exact mean number of keys
                   a query sees — causal min(t+1, w), non-causal the keys with |Δ| <= w//2 inside [0, T) — plus
@@ -18,12 +19,13 @@ K by family, chosen from the cell's options first and the declared complexity se
     lsh           options ``bucket_size`` c, ``n_hashes`` n (reformer): 2·c·n  (each chunk sees itself and the
                   previous chunk, per hash round)
     landmarks     option ``num_landmarks`` m (nystrom): 3·m  (three products through the m landmarks)
-    exact         complexity with a T² term: T, or (T+1)/2 when causal (only the unmasked half is useful work)
-    linear        any other complexity linear in T: d  (a d×d state per head: φ(K)ᵀV then φ(Q)·S); this is also
+    exact         ``time_exponent == 2`` (or unknown): T, or (T+1)/2 when causal (only the unmasked half is useful
+                  work)
+    linear        ``time_exponent == 1``: d  (a d×d state per head: φ(K)ᵀV then φ(Q)·S); this is also
                   the fallback for a new family not in this table, so its GFLOP/s are indicative only
 
-fwd+bwd counts 3× forward (backward = two matmuls per forward matmul). decode of T tokens counts the causal forward
-over those T tokens: the same useful work, one token at a time.
+fwd+bwd counts 3× forward (backward = two matmuls per forward matmul). decode counts one token after a context of T:
+the growth of the causal forward's count from T to T + 16 tokens, per token.
 """
 
 from __future__ import annotations
@@ -46,8 +48,8 @@ def window_keys(window: int, seq_len: int, causal: bool) -> float:
 
 
 def keys_per_query(options: dict[str, Any], seq_len: int, dim: int, heads: int, causal: bool,
-                   complexity: str | None) -> tuple[float, str]:
-    """``(K, family)`` as documented in the module docstring. ``complexity=None`` (unknown) counts as exact."""
+                   time_exponent: int | None) -> tuple[float, str]:
+    """``(K, family)`` as documented in the module docstring. ``time_exponent=None`` (unknown) counts as exact."""
     o = options
     if isinstance(o.get("window"), int):
         extra = o.get("num_global") if isinstance(o.get("num_global"), int) else 0
@@ -63,25 +65,27 @@ def keys_per_query(options: dict[str, Any], seq_len: int, dim: int, heads: int, 
         return 2.0 * min(o["bucket_size"], seq_len) * int(o.get("n_hashes", 1)), "lsh"
     if isinstance(o.get("num_landmarks"), int):
         return 3.0 * min(o["num_landmarks"], seq_len), "landmarks"
-    c = (complexity or "T²").replace(" ", "")
-    if complexity is None or "T²" in c or "T^2" in c or "T·T" in c:
+    if time_exponent is None or time_exponent >= 2:
         return ((seq_len + 1) / 2 if causal else float(seq_len)), "exact"
     return float(dim // heads), "linear"
 
 
 def forward_flops(options: dict[str, Any], seq_len: int, batch: int, dim: int, heads: int, causal: bool,
-                  complexity: str | None) -> tuple[float, str]:
+                  time_exponent: int | None) -> tuple[float, str]:
     """FLOPs of one forward pass over ``[batch, seq_len, dim]`` and the family used."""
-    k, family = keys_per_query(options, seq_len, dim, heads, causal, complexity)
+    k, family = keys_per_query(options, seq_len, dim, heads, causal, time_exponent)
     proj = 8.0 * batch * seq_len * dim * dim
     mix = 4.0 * batch * seq_len * dim * k
     return proj + mix, family
 
 
 def cell_flops(options: dict[str, Any], seq_len: int, batch: int, dim: int, heads: int, causal: bool, mode: str,
-               complexity: str | None) -> tuple[float, str]:
-    """FLOPs of one timed run of ``mode`` (``fwd``, ``fwd+bwd`` = 3× fwd, ``decode`` = causal fwd)."""
-    if mode == "decode":
-        return forward_flops(options, seq_len, batch, dim, heads, True, complexity)
-    flops, family = forward_flops(options, seq_len, batch, dim, heads, causal, complexity)
+               time_exponent: int | None) -> tuple[float, str]:
+    """FLOPs of one timed run of ``mode`` (``fwd``, ``fwd+bwd`` = 3× fwd, ``decode`` = one token at context T)."""
+    if mode == "decode":  # one token after a context of seq_len: the causal forward's growth per token
+        n = 16
+        grown, family = forward_flops(options, seq_len + n, batch, dim, heads, True, time_exponent)
+        base, _ = forward_flops(options, seq_len, batch, dim, heads, True, time_exponent)
+        return (grown - base) / n, family
+    flops, family = forward_flops(options, seq_len, batch, dim, heads, causal, time_exponent)
     return (3.0 * flops if mode == "fwd+bwd" else flops), family

@@ -76,7 +76,7 @@ class Cell:
         impl: ``"lightformer"`` for a registered mixer, else a peer name (``"sdpa"``, ``"local_attention"`` ...).
         mixer: the lightformer mixer measured, or the one a peer is the baseline for.
         options: mixer options (the ``"T"`` sentinel is resolved in the subprocess).
-        seq_len: T, tokens per sequence (for ``decode``: tokens decoded one by one).
+        seq_len: T, tokens per sequence (for ``decode``: the context prefilled before the timed tokens).
         batch, dim, heads: B, D (model width), H.
         dtype: ``fp32 | bf16 | fp16 | fp64 | amp-bf16`` (see ``DTYPES``); mode: ``fwd | fwd+bwd | decode``; causal: causal masking.
         threads: torch intra-op threads.

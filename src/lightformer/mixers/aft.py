@@ -43,7 +43,8 @@ class AftFull(AttentionMixer):
 
     config_class = AftConfig
     config: AftConfig
-    capabilities = Capabilities(exact=False, causal=True, padding_mask=True, decode=False, complexity="T²·d")
+    capabilities = Capabilities(exact=False, causal=True, padding_mask=True, decode=False, complexity="T²·d",
+                                time_exponent=2)
     example_options = {"max_len": 64}
 
     def __init__(self, config: AftConfig) -> None:

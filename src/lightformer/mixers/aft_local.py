@@ -52,7 +52,7 @@ class AftLocal(AttentionMixer):
     config_class = AftLocalConfig
     config: AftLocalConfig
     capabilities = Capabilities(exact=False, causal=True, padding_mask=True, decode=False,
-                                complexity="T·window·d")
+                                complexity="T·window·d", time_exponent=1)
     example_options = {"max_len": 64, "window": 4}
 
     def __init__(self, config: AftLocalConfig) -> None:

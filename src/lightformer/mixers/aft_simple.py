@@ -56,7 +56,8 @@ class AftSimple(AttentionMixer):
     """AFT-simple (Zhai et al. 2021, Eq. 5); x ``[B, T, D]`` -> ``[B, T, D]``, O(T·d)."""
 
     config_class = AftSimpleConfig
-    capabilities = Capabilities(exact=False, causal=True, padding_mask=True, decode=True, complexity="T·d")
+    capabilities = Capabilities(exact=False, causal=True, padding_mask=True, decode=True, complexity="T·d",
+                                time_exponent=1)
     example_options: dict = {}
 
     def _forward(self, x: Tensor, key_padding_mask: Tensor | None) -> Tensor:

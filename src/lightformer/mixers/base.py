@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -118,7 +119,11 @@ class Capabilities:
         decode: implements ``init_state``/``step`` (recurrent or cached decoding) and ``forward`` with ``state``.
         prefill: ``forward(..., state=, return_state=True)`` runs in one parallel pass (else it steps token by
             token).
-        complexity: time complexity of ``forward`` in T (sequence length), d, and the mixer's own sizes, e.g. ``"T²·d"``.
+        complexity: time complexity of ``forward`` in T (sequence length), d, and the mixer's own sizes, e.g.
+            ``"T²·d"``, for people to read; programs read ``time_exponent`` and ``log_exponent``.
+        time_exponent: the power of T in the asymptotically dominant term of ``forward``'s time (1 = linear in
+            T, 2 = quadratic; ``hilo``'s T²/window and ``reformer_lsh``'s T²/bucket_size terms make them 2).
+        log_exponent: the power of log T in that term (``probsparse``: T·log²T -> 2).
         max_len: longest sequence accepted (``None`` = unbounded); may depend on the config, see ``Mixer.max_len``.
         positions: relative position schemes accepted (always includes ``"none"``).
         non_causal: can be built with ``causal=False``.
@@ -133,12 +138,26 @@ class Capabilities:
     positions: frozenset[str] = field(default_factory=lambda: frozenset({"none"}))
     non_causal: bool = True
     prefill: bool = False
+    time_exponent: int = field(kw_only=True)
+    log_exponent: int = field(default=0, kw_only=True)
+
+    def __post_init__(self) -> None:
+        if self.time_exponent not in (1, 2) or isinstance(self.time_exponent, bool):
+            raise ValueError(f"time_exponent must be 1 or 2, got {self.time_exponent!r}")
+        if not isinstance(self.log_exponent, int) or isinstance(self.log_exponent, bool) or self.log_exponent < 0:
+            raise ValueError(f"log_exponent must be a non-negative int, got {self.log_exponent!r}")
 
     @property
     def linear_in_length(self) -> bool:
-        """True when the declared complexity has no T² (or T·T) term."""
-        c = self.complexity.replace(" ", "")
-        return "T²" not in c and "T^2" not in c and "T·T" not in c
+        """True when the time grows as T (times powers of log T at most): ``time_exponent == 1``."""
+        return self.time_exponent == 1
+
+    def time_scale(self, seq_len: int, measured_len: int) -> float:
+        """The factor by which the time at ``measured_len`` grows to ``seq_len``: (T/T_m)^e · (log T/log T_m)^l."""
+        scale = (seq_len / measured_len) ** self.time_exponent
+        if self.log_exponent:
+            scale *= (math.log(max(seq_len, 2)) / math.log(max(measured_len, 2))) ** self.log_exponent
+        return scale
 
 
 MIXERS: Registry[type["Mixer"]] = Registry("mixer")

@@ -66,7 +66,7 @@ class BigBird(AttentionMixer):
     config: BigBirdConfig
     capabilities = Capabilities(exact=False, causal=True, padding_mask=True, decode=False,
                                 complexity="T·block_size·(3+num_global+num_random)·d",
-                                positions=frozenset({"none", "rope"}))
+                                positions=frozenset({"none", "rope"}), time_exponent=1)
     example_options = {"block_size": 4, "num_global": 1, "num_random": 2}
 
     def __init__(self, config: BigBirdConfig) -> None:

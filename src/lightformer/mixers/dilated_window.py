@@ -54,7 +54,7 @@ class DilatedWindow(AttentionMixer):
     config_class = DilatedWindowConfig
     config: DilatedWindowConfig
     capabilities = Capabilities(exact=False, causal=True, padding_mask=True, decode=False, complexity="T·window·d",
-                                positions=frozenset({"none", "rope"}))
+                                positions=frozenset({"none", "rope"}), time_exponent=1)
     example_options = {"window": 3, "dilation": 2}
 
     def _attend_with(self, op, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None) -> Tensor:

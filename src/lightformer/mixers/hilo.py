@@ -61,7 +61,7 @@ class HiLo(AttentionMixer):
     config_class = HiLoConfig
     config: HiLoConfig
     capabilities = Capabilities(exact=False, causal=True, padding_mask=True, decode=False,
-                                complexity="T·window·d + T²·d/window")
+                                complexity="T·window·d + T²·d/window", time_exponent=2)
     example_options = {"window": 4, "alpha": 0.5}
 
     def _attend_with(self, op, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None) -> Tensor:

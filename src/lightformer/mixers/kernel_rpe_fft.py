@@ -57,7 +57,7 @@ class KernelRpeFFT(AttentionMixer):
     config_class = KernelRpeConfig
     config: KernelRpeConfig
     capabilities = Capabilities(exact=False, causal=True, padding_mask=True, decode=False,
-                                complexity="T·log T·m·d")
+                                complexity="T·log T·m·d", time_exponent=1, log_exponent=1)
     example_options = {"max_len": 64, "num_features": 16}
 
     def __init__(self, config: KernelRpeConfig) -> None:

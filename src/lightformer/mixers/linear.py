@@ -162,7 +162,7 @@ class LinearAttention(KernelAttentionMixer):
     O(T·d²) time, O(T·d) memory."""
 
     capabilities = Capabilities(exact=False, causal=True, padding_mask=True, decode=True, complexity="T·d²",
-                                prefill=True)
+                                prefill=True, time_exponent=1)
     example_options = {"chunk_size": 4}
 
     def feature_map(self) -> FeatureMap:

@@ -60,7 +60,7 @@ class SimplifiedLinearAttention(KernelAttentionMixer):
     config_class = SimplifiedLinearAttentionConfig
     config: SimplifiedLinearAttentionConfig
     capabilities = Capabilities(exact=False, causal=True, padding_mask=True, decode=True, complexity="T·d²",
-                                prefill=True)
+                                prefill=True, time_exponent=1)
     example_options = {"chunk_size": 4, "conv_kernel": 3}
 
     def __init__(self, config: SimplifiedLinearAttentionConfig) -> None:

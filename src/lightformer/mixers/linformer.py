@@ -78,7 +78,7 @@ class Linformer(AttentionMixer):
     config_class = LinformerConfig
     config: LinformerConfig
     capabilities = Capabilities(exact=False, causal=False, padding_mask=True, decode=False,
-                                complexity="T·proj_len·d", max_len=None, positions=frozenset({"none"}))
+                                complexity="T·proj_len·d", max_len=None, positions=frozenset({"none"}), time_exponent=1)
     example_options = {"max_len": 64, "proj_len": 8}
 
     def __init__(self, config: LinformerConfig) -> None:

@@ -57,7 +57,8 @@ class Longformer(AttentionMixer):
     config_class = LongformerConfig
     config: LongformerConfig
     capabilities = Capabilities(exact=False, causal=True, padding_mask=True, decode=False,
-                                complexity="T·(window+num_global)·d", positions=frozenset({"none", "rope"}))
+                                complexity="T·(window+num_global)·d", positions=frozenset({"none", "rope"}),
+                                time_exponent=1)
     example_options = {"window": 4, "num_global": 2}
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None) -> Tensor:

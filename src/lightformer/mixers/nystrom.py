@@ -73,7 +73,7 @@ class Nystrom(AttentionMixer):
     config_class = NystromConfig
     config: NystromConfig
     capabilities = Capabilities(exact=False, causal=False, padding_mask=True, decode=False,
-                                complexity="T·m·d + m³", max_len=None, positions=frozenset({"none"}))
+                                complexity="T·m·d + m³", max_len=None, positions=frozenset({"none"}), time_exponent=1)
     example_options = {"num_landmarks": 8, "conv_kernel": 3}
 
     def __init__(self, config: NystromConfig) -> None:

@@ -70,7 +70,7 @@ class Performer(KernelAttentionMixer):
     config_class = PerformerConfig
     config: PerformerConfig
     capabilities = Capabilities(exact=False, causal=True, padding_mask=True, decode=True, complexity="T·m·d",
-                                prefill=True)
+                                prefill=True, time_exponent=1)
     example_options = {"num_features": 16, "chunk_size": 4}
 
     def __init__(self, config: PerformerConfig) -> None:

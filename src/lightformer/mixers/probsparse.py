@@ -58,7 +58,8 @@ class ProbSparseAttention(AttentionMixer):
     config_class = ProbSparseConfig
     config: ProbSparseConfig
     capabilities = Capabilities(exact=False, causal=True, padding_mask=True, decode=False,
-                                complexity="T·log²T·d", positions=frozenset({"none", "rope"}))
+                                complexity="T·log²T·d", positions=frozenset({"none", "rope"}), time_exponent=1,
+                                log_exponent=2)
     example_options = {"factor": 2.0, "sample_factor": 2.0}
 
     def __init__(self, config: ProbSparseConfig) -> None:

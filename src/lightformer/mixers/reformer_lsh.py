@@ -72,7 +72,7 @@ class ReformerLSH(Mixer):
     config: ReformerLSHConfig
     capabilities = Capabilities(exact=False, causal=True, padding_mask=True, decode=False,
                                 complexity="n_hashes·(T·bucket_size + T²/bucket_size)·d", max_len=None,
-                                positions=frozenset({"none"}))
+                                positions=frozenset({"none"}), time_exponent=2)
     example_options = {"n_hashes": 2, "bucket_size": 4}
 
     def __init__(self, config: ReformerLSHConfig) -> None:

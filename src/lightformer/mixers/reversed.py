@@ -33,7 +33,7 @@ class ReversedAttention(AttentionMixer):
 
     config_class = AttentionConfig
     capabilities = Capabilities(exact=False, causal=False, padding_mask=True, decode=False, complexity="T²·d",
-                                positions=frozenset({"none", "rope"}))
+                                positions=frozenset({"none", "rope"}), time_exponent=2)
     example_options: dict = {}
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None) -> Tensor:

@@ -41,8 +41,8 @@ class SlidingWindowAttention(AttentionMixer):
 
     config_class = SlidingWindowConfig
     config: SlidingWindowConfig
-    capabilities = Capabilities(exact=False, causal=True, padding_mask=True, decode=True, prefill=True, complexity="T·w·d",
-                                positions=frozenset({"none", "rope", "alibi"}))
+    capabilities = Capabilities(exact=False, causal=True, padding_mask=True, decode=True, complexity="T·w·d",
+                                prefill=True, positions=frozenset({"none", "rope", "alibi"}), time_exponent=1)
     example_options = {"window": 5, "block_size": 4}
 
     def window_bounds(self) -> tuple[int, int]:

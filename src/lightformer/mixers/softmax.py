@@ -33,8 +33,8 @@ def no_empty_rows(bias: Tensor) -> Tensor:
 class SoftmaxAttention(AttentionMixer):
     """Exact multi-head softmax attention (torch SDPA). x ``[B, T, D]`` -> ``[B, T, D]``; O(T²·d) time."""
 
-    capabilities = Capabilities(exact=True, causal=True, padding_mask=True, decode=True, prefill=True, complexity="T²·d",
-                                positions=frozenset({"none", "rope", "alibi"}))
+    capabilities = Capabilities(exact=True, causal=True, padding_mask=True, decode=True, complexity="T²·d",
+                                prefill=True, positions=frozenset({"none", "rope", "alibi"}), time_exponent=2)
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None) -> Tensor:
         gqa = k.shape[1] != q.shape[1]

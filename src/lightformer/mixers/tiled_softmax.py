@@ -38,8 +38,8 @@ class TiledSoftmaxAttention(AttentionMixer):
 
     config_class = TiledSoftmaxConfig
     config: TiledSoftmaxConfig
-    capabilities = Capabilities(exact=True, causal=True, padding_mask=True, decode=True, prefill=True, complexity="T²·d",
-                                positions=frozenset({"none", "rope", "alibi"}))
+    capabilities = Capabilities(exact=True, causal=True, padding_mask=True, decode=True, complexity="T²·d",
+                                prefill=True, positions=frozenset({"none", "rope", "alibi"}), time_exponent=2)
     example_options = {"block_size": 4}
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None) -> Tensor:
