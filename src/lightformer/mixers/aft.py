@@ -19,12 +19,12 @@ from torch import Tensor, nn
 
 from ..ops.aft import full, naive
 from .aft_simple import qkv_channels
-from .attention import AttentionConfig, AttentionMixer
+from .attention import QKVConfig, AttentionMixer
 from .base import MIXERS, Capabilities
 
 
 @dataclass(frozen=True)
-class AftConfig(AttentionConfig):
+class AftConfig(QKVConfig):
     """Attributes:
         max_len: longest sequence, the size of the bias matrix w (required).
     """

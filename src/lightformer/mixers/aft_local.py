@@ -23,12 +23,12 @@ from torch import Tensor, nn
 
 from ..ops.aft import local, naive
 from .aft_simple import qkv_channels
-from .attention import AttentionConfig, AttentionMixer
+from .attention import QKVConfig, AttentionMixer
 from .base import MIXERS, Capabilities
 
 
 @dataclass(frozen=True)
-class AftLocalConfig(AttentionConfig):
+class AftLocalConfig(QKVConfig):
     """Attributes:
         max_len: longest sequence (the biases depend on absolute positions t, t'); required.
         window: band half-width s: biases are learned for |t − t'| < s.

@@ -20,13 +20,13 @@ from torch import Tensor
 
 from ..nn.state import State
 from ..ops.aft import naive, simple
-from .attention import AttentionConfig, AttentionMixer
+from .attention import QKVConfig, AttentionMixer
 from .base import MIXERS, Capabilities, Mixer
 
 
 @dataclass(frozen=True)
-class AftSimpleConfig(AttentionConfig):
-    """AFT-simple has no options beyond ``AttentionConfig`` (``position`` must be ``"none"``)."""
+class AftSimpleConfig(QKVConfig):
+    """AFT-simple has no options beyond ``QKVConfig`` (``position`` must be ``"none"``)."""
 
 
 @dataclass(frozen=True)

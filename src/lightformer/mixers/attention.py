@@ -22,36 +22,51 @@ from .base import Mixer, MixerConfig
 
 
 @dataclass(frozen=True)
-class AttentionConfig(MixerConfig):
-    """Multi-head attention options.
+class QKVConfig(MixerConfig):
+    """Options of a mixer built on the fused QKV and output projections (every ``AttentionMixer``).
 
     Attributes:
         num_kv_heads: key/value heads; ``None`` = ``num_heads`` (multi-head), 1 = multi-query, else grouped-query
             (Shazeer 2019, "Fast Transformer Decoding: One Write-Head is All You Need"; Ainslie et al. 2023, GQA).
             Must divide ``num_heads``.
         bias: use biases in the QKV and output projections.
-        rope_base: RoPE frequency base (used when ``position="rope"``).
-        split_kv_size: during decoding, caches longer than this are attended in chunks of this many keys whose
-            partial results are merged (split-KV / flash-decoding); exact either way.
     """
 
     num_kv_heads: int | None = None
     bias: bool = False
-    rope_base: float = 10000.0
-    split_kv_size: int = 2048
 
     def __post_init__(self) -> None:
         super().__post_init__()
         kv = self.kv_heads
-        if not isinstance(kv, int) or kv <= 0 or self.num_heads % kv:
+        if kv <= 0 or self.num_heads % kv:
             raise ValueError(f"num_kv_heads={self.num_kv_heads!r} must be a positive divisor of "
                              f"num_heads={self.num_heads}")
-        if self.split_kv_size <= 0:
-            raise ValueError(f"split_kv_size must be positive, got {self.split_kv_size}")
 
     @property
     def kv_heads(self) -> int:
         return self.num_heads if self.num_kv_heads is None else self.num_kv_heads
+
+
+@dataclass(frozen=True)
+class RotaryConfig(QKVConfig):
+    """``QKVConfig`` of a mixer that accepts RoPE. ``rope_base``: the RoPE frequency base (Su et al. 2021), used
+    when ``position="rope"``."""
+
+    rope_base: float = 10000.0
+
+
+@dataclass(frozen=True)
+class AttentionConfig(RotaryConfig):
+    """``RotaryConfig`` of the mixers that decode through a KV cache (``softmax``, ``tiled_softmax``,
+    ``sliding_window``). ``split_kv_size``: during decoding, caches longer than this are attended in chunks of this
+    many keys whose partial results are merged (split-KV / flash-decoding); exact either way."""
+
+    split_kv_size: int = 2048
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.split_kv_size <= 0:
+            raise ValueError(f"split_kv_size must be positive, got {self.split_kv_size}")
 
 
 def repeat_kv(x: Tensor, num_heads: int) -> Tensor:
@@ -64,14 +79,14 @@ class AttentionMixer(Mixer):
     """Base of the softmax-attention mixers; subclasses implement ``attend``."""
 
     config_class = AttentionConfig
-    config: AttentionConfig
+    config: QKVConfig
 
-    def __init__(self, config: AttentionConfig) -> None:
+    def __init__(self, config: QKVConfig) -> None:
         super().__init__(config)
         h, hkv, d = config.num_heads, config.kv_heads, config.head_dim
         self.qkv = nn.Linear(config.dim, (h + 2 * hkv) * d, bias=config.bias)
         self.out = nn.Linear(h * d, config.dim, bias=config.bias)
-        self.rotary = Rotary(d, config.rope_base) if config.position == "rope" else None
+        self.rotary = Rotary(d, config.rope_base) if config.position == "rope" else None  # only RotaryConfig
         slopes = alibi_slopes(h) if config.position == "alibi" else None
         self.register_buffer("alibi_slopes", slopes, persistent=False)
 

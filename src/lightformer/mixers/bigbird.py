@@ -32,12 +32,12 @@ from torch import Tensor
 
 from ..ops.sparse import naive
 from ..ops.sparse.bigbird import bigbird_attention, block_valid, random_blocks
-from .attention import AttentionConfig, AttentionMixer, repeat_kv
+from .attention import RotaryConfig, AttentionMixer, repeat_kv
 from .base import MIXERS, Capabilities
 
 
 @dataclass(frozen=True)
-class BigBirdConfig(AttentionConfig):
+class BigBirdConfig(RotaryConfig):
     """Attributes:
         block_size: tokens per block (paper: 64, App. D).
         num_global: global blocks, the first ones (ITC; paper: 2 blocks = 2·64 tokens).

@@ -24,12 +24,12 @@ from torch import Tensor
 
 from ..ops.sparse import naive
 from ..ops.sparse.dilated import dilated_window_attention
-from .attention import AttentionConfig, AttentionMixer, repeat_kv
+from .attention import RotaryConfig, AttentionMixer, repeat_kv
 from .base import MIXERS, Capabilities
 
 
 @dataclass(frozen=True)
-class DilatedWindowConfig(AttentionConfig):
+class DilatedWindowConfig(RotaryConfig):
     """Attributes:
         window: keys per query (causal: the token and its ``window - 1`` predecessors at steps of ``dilation``;
             non-causal: ``window // 2`` on each side).

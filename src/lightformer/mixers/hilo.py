@@ -27,12 +27,12 @@ from torch import Tensor
 
 from ..ops.sparse import naive
 from ..ops.sparse.hilo import hilo_attention
-from .attention import AttentionConfig, AttentionMixer, repeat_kv
+from .attention import QKVConfig, AttentionMixer, repeat_kv
 from .base import MIXERS, Capabilities
 
 
 @dataclass(frozen=True)
-class HiLoConfig(AttentionConfig):
+class HiLoConfig(QKVConfig):
     """Attributes:
         window: Hi-Fi window size and Lo-Fi pooling size, in tokens (paper, 2-D: 2×2).
         alpha: fraction of the heads that are Lo-Fi, in [0, 1]; ``round(alpha·num_heads)`` heads (half up).

@@ -28,12 +28,12 @@ from torch import Tensor, nn
 
 from ..ops.kernel.features import favor_key_shift, favor_plus, orthogonal_gaussian
 from ..ops.rpe import fft, naive
-from .attention import AttentionConfig, AttentionMixer, repeat_kv
+from .attention import QKVConfig, AttentionMixer, repeat_kv
 from .base import MIXERS, Capabilities
 
 
 @dataclass(frozen=True)
-class KernelRpeConfig(AttentionConfig):
+class KernelRpeConfig(QKVConfig):
     """Attributes:
         max_len: longest sequence; the model learns 2·max_len − 1 relative weights per head (required).
         num_features: m, random features of φ.

@@ -17,8 +17,8 @@ forward and the backward pass (features are recomputed per chunk, ``ops.kernel.c
 
 ``eps`` (default 1e-6) is added to the denominator; elu + 1 > 0 keeps it positive anyway, eps only guards rows
 whose keys are all padded. The oracle is ``ops.kernel.naive``: the recurrence when causal, the two plain sums of
-Eq. 5 otherwise. The options ``rope_base`` and ``split_kv_size`` of ``AttentionConfig`` do not apply here
-(positions: ``none`` only; decoding keeps no cache to split).
+Eq. 5 otherwise. The config is a ``QKVConfig`` (grouped key/value heads, biases): RoPE and split-KV decoding do
+not apply here (positions: ``none`` only; decoding keeps no cache to split), so their options are not accepted.
 """
 
 from __future__ import annotations
@@ -32,12 +32,12 @@ from torch import Tensor
 from ..ops.kernel import chunked, naive, recurrent
 from ..ops.kernel.chunked import FeatureMap
 from ..ops.kernel.features import elu_plus_one
-from .attention import AttentionConfig, AttentionMixer, repeat_kv
+from .attention import QKVConfig, AttentionMixer, repeat_kv
 from ..nn.state import State
 from .base import MIXERS, Capabilities
 
 @dataclass(frozen=True)
-class LinearAttentionConfig(AttentionConfig):
+class LinearAttentionConfig(QKVConfig):
     """Options of the kernel-attention mixers.
 
     Attributes:

@@ -42,7 +42,7 @@ from .linear import KernelAttentionMixer, KernelState, LinearAttentionConfig
 class SimplifiedLinearAttentionConfig(LinearAttentionConfig):
     """Attributes:
         conv_kernel: taps K of the depthwise convolution on V (odd keeps the non-causal padding symmetric).
-        (``bias`` of ``AttentionConfig`` also gives the convolution a per-channel bias.)
+        (``bias`` of ``QKVConfig`` also gives the convolution a per-channel bias.)
     """
 
     conv_kernel: int = 5

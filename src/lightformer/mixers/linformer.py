@@ -33,12 +33,12 @@ from torch import Tensor, nn
 
 from ..ops.lowrank import linformer as fast
 from ..ops.lowrank import naive
-from .attention import AttentionConfig, AttentionMixer
+from .attention import QKVConfig, AttentionMixer
 from .base import MIXERS, Capabilities
 
 
 @dataclass(frozen=True)
-class LinformerConfig(AttentionConfig):
+class LinformerConfig(QKVConfig):
     """Linformer options.
 
     Attributes:

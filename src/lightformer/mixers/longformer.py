@@ -27,12 +27,12 @@ from torch import Tensor
 
 from ..ops.sparse import naive
 from ..ops.sparse.longformer import longformer_attention
-from .attention import AttentionConfig, AttentionMixer, repeat_kv
+from .attention import RotaryConfig, AttentionMixer, repeat_kv
 from .base import MIXERS, Capabilities
 
 
 @dataclass(frozen=True)
-class LongformerConfig(AttentionConfig):
+class LongformerConfig(RotaryConfig):
     """Attributes:
         window: keys in the sliding window (causal: the most recent, including the token itself; non-causal:
             ``window // 2`` on each side plus itself). Paper: 512 (Sec. 4); bench default 256.

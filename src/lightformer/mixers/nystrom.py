@@ -33,12 +33,12 @@ from torch import Tensor, nn
 
 from ..ops.lowrank import naive
 from ..ops.lowrank import nystrom as fast
-from .attention import AttentionConfig, AttentionMixer
+from .attention import QKVConfig, AttentionMixer
 from .base import MIXERS, Capabilities
 
 
 @dataclass(frozen=True)
-class NystromConfig(AttentionConfig):
+class NystromConfig(QKVConfig):
     """Nyströmformer options.
 
     Attributes:

@@ -29,12 +29,12 @@ from einops import rearrange
 from torch import Tensor
 
 from ..ops.probsparse import naive, sparse
-from .attention import AttentionConfig, AttentionMixer, repeat_kv
+from .attention import RotaryConfig, AttentionMixer, repeat_kv
 from .base import MIXERS, Capabilities
 
 
 @dataclass(frozen=True)
-class ProbSparseConfig(AttentionConfig):
+class ProbSparseConfig(RotaryConfig):
     """Attributes:
         factor: c in u = c·ln T active queries (Informer's ``factor``, default 5).
         sample_factor: keys sampled per query for the measure, ``sample_factor``·ln T.

@@ -23,7 +23,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from ..ops.reversed import blocked, naive
-from .attention import AttentionConfig, AttentionMixer, repeat_kv
+from .attention import RotaryConfig, AttentionMixer, repeat_kv
 from .base import MIXERS, Capabilities
 
 
@@ -31,7 +31,7 @@ from .base import MIXERS, Capabilities
 class ReversedAttention(AttentionMixer):
     """Reversed (query-axis softmax) attention; x ``[B, T, D]`` -> ``[B, T, D]``, O(T²·d), bidirectional only."""
 
-    config_class = AttentionConfig
+    config_class = RotaryConfig
     capabilities = Capabilities(exact=False, causal=False, padding_mask=True, decode=False, complexity="T²·d",
                                 positions=frozenset({"none", "rope"}), time_exponent=2)
     example_options: dict = {}
