@@ -33,7 +33,7 @@ class AftConfig(QKVConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not isinstance(self.max_len, int) or self.max_len <= 0:
+        if self.max_len <= 0:
             raise ValueError(f"max_len is required and must be a positive int, got {self.max_len!r}")
 
 

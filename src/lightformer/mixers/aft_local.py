@@ -39,9 +39,9 @@ class AftLocalConfig(QKVConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not isinstance(self.max_len, int) or self.max_len <= 0:
+        if self.max_len <= 0:
             raise ValueError(f"max_len is required and must be a positive int, got {self.max_len!r}")
-        if not isinstance(self.window, int) or self.window <= 0:
+        if self.window <= 0:
             raise ValueError(f"window must be a positive int, got {self.window!r}")
 
 

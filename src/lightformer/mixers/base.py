@@ -92,9 +92,9 @@ class MixerConfig:
 
     def __post_init__(self) -> None:
         check_field_types(self)
-        if not isinstance(self.dim, int) or self.dim <= 0:
+        if self.dim <= 0:
             raise ValueError(f"dim must be a positive int, got {self.dim!r}")
-        if not isinstance(self.num_heads, int) or self.num_heads <= 0:
+        if self.num_heads <= 0:
             raise ValueError(f"num_heads must be a positive int, got {self.num_heads!r}")
         if self.dim % self.num_heads:
             raise ValueError(f"dim={self.dim} must be divisible by num_heads={self.num_heads}")
@@ -142,9 +142,10 @@ class Capabilities:
     log_exponent: int = field(default=0, kw_only=True)
 
     def __post_init__(self) -> None:
-        if self.time_exponent not in (1, 2) or isinstance(self.time_exponent, bool):
+        check_field_types(self)
+        if self.time_exponent not in (1, 2):
             raise ValueError(f"time_exponent must be 1 or 2, got {self.time_exponent!r}")
-        if not isinstance(self.log_exponent, int) or isinstance(self.log_exponent, bool) or self.log_exponent < 0:
+        if self.log_exponent < 0:
             raise ValueError(f"log_exponent must be a non-negative int, got {self.log_exponent!r}")
 
     @property

@@ -43,9 +43,9 @@ class HiLoConfig(QKVConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1:
+        if self.window < 1:
             raise ValueError(f"window must be a positive int, got {self.window!r}")
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0.0 <= self.alpha <= 1.0:
+        if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must be a number in [0, 1], got {self.alpha!r}")
 
     @property

@@ -44,9 +44,9 @@ class KernelRpeConfig(QKVConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not isinstance(self.max_len, int) or self.max_len <= 0:
+        if self.max_len <= 0:
             raise ValueError(f"max_len is required and must be a positive int, got {self.max_len!r}")
-        if not isinstance(self.num_features, int) or self.num_features <= 0:
+        if self.num_features <= 0:
             raise ValueError(f"num_features must be a positive int, got {self.num_features!r}")
 
 

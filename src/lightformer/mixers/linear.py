@@ -52,9 +52,9 @@ class LinearAttentionConfig(QKVConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if isinstance(self.chunk_size, bool) or not isinstance(self.chunk_size, int) or self.chunk_size < 1:
+        if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive int, got {self.chunk_size!r}")
-        if not isinstance(self.eps, (int, float)) or not self.eps > 0:
+        if not self.eps > 0:
             raise ValueError(f"eps must be a positive float, got {self.eps!r}")
 
 

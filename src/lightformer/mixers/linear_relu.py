@@ -49,7 +49,7 @@ class SimplifiedLinearAttentionConfig(LinearAttentionConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if isinstance(self.conv_kernel, bool) or not isinstance(self.conv_kernel, int) or self.conv_kernel < 1:
+        if self.conv_kernel < 1:
             raise ValueError(f"conv_kernel must be a positive int, got {self.conv_kernel!r}")
 
 

@@ -58,9 +58,9 @@ class LinformerConfig(QKVConfig):
         if self.max_len is None:
             raise ValueError("max_len is required for linformer: E and F have one column per position "
                              "(pass max_len=<longest sequence>)")
-        if isinstance(self.max_len, bool) or not isinstance(self.max_len, int) or self.max_len <= 0:
+        if self.max_len <= 0:
             raise ValueError(f"max_len must be a positive int, got {self.max_len!r}")
-        if isinstance(self.proj_len, bool) or not isinstance(self.proj_len, int) or self.proj_len <= 0:
+        if self.proj_len <= 0:
             raise ValueError(f"proj_len must be a positive int, got {self.proj_len!r}")
         for name in ("share_kv", "share_heads"):
             if not isinstance(getattr(self, name), bool):

@@ -44,9 +44,9 @@ class LongformerConfig(RotaryConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1:
+        if self.window < 1:
             raise ValueError(f"window must be a positive int, got {self.window!r}")
-        if isinstance(self.num_global, bool) or not isinstance(self.num_global, int) or self.num_global < 0:
+        if self.num_global < 0:
             raise ValueError(f"num_global must be an int >= 0, got {self.num_global!r}")
 
 

@@ -57,10 +57,8 @@ class PerformerConfig(LinearAttentionConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if isinstance(self.num_features, bool) or not isinstance(self.num_features, int) or self.num_features < 1:
+        if self.num_features < 1:
             raise ValueError(f"num_features must be a positive int, got {self.num_features!r}")
-        if not isinstance(self.redraw, bool):
-            raise ValueError(f"redraw must be a bool, got {self.redraw!r}")
 
 
 @MIXERS.register("performer")

@@ -45,9 +45,9 @@ class ProbSparseConfig(RotaryConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not isinstance(self.factor, (int, float)) or self.factor <= 0:
+        if self.factor <= 0:
             raise ValueError(f"factor must be a positive number, got {self.factor!r}")
-        if not isinstance(self.sample_factor, (int, float)) or self.sample_factor <= 0:
+        if self.sample_factor <= 0:
             raise ValueError(f"sample_factor must be a positive number, got {self.sample_factor!r}")
 
 

@@ -28,7 +28,7 @@ class TiledSoftmaxConfig(AttentionConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.block_size is not None and (not isinstance(self.block_size, int) or self.block_size <= 0):
+        if self.block_size is not None and self.block_size <= 0:
             raise ValueError(f"block_size must be a positive int or None, got {self.block_size!r}")
 
 
