@@ -43,7 +43,7 @@ import traceback
 from typing import Any, Callable
 
 from .defaults import resolve_options
-from .flops import cell_flops
+from .flops import DECODE_STEPS, cell_flops
 from .grid import LIGHTFORMER, Cell
 from .machine import machine_info
 from .plan import capability_reason, load_plugins
@@ -104,10 +104,6 @@ def _hook(point: str) -> None:
         raise MemoryError("injected by LIGHTFORMER_BENCH_HOOK=memory_error")
     elif hook == "sigkill":
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-#: tokens decoded per timed ``decode`` run, after a prefill of ``seq_len`` tokens; time_ms is per token
-DECODE_STEPS = 16
 
 
 def decode_error(m: Any, x: Any) -> float:

@@ -32,6 +32,9 @@ from __future__ import annotations
 
 from typing import Any
 
+#: tokens decoded per timed ``decode`` run, after a prefill of ``seq_len`` tokens (``bench/cell.py``)
+DECODE_STEPS = 16
+
 
 def window_keys(window: int, seq_len: int, causal: bool) -> float:
     """Mean keys per query of a sliding window of ``window`` keys (causal) or ±``window//2`` (non-causal)."""
@@ -83,7 +86,7 @@ def cell_flops(options: dict[str, Any], seq_len: int, batch: int, dim: int, head
                time_exponent: int | None) -> tuple[float, str]:
     """FLOPs of one timed run of ``mode`` (``fwd``, ``fwd+bwd`` = 3× fwd, ``decode`` = one token at context T)."""
     if mode == "decode":  # one token after a context of seq_len: the causal forward's growth per token
-        n = 16
+        n = DECODE_STEPS
         grown, family = forward_flops(options, seq_len + n, batch, dim, heads, True, time_exponent)
         base, _ = forward_flops(options, seq_len, batch, dim, heads, True, time_exponent)
         return (grown - base) / n, family
