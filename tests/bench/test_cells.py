@@ -137,7 +137,7 @@ def test_missing_peer_package_is_unavailable(tiny_grid, monkeypatch):
 
     monkeypatch.setitem(peers.PEERS, "x_transformers",
                         peers.Peer("x_transformers", "no_such_package_xyz", "no-such-package", "softmax",
-                                   peers._x_transformers))
+                                   peers.attention._x_transformers))
     rec = run_cell(expand(tiny_grid(peers="x_transformers"))[0])
     check_schema(rec, "unavailable")
     assert "pip install no-such-package" in rec["reason"]

@@ -1,9 +1,4 @@
-"""Peer implementations: what a user would otherwise run, configured to do the same work as a lightformer mixer.
-
-Each peer wraps one public package (installed with ``pip install lightformer[peers]``, imported lazily) and names
-the lightformer mixer it is the baseline for. It receives that mixer's bench options (window, proj_len, features,
-hashes) so both sides compute the same thing at the same sizes, projections included. Peers have no oracle: the
-harness gates them on a finite output of the right shape. No peer implements ``decode``.
+"""Peers of the attention mixers (options: window, proj_len, features, hashes).
 
     sdpa              torch  fused QKV Linear + F.scaled_dot_product_attention + out Linear   -> softmax (and all)
     x_transformers    x_transformers.Attention (flash=True, i.e. SDPA inside)                -> softmax
@@ -15,18 +10,9 @@ harness gates them on a finite output of the right shape. No peer implements ``d
 
 from __future__ import annotations
 
-import importlib.util
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
-from .defaults import BENCH_DEFAULTS
-
-#: The peer every row of a report is compared with, whatever its mixer.
-SDPA = "sdpa"
-
-
-def _opt(options: dict[str, Any], mixer: str, name: str) -> Any:
-    return options.get(name, BENCH_DEFAULTS.get(mixer, {}).get(name))
+from .base import SDPA, Peer, opt as _opt
 
 
 def _sdpa_module(dim: int, heads: int, causal: bool) -> Any:
@@ -48,32 +34,6 @@ def _sdpa_module(dim: int, heads: int, causal: bool) -> Any:
             return self.out(rearrange(o, "b h t d -> b t (h d)"))
 
     return SDPAAttention()
-
-
-@dataclass(frozen=True)
-class Peer:
-    """A peer adapter.
-
-    Attributes:
-        name: peer name (the ``impl`` of its bench cells).
-        package: import name checked for availability; pip: the pip requirement to suggest.
-        mixer: the lightformer mixer it is the baseline for.
-        build: ``(options, seq_len, dim, heads, causal) -> nn.Module`` mapping ``[B, T, D] -> [B, T, D]``.
-        unsupported: ``(options, seq_len, dim, heads, causal) -> reason or None``.
-    """
-
-    name: str
-    package: str
-    pip: str
-    mixer: str
-    build: Callable[..., Any]
-    unsupported: Callable[..., str | None] = lambda *a: None
-
-    def available(self) -> bool:
-        return importlib.util.find_spec(self.package) is not None
-
-    def unavailable_reason(self) -> str:
-        return f"package {self.package!r} is not installed: pip install {self.pip} (or lightformer[peers])"
 
 
 def _x_transformers(options, seq_len, dim, heads, causal):
@@ -114,7 +74,7 @@ def _reformer_unsupported(options, seq_len, dim, heads, causal):
     return None
 
 
-PEERS: dict[str, Peer] = {p.name: p for p in (
+PEERS = (
     Peer(SDPA, "torch", "torch", "softmax", lambda o, t, d, h, c: _sdpa_module(d, h, c)),
     Peer("x_transformers", "x_transformers", "x-transformers", "softmax", _x_transformers),
     Peer("local_attention", "local_attention", "local-attention", "sliding_window", _local_attention),
@@ -123,17 +83,4 @@ PEERS: dict[str, Peer] = {p.name: p for p in (
          lambda o, t, d, h, c: "linformer's projection over the whole sequence cannot be causal" if c else None),
     Peer("reformer_pytorch", "reformer_pytorch", "reformer-pytorch", "reformer_lsh", _reformer,
          _reformer_unsupported),
-)}
-
-
-def peer_for(mixer: str) -> list[str]:
-    """Names of the peers that are baselines for ``mixer`` (SDPA is the baseline of every mixer)."""
-    return [p.name for p in PEERS.values() if p.mixer == mixer]
-
-
-def get_peer(name: str) -> Peer:
-    """Raises ValueError for an unknown peer (the message lists the known ones)."""
-    try:
-        return PEERS[name]
-    except KeyError:
-        raise ValueError(f"unknown peer {name!r}; known peers: {', '.join(PEERS)}") from None
+)
