@@ -1,5 +1,5 @@
 """ops/kernel: the chunked fast path against the naive oracles (outputs and gradients, float32 and bf16, odd
-lengths, chunks smaller than T, padding), the convolution and the decoding step, the O(T·d) memory promise, and
+lengths, chunks smaller than T, padding), the decoding step, the O(T·d) memory promise, and
 FAVOR+'s error budget against exact softmax attention."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from lightformer.ops.kernel import chunked, conv, features, naive, recurrent
+from lightformer.ops.kernel import chunked, features, naive, recurrent
 from lightformer.ops.softmax import naive as softmax_naive
 
 D = 8
@@ -148,26 +148,6 @@ def test_fully_padded_sequence_is_finite():
     for name, fmap in FEATURE_MAPS.items():
         y = chunked.kernel_attention(q, k, v, fmap, causal=False, eps=1e-6, chunk_size=4, key_padding_mask=mask)[0]
         assert torch.isfinite(y).all() and y.abs().max().item() == 0.0, name
-
-
-@pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("kernel", [1, 2, 3, 4, 5])
-def test_depthwise_conv_matches_naive(causal, kernel):
-    g = torch.Generator().manual_seed(kernel)
-    for t in (1, 2, 7, 63):
-        x = torch.randn(2, t, 6, generator=g, dtype=torch.float64, requires_grad=True)
-        w = torch.randn(6, kernel, generator=g, dtype=torch.float64, requires_grad=True)
-        fast = conv.depthwise_conv(x, w, causal=causal)
-        ref = naive.depthwise_conv(x, w, causal=causal)
-        torch.testing.assert_close(fast, ref, rtol=1e-12, atol=1e-12)
-        gy = torch.randn_like(ref)
-        for a, b in zip(torch.autograd.grad(fast, (x, w), gy), torch.autograd.grad(ref, (x, w), gy)):
-            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
-        if causal and t > 1:  # output t must not see inputs after t
-            x2 = x.detach().clone()
-            x2[:, t // 2:] += 5.0
-            y2 = conv.depthwise_conv(x2, w.detach(), causal=True)
-            torch.testing.assert_close(y2[:, :t // 2], fast.detach()[:, :t // 2], rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])

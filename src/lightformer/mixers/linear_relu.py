@@ -31,7 +31,9 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from ..ops.kernel import conv, naive
+from ..ops.conv import depthwise as conv
+from ..ops.conv import naive as conv_naive
+from ..ops.kernel import naive
 from ..ops.kernel.chunked import FeatureMap
 from ..ops.kernel.features import relu
 from .base import MIXERS, Capabilities
@@ -79,7 +81,7 @@ class SimplifiedLinearAttention(KernelAttentionMixer):
         if key_padding_mask is not None:
             vt = vt * key_padding_mask[..., None].to(vt.dtype)
         if naive_ops:
-            y = naive.depthwise_conv(vt, self.conv_weight.to(vt.dtype), causal=self.config.causal)
+            y = conv_naive.depthwise_conv(vt, self.conv_weight.to(vt.dtype), causal=self.config.causal)
             if self.conv_bias is not None:
                 y = y + self.conv_bias.to(vt.dtype)
         else:

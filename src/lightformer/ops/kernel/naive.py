@@ -8,7 +8,6 @@ Eq. 2-4):
 ``kernel_attention`` materialises the ``[T, T]`` matrix A = φ(Q)φ(K)ᵀ (the explicit quadratic form, also
 Choromanski et al. 2021 Eq. 1-2 with Â = φ(Q)φ(K)ᵀ); ``recurrent_kernel_attention`` runs the causal recurrence
 of Sec. 3.4 (Eq. 16-20):  S_i = S_{i−1} + φ(K_i)V_iᵀ,  z_i = z_{i−1} + φ(K_i),  V'_i = φ(Q_i)ᵀS_i / (φ(Q_i)ᵀz_i + eps).
-``depthwise_conv`` is SLAB's depthwise convolution on V written as an explicit sum over taps.
 
 Conventions shared by the ops of this family:
     phi_q: ``[B, H, T, m]``, phi_k: ``[B, H, T, m]`` (non-negative features), v: ``[B, H, T, d]``; output
@@ -78,25 +77,3 @@ def noncausal_kernel_attention(phi_q: Tensor, phi_k: Tensor, v: Tensor, *, eps: 
     num = torch.einsum("bhim,bhmd->bhid", phi_q, s)
     den = torch.einsum("bhim,bhm->bhi", phi_q, z)[..., None] + eps
     return num / den
-
-
-def depthwise_conv(v: Tensor, weight: Tensor, *, causal: bool) -> Tensor:
-    """Depthwise 1-D convolution over time, as the explicit sum over taps.
-
-    Args:
-        v: ``[B, T, C]``; weight: ``[C, K]`` (one K-tap filter per channel).
-        causal: output t sees inputs t−K+1 .. t (zero before the start); otherwise inputs t−⌊(K−1)/2⌋ ..
-            t+⌈(K−1)/2⌉ ("same" padding with zeros outside the sequence).
-    Returns:
-        ``[B, T, C]``: out[t, c] = Σ_j weight[c, j] · v[t − left + j, c], left = K−1 (causal) or ⌊(K−1)/2⌋.
-    """
-    t = v.shape[1]
-    k = weight.shape[1]
-    left = k - 1 if causal else (k - 1) // 2
-    out = torch.zeros_like(v)
-    for j in range(k):
-        shift = j - left  # tap j reads position t + shift
-        lo, hi = max(0, -shift), min(t, t - shift)
-        if lo < hi:
-            out[:, lo:hi] = out[:, lo:hi] + weight[:, j] * v[:, lo + shift:hi + shift]
-    return out

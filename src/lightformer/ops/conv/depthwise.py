@@ -1,5 +1,5 @@
-"""Depthwise 1-D convolution over time (SLAB's DWC on V, Guo et al. 2024, Sec. 3.2), fast path of
-``naive.depthwise_conv`` (same semantics). O(T·C·K) time, O(T·C) memory.
+"""Depthwise 1-D convolution over time (SLAB's DWC on V, Guo et al. 2024, Sec. 3.2; the short causal convolutions
+of Mamba, DeltaNet, mLSTM and Hyena), fast path of ``naive.depthwise_conv`` (same semantics). O(T·C·K) time, O(T·C) memory.
 
     v: ``[B, T, C]``, weight: ``[C, K]``, bias: ``[C]`` or None -> ``[B, T, C]``.
     causal: output t sees v[t−K+1 .. t]; otherwise v[t−⌊(K−1)/2⌋ .. t+⌈(K−1)/2⌉]; zeros outside the sequence.
