@@ -91,6 +91,17 @@ def test_flops_families():
     assert fam == "window" and f == pytest.approx(8 * b * d * d + 4 * b * d * 256)
 
 
+def test_flops_a_mixer_counts_itself():
+    """A mixer's own ``flops`` (state-space and recurrent mixers) wins over the option families; None defers."""
+    def own(t):
+        return 10.0 * t
+
+    assert cell_flops({"window": 8}, 100, 1, 64, 4, True, "fwd", 1, own) == (1000.0, "own")
+    assert cell_flops({}, 100, 1, 64, 4, True, "fwd+bwd", 1, own) == (3000.0, "own")
+    assert cell_flops({}, 100, 1, 64, 4, True, "decode", 1, own) == (10.0, "own")  # growth per token
+    assert cell_flops({}, 100, 1, 64, 4, True, "fwd", 1, lambda t: None)[1] == "linear"
+
+
 def test_bench_cli_runs_grid_and_resumes(tmp_path, plugin_env, capsys):
     from lightformer.bench import load_records
 

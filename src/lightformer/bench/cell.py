@@ -180,6 +180,21 @@ def build(cell: Cell) -> tuple[Any, int | None]:
     return m, time_exponent
 
 
+def own_flops(cell: Cell) -> Callable[[int], float | None] | None:
+    """``seq_len -> Mixer.flops`` of the lightformer mixer the cell implements (peers are counted like their mixer),
+    or None for a peer of an unregistered mixer."""
+    from lightformer import MIXERS, create_mixer
+
+    if cell.mixer not in MIXERS:
+        return None
+    try:
+        m = create_mixer(cell.mixer, dim=cell.dim, num_heads=cell.heads, causal=cell.causal,
+                         **resolve_options(cell.options, cell.seq_len))
+    except (ValueError, TypeError):
+        return None
+    return lambda t: m.flops(t, cell.batch)
+
+
 def _runner(cell: Cell, module: Any, x: Any) -> Callable[[int | None], Any]:
     """``run(steps)``: one forward / forward+backward / decode of ``module`` on ``x`` per the cell's mode; for
     ``amp-bf16`` the forward (and decode) runs under bf16 autocast and the backward outside it, as in training."""
@@ -355,7 +370,7 @@ def _measure(cell: Cell, rec: dict[str, Any]) -> dict[str, Any]:
         rec.update(decode_steps=DECODE_STEPS, state_mib=run.state_bytes / 2 ** 20)
     time_ms = statistics.median(times)
     flops, family = cell_flops(effective_options(cell), cell.seq_len, cell.batch, cell.dim, cell.heads,
-                               cell.causal, cell.mode, time_exponent)
+                               cell.causal, cell.mode, time_exponent, own_flops(cell))
     rec.update(time_ms=time_ms, times_ms=times, mem_mib=(after_kib - before_kib) / 1024.0, flops=flops,
                flops_family=family, gflops=flops / (time_ms * 1e-3) / 1e9,
                tokens_per_s=cell.batch * tokens / (time_ms * 1e-3))

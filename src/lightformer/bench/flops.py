@@ -7,7 +7,8 @@ achieved GFLOP/s compare like with like. For ``x: [B, T, D]`` with H heads of wi
     projections = 8·B·T·D²             fused QKV (D -> 3D) and output (D -> D) Linear layers
     mixing      = 4·B·T·D·K            Q·Kᵀ and A·V over H heads (2·2·T·K·d per head), K = "keys per query"
 
-K by family, chosen from the cell's options first and the mixer's declared ``Capabilities.time_exponent``
+A mixer that counts its own FLOPs (``Mixer.flops``, e.g. every state-space and recurrent mixer) is counted by that
+method instead (family ``own``), and so are its peers. Otherwise K by family, chosen from the cell's options first and the mixer's declared ``Capabilities.time_exponent``
 second:
 
     window        option ``window`` (sliding_window, longformer, local_attention): the exact mean number of keys
@@ -30,7 +31,7 @@ the growth of the causal forward's count from T to T + 16 tokens, per token.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 #: tokens decoded per timed ``decode`` run, after a prefill of ``seq_len`` tokens (``bench/cell.py``)
 DECODE_STEPS = 16
@@ -83,8 +84,13 @@ def forward_flops(options: dict[str, Any], seq_len: int, batch: int, dim: int, h
 
 
 def cell_flops(options: dict[str, Any], seq_len: int, batch: int, dim: int, heads: int, causal: bool, mode: str,
-               time_exponent: int | None) -> tuple[float, str]:
-    """FLOPs of one timed run of ``mode`` (``fwd``, ``fwd+bwd`` = 3× fwd, ``decode`` = one token at context T)."""
+               time_exponent: int | None, own: Callable[[int], float | None] | None = None) -> tuple[float, str]:
+    """FLOPs of one timed run of ``mode`` (``fwd``, ``fwd+bwd`` = 3× fwd, ``decode`` = one token at context T).
+    ``own``: ``seq_len -> forward FLOPs or None``, the mixer's own count (``Mixer.flops``), used when it answers."""
+    if own is not None and own(seq_len) is not None:
+        if mode == "decode":
+            return (own(seq_len + DECODE_STEPS) - own(seq_len)) / DECODE_STEPS, "own"
+        return (3.0 if mode == "fwd+bwd" else 1.0) * own(seq_len), "own"
     if mode == "decode":  # one token after a context of seq_len: the causal forward's growth per token
         n = DECODE_STEPS
         grown, family = forward_flops(options, seq_len + n, batch, dim, heads, True, time_exponent)

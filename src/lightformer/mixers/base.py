@@ -204,6 +204,12 @@ class Mixer(nn.Module):
         """Longest T accepted by ``forward``; subclasses with a config-dependent limit override this."""
         return self.capabilities.max_len
 
+    def flops(self, seq_len: int, batch: int = 1) -> float | None:
+        """FLOPs of one ``forward`` over ``[batch, seq_len, dim]`` (a multiply-add counts 2), projections included,
+        counted from this mixer's own algorithm (state-space and recurrent mixers override this). ``None``, the
+        default, lets the bench count the attention family the mixer's options name (``bench/flops.py``)."""
+        return None
+
     # -- public entry points (validated) ---------------------------------------------------------------------
     def forward(self, x: Tensor, *, key_padding_mask: Tensor | None = None, state: State | None = None,
                 return_state: bool = False) -> Tensor | tuple[Tensor, State]:
