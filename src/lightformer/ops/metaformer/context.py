@@ -1,0 +1,125 @@
+"""GCNet's context modelling (attention pooling), fast path; same signature and semantics as
+``naive.context_pool``, plus ``context_pool_step`` for decoding.
+
+    a_j = W_k·x_j,    c = Σ_j e^{a_j} x_j / Σ_j e^{a_j}                      (Cao et al. 2019, Eq. 4)
+
+Non-causal: one masked softmax over the positions and one [1, T] @ [T, D] product per sequence, O(T·D).
+
+Causal (our extension, c_t over j <= t), chunked, O(T·L·D) for chunks of L tokens:
+  * inside chunk c, P[t, j] = e^{a_j − m_t} for j <= t, with m_t the running max of the scores up to t (including
+    the earlier chunks and the initial state), so every entry is <= 1; P @ x_chunk is one matmul per chunk;
+  * the earlier chunks enter as the carried state (M, l, u) = (their max, Σ e^{a − M}, Σ e^{a − M} x), rescaled by
+    e^{M − m_t} <= 1; the carries come from a loop over the T/L chunks on [B, D] tensors, each chunk summarised by
+    its own max (e^{a_j − max_c} <= 1). Every exponential is split at a point between the key and the query, so
+    both factors are <= 1: nothing overflows, and an early position cannot underflow because a later score is high.
+Padded keys get a = −∞ (weight 0); a position with no real key so far has c = 0. Scores, state and sums are float32
+(float64 for float64 x), with autocast off for the scores; the intra-chunk matmul follows autocast (bf16 on AMX) and
+is accumulated back into float32.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+CHUNK_SIZE = 64
+
+ContextState = tuple[Tensor, Tensor, Tensor]  # m [B], l [B], u [B, D]
+
+
+def stat_dtype(x: Tensor) -> torch.dtype:
+    """Accumulation dtype: float64 stays float64, everything else runs in float32."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _finite_or_zero(m: Tensor) -> Tensor:
+    """A stabiliser: −∞ (no real key yet) becomes 0, where every weight it divides is e^{−∞} = 0 anyway."""
+    return torch.where(torch.isfinite(m), m, torch.zeros((), dtype=m.dtype, device=m.device))
+
+
+def _safe(den: Tensor) -> Tensor:
+    """The denominator with zeros (no real key so far; the numerator is 0 too) replaced by 1, so c = 0 and its
+    gradient stays finite."""
+    return torch.where(den > 0, den, torch.ones((), dtype=den.dtype, device=den.device))
+
+
+def scores(x: Tensor, weight: Tensor, key_padding_mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    """(x in the stat dtype ``[B, T, D]``, a = x·W_k ``[B, T]`` with −∞ at padded keys), autocast off."""
+    sd = stat_dtype(x)
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        xs = x.to(sd)
+        a = xs @ weight.to(sd)
+    if key_padding_mask is not None:
+        a = a.masked_fill(~key_padding_mask, float("-inf"))
+    return xs, a
+
+
+def empty_state(batch: int, dim: int, device: torch.device, dtype: torch.dtype) -> ContextState:
+    """(m, l, u) before any token: (−∞, 0, 0)."""
+    return (torch.full((batch,), float("-inf"), device=device, dtype=dtype),
+            torch.zeros(batch, device=device, dtype=dtype), torch.zeros(batch, dim, device=device, dtype=dtype))
+
+
+def context_pool(x: Tensor, weight: Tensor, *, causal: bool, key_padding_mask: Tensor | None = None,
+                 initial_state: ContextState | None = None, output_final_state: bool = False,
+                 chunk_size: int = CHUNK_SIZE) -> tuple[Tensor, ContextState | None]:
+    """Attention pooling, ``x [B, T, D]``, ``weight [D]`` -> (c, final state or None) in the stat dtype:
+    c is ``[B, 1, D]`` (non-causal) or ``[B, T, D]`` (causal). See the module docstring and ``naive.context_pool``.
+    ``chunk_size`` (causal only): tokens per chunk L.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    xs, a = scores(x, weight, key_padding_mask)
+    if not causal:
+        ref = _finite_or_zero(a.amax(dim=1, keepdim=True))
+        e = torch.exp(a - ref)  # [B, T]
+        num = (e[:, None, :].to(x.dtype) @ x).to(xs.dtype)  # [B, 1, D]
+        return num / _safe(e.sum(dim=1))[:, None, None], None
+    b, t, d = xs.shape
+    n = -(-t // chunk_size)
+    pad = n * chunk_size - t
+    ac = F.pad(a, (0, pad), value=float("-inf")).view(b, n, chunk_size)
+    xc = F.pad(x, (0, 0, 0, pad)).view(b, n, chunk_size, d)
+    local_max = torch.cummax(ac, dim=-1).values  # [B, n, L]: running max inside each chunk
+    chunk_max = local_max[..., -1]  # [B, n]
+    e_chunk = torch.exp(ac - _finite_or_zero(chunk_max)[..., None])  # [B, n, L], <= 1
+    u_chunk = (e_chunk[:, :, None, :].to(x.dtype) @ xc).squeeze(2).to(xs.dtype)  # [B, n, D]
+    l_chunk = e_chunk.sum(dim=-1)  # [B, n]
+    m, l, u = initial_state if initial_state is not None else empty_state(b, d, x.device, xs.dtype)
+    m, l, u = m.to(xs.dtype), l.to(xs.dtype), u.to(xs.dtype)
+    carried = []
+    for i in range(n):  # the state before each chunk: O(n·D) sequential work
+        carried.append((m, l, u))
+        m, l, u = _merge(m, l, u, chunk_max[:, i], l_chunk[:, i], u_chunk[:, i])
+    m_prev = torch.stack([s[0] for s in carried], dim=1)  # [B, n]
+    l_prev = torch.stack([s[1] for s in carried], dim=1)  # [B, n]
+    u_prev = torch.stack([s[2] for s in carried], dim=1)  # [B, n, D]
+    ref = _finite_or_zero(torch.maximum(m_prev[..., None], local_max))  # [B, n, L]: running max at each query
+    causal_mask = torch.ones(chunk_size, chunk_size, dtype=torch.bool, device=x.device).tril()
+    logits = (ac[:, :, None, :] - ref[..., :, None]).masked_fill(~causal_mask, float("-inf"))
+    p = torch.exp(logits)  # [B, n, L(query), L(key)], <= 1
+    scale = torch.exp(m_prev[..., None] - ref)  # [B, n, L], <= 1
+    num = scale[..., None] * u_prev[:, :, None, :] + (p.to(x.dtype) @ xc).to(xs.dtype)  # [B, n, L, D]
+    den = scale * l_prev[..., None] + p.sum(dim=-1)
+    c = (num / _safe(den)[..., None]).reshape(b, n * chunk_size, d)[:, :t]
+    return c, ((m, l, u) if output_final_state else None)
+
+
+def _merge(m: Tensor, l: Tensor, u: Tensor, m2: Tensor, l2: Tensor, u2: Tensor) -> ContextState:
+    """Two (max, sum, weighted sum) summaries -> one, each rescaled by e^{own max − joint max} <= 1."""
+    top = torch.maximum(m, m2)
+    ref = _finite_or_zero(top)
+    s1, s2 = torch.exp(m - ref), torch.exp(m2 - ref)
+    return top, s1 * l + s2 * l2, s1[:, None] * u + s2[:, None] * u2
+
+
+def context_pool_step(x_t: Tensor, weight: Tensor, state: ContextState) -> tuple[Tensor, ContextState]:
+    """One causal step: ``x_t [B, D]``, state (m [B], l [B], u [B, D]) -> (c_t [B, D], new state), in the state's
+    dtype. The state is not modified."""
+    m, l, u = state
+    xs = x_t.to(u.dtype)
+    with torch.autocast(device_type=x_t.device.type, enabled=False):
+        a = xs @ weight.to(u.dtype)  # [B]
+    m, l, u = _merge(m, l, u, a, torch.ones_like(a), xs)
+    return u / _safe(l)[:, None], (m, l, u)
