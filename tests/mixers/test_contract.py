@@ -64,7 +64,9 @@ def test_shape_dtype_finite(name, causal):
 def test_every_parameter_gets_a_gradient(name, causal):
     m = build(name, causal).train()
     t = lengths_for(m)[-1]
-    m(inputs(2, t)).square().sum().backward()
+    x = inputs(2, t).requires_grad_(True)  # so that a parameter-free mixer (fnet, poolformer) has a graph too
+    m(x).square().sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0, "the input got no gradient"
     for pname, p in m.named_parameters():
         assert p.grad is not None, f"{pname} got no gradient"
         assert torch.isfinite(p.grad).all(), f"{pname} has a non-finite gradient"
