@@ -625,3 +625,15 @@ def test_lra_tasks_are_quoted_next_to_lra_table_1(tmp_path):
     assert lra[0] == "| mixer | LRA model | listops: ours / LRA (%) |"
     # softmax is LRA's Transformer (36.37 on ListOps); AFT is not in Table 1
     assert lra[2:] == ["| aft_simple | — | 20.0 |", "| softmax | Transformer | 38.0 ± 1.0 / 36.37 |"]
+
+
+def test_state_size_is_measured_for_decoders_and_matches_zoology():
+    """Decoding mixers are counted from their prefilled State; the values equal Zoology's formulas."""
+    d, h, t = 64, 2, 64
+    assert state_size("softmax", {}, dim=d, num_heads=h, seq_len=t) == 2 * t * d
+    assert state_size("sliding_window", {"window": 16}, dim=d, num_heads=h, seq_len=t) == 2 * 16 * d
+    assert state_size("linear", {}, dim=d, num_heads=h, seq_len=t) == h * (32 * 32 + 32)
+    assert state_size("linear_relu", {"conv_kernel": 5}, dim=d, num_heads=h, seq_len=t) == h * (32 * 32 + 32) + 4 * d
+    assert state_size("performer", {"num_features": 64}, dim=d, num_heads=h, seq_len=t) == h * (64 * 32 + 64)
+    assert state_size("aft_simple", {}, dim=d, num_heads=h, seq_len=t) == 3 * d
+    assert state_size("bigbird", {}, dim=d, num_heads=h, seq_len=t) == 2 * t * d  # a decoder's KV cache

@@ -2,46 +2,66 @@
 ``state_size`` accounting (Arora et al. 2023, Sec. 4 and the ``state_size()`` methods of its mixers), so recall
 can be plotted against memory.
 
-- exact attention (``softmax``, ``tiled_softmax``, ...): the KV cache, ``2 · T · H_kv · d_head``;
-- windowed attention: ``2 · min(w, T) · D`` (plus the global tokens' keys and values, where there are some);
-- kernel / linear attention: per head the ``[m, d_head]`` matrix memory and the ``[m]`` normaliser,
-  ``H · (m · d_head + m)`` with feature size m; plus a depthwise-convolution window where the mixer has one;
-- AFT: its ``[T, D]`` numerator/denominator for the full form, ``2 · D`` for ``aft_simple``;
-- otherwise ``None`` (no finite state was accounted for, e.g. low-rank projections of the whole sequence).
+A mixer that decodes is measured, not looked up: it is built at the given width, prefilled with ``seq_len`` tokens,
+and its ``State`` is counted (``nbytes`` of a float32 state / 4: complex numbers count as two floats, a KV cache
+counts its kept tokens). This gives Zoology's numbers for the mixers below and the state-space and recurrent
+mixers' own states (e.g. Mamba's conv window plus its ``[E·D, N]`` SSM state) without a table entry each. The
+others are counted by family:
+
+- attention without a decode path (``reversed``, ``probsparse``, ``bigbird``, ``linformer``, ...): the KV cache a
+  decoder would keep, ``2 · T · H_kv · d_head``; ``longformer``: its window and global tokens, ``2 · (w + g) · D``;
+- AFT's full and local forms: their ``[T, D]`` numerator and denominator, ``2 · T · D``;
+- otherwise ``None``.
+
+Measured values agree with Zoology's formulas: softmax ``2·T·D``, sliding window ``2·min(w, T)·D``, linear attention
+``H·(m·d_head + m)`` (plus SLAB's convolution window ``(K−1)·D`` for ``linear_relu``); ``aft_simple`` holds three
+``[D]`` sums (numerator, denominator and their running max), ``3·D``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-EXACT = {"softmax", "tiled_softmax", "reversed", "kernel_rpe_fft", "probsparse", "reformer_lsh", "nystrom",
-         "linformer", "hilo", "bigbird", "dilated_window"}
+import torch
+
+from ..mixers import MIXERS
+
+#: attention mixers whose decoder would keep a full KV cache (their own forms have no bounded state)
+ATTENTION_WITHOUT_DECODE = {"reversed", "kernel_rpe_fft", "probsparse", "reformer_lsh", "nystrom", "linformer",
+                            "hilo", "bigbird", "dilated_window"}
 
 
 def state_size(mixer: str, options: dict[str, Any], *, dim: int, num_heads: int, seq_len: int) -> int | None:
     """Floats of decoding state per layer and sequence after ``seq_len`` tokens (see the module docstring).
 
-    Mixers without a bounded recurrent form (bigbird, linformer, ...) are counted as a full KV cache, the state a
-    decoder would keep for them; ``None`` when nothing sensible applies.
+    Decoding mixers are measured (``decoding_state_size``); attention without a bounded recurrent form (bigbird,
+    linformer, ...) is counted as a full KV cache, the state a decoder would keep for it; ``None`` when nothing
+    sensible applies.
     """
+    measured = decoding_state_size(mixer, options, dim=dim, num_heads=num_heads, seq_len=seq_len)
+    if measured is not None:
+        return measured
     head_dim = dim // num_heads
     kv_heads = options.get("num_kv_heads") or num_heads
-    kv_cache = 2 * seq_len * kv_heads * head_dim
-    if mixer in EXACT:
-        return kv_cache
-    if mixer == "sliding_window":
-        return 2 * min(options.get("window", 256), seq_len) * kv_heads * head_dim
     if mixer == "longformer":
         return 2 * (min(options.get("window", 256), seq_len) + options.get("num_global", 0)) * kv_heads * head_dim
-    if mixer in ("linear", "linear_relu"):
-        m = head_dim
-        conv = dim * (options.get("conv_kernel", 5) - 1) if mixer == "linear_relu" else 0
-        return num_heads * (m * head_dim + m) + conv
-    if mixer == "performer":
-        m = options.get("num_features", 256)
-        return num_heads * (m * head_dim + m)
-    if mixer == "aft_simple":
-        return 2 * dim
     if mixer in ("aft", "aft_local"):
         return 2 * seq_len * dim
+    if MIXERS.get(mixer).capabilities.time_exponent == 2 or mixer in ATTENTION_WITHOUT_DECODE:
+        return 2 * seq_len * kv_heads * head_dim
     return None
+
+
+def decoding_state_size(mixer: str, options: dict[str, Any], *, dim: int, num_heads: int,
+                        seq_len: int) -> int | None:
+    """Floats in the ``State`` of a causal ``mixer`` (built with ``options`` at ``dim``/``num_heads``) after a
+    prefill of ``seq_len`` tokens; ``None`` when the mixer cannot decode or be built causal."""
+    caps = MIXERS.get(mixer).capabilities
+    if not (caps.decode and caps.causal):
+        return None
+    from .. import create_mixer
+
+    m = create_mixer(mixer, dim=dim, num_heads=num_heads, causal=True, **options).eval()
+    with torch.no_grad():
+        _, state = m(torch.zeros(1, seq_len, dim), return_state=True)
+    return state.nbytes() // 4
