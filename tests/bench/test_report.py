@@ -45,6 +45,21 @@ def test_crossover():
     assert crossover({512: 5.0, 1024: 50.0, 2048: 60.0}, sdpa) == 2048
 
 
+def test_decode_tables_compare_with_the_kv_cache():
+    """No peer decodes: a decode group's baseline is lightformer's softmax (KV cache), and its crossover is the
+    context from which a recurrent mixer's per-token latency beats the cache's."""
+    recs = []
+    for t, kv, rnn in ((512, 1.0, 2.0), (2048, 2.0, 2.1), (8192, 6.0, 2.2)):
+        recs += [dict(rec("lightformer", "softmax", t, kv, 1.0), mode="decode"),
+                 dict(rec("lightformer", "mamba", t, rnn, 1.0), mode="decode")]
+    (table,) = build_tables(recs)
+    assert table.header[-1] == "crossover vs softmax (KV cache)"
+    rows = {row[0]: row for row in table.rows}
+    assert table.rows[0][0] == "softmax" and rows["softmax"][-1] == "— (baseline)"
+    assert rows["mamba"][-1] == "T=8192"
+    assert "×0.37 softmax" in rows["mamba"][3]
+
+
 def test_table_ratios_and_crossover():
     (table,) = build_tables(RECORDS)
     assert table.header == ["implementation", "T=512", "T=1024", "T=2048", "T=4096", "crossover vs SDPA"]

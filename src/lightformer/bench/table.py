@@ -5,7 +5,9 @@ A cell reads ``time ms / mem MiB`` (``(1 run)`` when fewer than 3 timed runs wer
 shape: ``×r SDPA`` and ``×r <peer>`` (ratio = this time / baseline time, < 1 = faster). A cell that did not
 measure shows its status (``oom``, ``timeout (> N s)`` with the seconds it was given, ``gate_failed`` ...). The last column is the crossover length
 against SDPA: the smallest measured T from which the implementation is faster than SDPA at every larger T where
-both were measured (``none`` if it is not faster at the largest such T).
+both were measured (``none`` if it is not faster at the largest such T). Decode groups have no SDPA row (no peer
+decodes), so their baseline is lightformer's ``softmax`` with its KV cache: the ratio reads ``×r softmax`` and the
+crossover is the context from which a mixer's per-token latency beats the KV cache's.
 """
 
 from __future__ import annotations
@@ -19,6 +21,15 @@ from .peers import PEERS, SDPA
 from .results import bench_records
 
 GROUP_FIELDS = ("mode", "dtype", "causal", "batch", "dim", "heads", "threads")
+#: the baseline of decode groups: softmax attention decoding from its KV cache
+DECODE_BASELINE = "softmax"
+
+
+def is_baseline(r: dict[str, Any]) -> bool:
+    """SDPA, or in a decode group lightformer's softmax (KV cache), whatever its options."""
+    if r["mode"] == "decode":
+        return r["impl"] == LIGHTFORMER and r["mixer"] == DECODE_BASELINE
+    return r["impl"] == SDPA
 
 
 def row_id(r: dict[str, Any]) -> tuple[str, str, str]:
@@ -73,9 +84,14 @@ class Table:
 
 
 def _peer_time(by_shape: dict, r: dict[str, Any], peer: str) -> float | None:
+    """The time of ``peer`` at r's shape (``SDPA`` = the group's baseline, see ``is_baseline``)."""
     for other in by_shape.get((r["seq_len"],), []):
-        if other["impl"] == peer and other["status"] == "ok" and (
-                peer == SDPA or (other["mixer"] == r["mixer"] and other.get("options") == r.get("options"))):
+        if other["status"] != "ok":
+            continue
+        if peer == SDPA and is_baseline(other):
+            return other["time_ms"]
+        if peer != SDPA and other["impl"] == peer and other["mixer"] == r["mixer"] and \
+                other.get("options") == r.get("options"):
             return other["time_ms"]
     return None
 
@@ -95,11 +111,17 @@ def build_tables(records: Iterable[dict[str, Any]]) -> list[Table]:
         rows: dict[tuple, dict[int, dict[str, Any]]] = {}
         for r in recs:
             rows.setdefault(row_id(r), {})[r["seq_len"]] = r
+        decode = key[GROUP_FIELDS.index("mode")] == "decode"
+        base_name = f"{DECODE_BASELINE} (KV cache)" if decode else "SDPA"
         table = Table(key, group_title(key), group_stem(key),
-                      ["implementation", *[f"T={t}" for t in lens], "crossover vs SDPA"])
-        # SDPA first, then lightformer mixers, each followed by its peers
-        order = sorted(rows, key=lambda rid: (rid[0] != SDPA, rid[1], rid[0] != LIGHTFORMER, rid[0], rid[2]))
-        sdpa_times = {t: r["time_ms"] for rid in rows if rid[0] == SDPA
+                      ["implementation", *[f"T={t}" for t in lens], f"crossover vs {base_name}"])
+
+        def baseline_row(rid: tuple) -> bool:
+            return (rid[0] == LIGHTFORMER and rid[1] == DECODE_BASELINE) if decode else rid[0] == SDPA
+
+        # the baseline first, then lightformer mixers, each followed by its peers
+        order = sorted(rows, key=lambda rid: (not baseline_row(rid), rid[1], rid[0] != LIGHTFORMER, rid[0], rid[2]))
+        sdpa_times = {t: r["time_ms"] for rid in rows if baseline_row(rid)
                       for t, r in rows[rid].items() if r["status"] == "ok"}
         for rid in order:
             cells, times = [], {}
@@ -112,7 +134,7 @@ def build_tables(records: Iterable[dict[str, Any]]) -> list[Table]:
                 if r and r["status"] == "ok":
                     times[t] = r["time_ms"]
                     table.series[name][t] = (r["time_ms"], r["mem_mib"])
-            if rid[0] == SDPA:
+            if baseline_row(rid):
                 cross = "— (baseline)"
             elif not set(times) & set(sdpa_times):
                 cross = "n/a"
@@ -138,10 +160,10 @@ def _cell_text(r: dict[str, Any], by_shape: dict) -> str:
     if r.get("repeats") is not None and r["repeats"] < 3:  # fewer than the default three timed runs: say so
         text += f" ({r['repeats']} run{'s' if r['repeats'] > 1 else ''})"
     ratios = []
-    if r["impl"] != SDPA:
+    if not is_baseline(r):
         s = _peer_time(by_shape, r, SDPA)
         if s:
-            ratios.append(f"×{r['time_ms'] / s:.2f} SDPA")
+            ratios.append(f"×{r['time_ms'] / s:.2f} {'softmax' if r['mode'] == 'decode' else 'SDPA'}")
     if r["impl"] == LIGHTFORMER:
         for peer in PEERS:
             if peer != SDPA and PEERS[peer].mixer == r["mixer"]:
