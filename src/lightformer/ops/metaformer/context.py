@@ -74,8 +74,8 @@ def context_pool(x: Tensor, weight: Tensor, *, causal: bool, key_padding_mask: T
     if not causal:
         ref = _finite_or_zero(a.amax(dim=1, keepdim=True))
         e = torch.exp(a - ref)  # [B, T]
-        num = (e[:, None, :].to(x.dtype) @ x).to(xs.dtype)  # [B, 1, D]
-        return num / _safe(e.sum(dim=1))[:, None, None], None
+        p = e / _safe(e.sum(dim=1, keepdim=True))  # the softmax over the real keys
+        return (p[:, None, :].to(x.dtype) @ x).to(xs.dtype), None  # [B, 1, D]
     b, t, d = xs.shape
     n = -(-t // chunk_size)
     pad = n * chunk_size - t

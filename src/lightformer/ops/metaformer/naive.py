@@ -124,9 +124,9 @@ def context_pool(x: Tensor, weight: Tensor, *, causal: bool, key_padding_mask: T
     a_j = W_k·x_j; non-causal: c = Σ_j softmax_j(a) x_j over the real tokens, returned as ``[B, 1, D]``; causal (our
     extension): c_t = Σ_{j<=t} softmax_{j<=t}(a) x_j, ``[B, T, D]``, continuing from ``initial_state = (m [B],
     l [B], u [B, D])``: the tokens before x as a running max m of their scores, l = Σ e^{a_j − m} and
-    u = Σ e^{a_j − m} x_j (m = −∞, l = 0, u = 0 before any token). Computed here one position at a time, each with
-    its own explicit softmax. With ``output_final_state`` (causal) the state after x is returned, else ``None``.
-    A position with no real token so far gives c = 0.
+    u = Σ e^{a_j − m} x_j (m = −∞, l = 0, u = 0 before any token). Computed for every position with its own
+    explicit softmax (one row of a masked [T, 1 + T] score matrix, O(T²·D)). With ``output_final_state`` (causal)
+    the state after x is returned, else ``None``. A position with no real token so far gives c = 0.
     """
     b, t, d = x.shape
     a = x @ weight.to(x.dtype)  # [B, T]
@@ -140,16 +140,16 @@ def context_pool(x: Tensor, weight: Tensor, *, causal: bool, key_padding_mask: T
         l0, u0 = x.new_zeros(b), x.new_zeros(b, d)
     else:
         m0, l0, u0 = (s.to(x.dtype) for s in initial_state)
-    cs = []
-    for i in range(t):
-        scores = torch.cat([m0[:, None], a[:, :i + 1]], dim=1)  # the earlier tokens enter as one pseudo-token
-        top = scores.max(dim=1).values
-        top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-        e = torch.exp(scores - top[:, None])  # [B, 1 + i + 1], all <= 1
-        num = e[:, :1] * u0 + (e[:, 1:, None] * x[:, :i + 1]).sum(dim=1)
-        den = e[:, 0] * l0 + e[:, 1:].sum(dim=1)
-        cs.append(num / torch.where(den > 0, den, torch.ones_like(den))[:, None])
-    c = torch.stack(cs, dim=1)
+    # row t of the softmax: the earlier tokens as one pseudo-token (score m0, weight l0, value u0), then a_j, j <= t
+    scores = torch.cat([m0[:, None], a], dim=1)[:, None, :].expand(b, t, t + 1)  # [B, T(query), 1 + T(key)]
+    later = torch.ones(t, t, dtype=torch.bool, device=x.device).triu(1)
+    scores = scores.masked_fill(torch.cat([torch.zeros(t, 1, dtype=torch.bool, device=x.device), later], 1),
+                                float("-inf"))
+    top = scores.max(dim=-1, keepdim=True).values
+    e = torch.exp(scores - torch.where(torch.isfinite(top), top, torch.zeros_like(top)))  # all <= 1
+    num = e[..., :1] * u0[:, None, :] + e[..., 1:] @ x
+    den = e[..., 0] * l0[:, None] + e[..., 1:].sum(dim=-1)
+    c = num / torch.where(den > 0, den, torch.ones_like(den))[..., None]
     if not output_final_state:
         return c, None
     scores = torch.cat([m0[:, None], a], dim=1)
