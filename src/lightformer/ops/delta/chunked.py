@@ -1,0 +1,135 @@
+"""The (gated) delta rule in chunks: the WY/UT representation inside a chunk, a state recurrence across chunks.
+
+Same semantics and conventions as ``naive.delta_rule_recurrence`` (recurrence, shapes, dtypes). DeltaNet's chunkwise
+form (Yang, Wang, Zhang, Shen, Kim 2024, arXiv 2406.06484, Sec. 3.2-3.3, Eq. 6-9) with Gated DeltaNet's decays
+(Yang, Kautz, Hatamizadeh 2025, arXiv 2412.06464, Sec. 3.3). For one chunk of C tokens i = 1..C, starting from
+the state S (``[d_k, d_v]``) left by the earlier chunks, with in-chunk cumulative log-decays G_i = Σ_{m<=i} g_m and
+the segment sums Γ_ij = G_i − G_j = Σ_{j<m<=i} g_m (i >= j):
+
+    unrolled, the new values v'_i = β_i (v_i − e^{G_i} Sᵀk_i − Σ_{j<i} e^{Γ_ij} (k_iᵀk_j) v'_j), i.e.
+    (I + A) V' = diag(β)(V − diag(e^G) K S),   A = tril(diag(β) (K Kᵀ ⊙ e^Γ), −1)          (strictly lower)
+
+so with the UT transform T = (I + A)⁻¹ (unit lower triangular: a forward substitution, ``solve_triangular``)
+
+    W = T (β e^G ⊙ K),   U = T (β ⊙ V),   V' = U − W S                                  (WY representation)
+    O = (scale·Q ⊙ e^G) S + (scale·Q Kᵀ ⊙ e^Γ ⊙ causal mask) V'
+    S ← e^{G_C} S + (K ⊙ e^{G_C − G})ᵀ V'
+
+W, U and the intra-chunk products are single batched ops over all chunks; only V' = U − W S and the state update
+run chunk after chunk (a loop of T/C steps of [C, d] x [d, d] matmuls). DeltaNet (g = None) drops every decay
+factor. Every decay factor is an exponential of a non-positive segment sum: Γ is a cumsum of g under a strictly
+lower-triangular mask (never exp(G_i)·exp(−G_j), which overflows for long chunks of strong decay: fla #77,
+tt-metal #56550), e^{G_i} runs from the chunk start to i and e^{G_C − G_j} is Γ's last row, so every factor is in
+[0, 1]. A is bounded the same way (|k_iᵀk_j| <= 1 for unit keys, β <= 1), which keeps the unit-triangular solve
+finite when β → 1 with near-parallel keys (fla #99/#111 reported NaN in its WY preparation there).
+
+T needs not be a multiple of C: the tail is padded with β = 0 and g = 0 tokens, which leave the state unchanged,
+and their outputs are cut off.
+
+Dtypes and gradients: every input is widened to float32 (float64 stays float64) and the op runs with autocast off,
+so states, the solve and their gradients are float32 under bf16 autocast; o is returned in the dtype of v, the
+final state in float32. The backward is autograd through this chunked form (no hand-written backward): it keeps
+the per-chunk tensors (W, U, V', the chunk states, the [C, C] blocks), O(T·(d_k + d_v + C) + T/C·d_k·d_v) memory,
+linear in T; the loop's slices are taken with ``unbind`` so its backward is one stack, not T/C full-size scatters.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor
+
+from .naive import state_dtype
+
+
+def segment_sums(g: Tensor) -> Tensor:
+    """g ``[..., C]`` -> Γ ``[..., C, C]`` with Γ_ij = Σ_{j<m<=i} g_m for j <= i (0 on the diagonal) and −inf above
+    it: a cumsum down the columns of a strictly lower-triangular copy of g, so no difference of two cumulative sums
+    (whose cancellation loses the small segments of a long run of strong decay) is ever formed."""
+    c = g.shape[-1]
+    lower = torch.ones(c, c, dtype=torch.bool, device=g.device).tril()
+    x = g[..., :, None].expand(*g.shape, c).masked_fill(~lower.tril(-1), 0.0)  # x_ij = g_i for i > j, else 0
+    return x.cumsum(-2).masked_fill(~lower, float("-inf"))
+
+
+def chunk_delta_rule(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor | None = None, *,
+                     scale: float | None = None, initial_state: Tensor | None = None,
+                     output_final_state: bool = False, chunk_size: int = 64) -> tuple[Tensor, Tensor | None]:
+    """The (gated) delta rule in chunks (module docstring).
+
+    Args:
+        q, k: ``[B, H, T, d_k]``; v: ``[B, H, T, d_v]``; beta: ``[B, H, T]``; g: ``[B, H, T]`` log-decays <= 0, or
+            None (DeltaNet). Any floating dtype; computed in float32 (float64 for float64).
+        scale: multiplies q (default d_k^−1/2).
+        initial_state: S_0 ``[B, H, d_k, d_v]`` (None = zeros); gradients flow into it.
+        output_final_state: also return S_T (float32, float64 for float64), differentiable.
+        chunk_size: tokens per chunk C (a chunk shorter than T is used when T < C).
+
+    Returns:
+        ``(o [B, H, T, d_v] in the dtype of v, S_T or None)``, equal to ``naive.delta_rule_recurrence``.
+
+    Raises:
+        ValueError: ``chunk_size < 1`` or an ``initial_state`` of the wrong shape.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    b, h, t, dk = q.shape
+    dv = v.shape[-1]
+    if initial_state is not None and initial_state.shape != (b, h, dk, dv):
+        raise ValueError(f"initial_state must be [B, H, d_k, d_v]={(b, h, dk, dv)}, got "
+                         f"{tuple(initial_state.shape)}")
+    acc, out_dtype = state_dtype(q.dtype), v.dtype
+    scale = dk ** -0.5 if scale is None else scale
+    c = min(chunk_size, t)
+    pad = -t % c
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        q, k, v, beta = q.to(acc), k.to(acc), v.to(acc), beta.to(acc)
+        if g is not None:
+            g = g.to(acc)
+        if pad:  # β = 0, g = 0 tokens: no write, no decay (module docstring)
+            q, k, v = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
+            beta = F.pad(beta, (0, pad))
+            g = None if g is None else F.pad(g, (0, pad))
+        # chunk index first: every per-chunk slice of the loop below is then a contiguous block
+        qc, kc, vc = (rearrange(x, "b h (n c) d -> n b h c d", c=c) for x in (q * scale, k, v))
+        bc = rearrange(beta, "b h (n c) -> n b h c", c=c)[..., None]  # [N, B, H, C, 1]
+        kt = kc.transpose(-1, -2)
+        k_w, v_u = kc * bc, vc * bc
+        a = k_w @ kt  # β_i k_iᵀk_j, [N, B, H, C, C]; the solve reads only its strictly lower part
+        attn = qc @ kt  # scale·q_iᵀk_j
+        if g is not None:
+            gc = rearrange(g, "b h (n c) -> n b h c", c=c)
+            decay = segment_sums(gc).exp()  # e^{Γ_ij}, 0 above the diagonal (so it is also the causal mask)
+            g_in = gc.cumsum(-1)  # G_i from the chunk start: e^{G_i} <= 1
+            a = a * decay
+            attn = attn * decay
+            e_in = g_in.exp()[..., None]  # [N, B, H, C, 1]
+            k_w = k_w * e_in
+            qc = qc * e_in
+            k_out = kc * decay[..., -1, :, None]  # e^{G_C − G_j} k_j: Γ's last row
+            decays = g_in[..., -1].exp()[..., None, None].unbind(0)  # e^{G_C}, N x [B, H, 1, 1]
+        else:
+            attn = attn.tril()
+            k_out, decays = kc, None
+        # the UT transform T = (I + A)⁻¹ by one unit-lower-triangular solve, then W and U as matmuls
+        eye = torch.eye(c, dtype=acc, device=q.device)
+        t_inv = torch.linalg.solve_triangular(a, eye, upper=False, unitriangular=True)  # [N, B, H, C, C]
+        w = t_inv @ k_w  # [N, B, H, C, d_k]
+        u = t_inv @ v_u  # [N, B, H, C, d_v]
+
+        s = q.new_zeros(b, h, dk, dv) if initial_state is None else initial_state.to(acc)
+        states, v_new = [], []
+        k_out_t = k_out.transpose(-1, -2).contiguous()  # [N, B, H, d_k, C]
+        for i, (w_i, u_i, k_i) in enumerate(zip(w.unbind(0), u.unbind(0), k_out_t.unbind(0))):
+            states.append(s)
+            vn = u_i - w_i @ s  # V' = U − W S, [B, H, C, d_v]
+            v_new.append(vn)
+            s = (s if decays is None else s * decays[i]) + k_i @ vn
+        s_prev = torch.stack(states)  # [N, B, H, d_k, d_v]: the state before each chunk
+        vn = torch.stack(v_new)  # [N, B, H, C, d_v]
+        o = qc @ s_prev + attn @ vn
+        o = rearrange(o, "n b h c d -> b h (n c) d")
+        if pad:
+            o = o[:, :, :t]
+    return o.to(out_dtype), (s if output_final_state else None)
