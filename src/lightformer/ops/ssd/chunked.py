@@ -48,37 +48,55 @@ def _acc(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-class _Group:
-    """The recomputable quantities of one group of chunks (see the module docstring for the names)."""
+class _Decays:
+    """The decay factors of a group of chunks from its log-decays ``g [B, H, n·C]`` (or ``[B', H, C]`` for one
+    chunk standing for all of them, the constant decay of RetNet): L ``[.., n, C, C]``, w = exp(b_last − b_s),
+    exp(b_t) ``[.., n, C]`` and exp(b_last) ``[.., n]`` (module docstring)."""
 
-    def __init__(self, q: Tensor, k: Tensor, v: Tensor, g: Tensor, s_entry: Tensor, c: int) -> None:
-        h = v.shape[1]
-        mm, acc = v.dtype, g.dtype
-        self.q = expand_groups(q, h).unflatten(2, (-1, c))  # [B, H, n, C, d_k]
-        self.k = expand_groups(k, h).unflatten(2, (-1, c))
-        self.v = v.unflatten(2, (-1, c))  # [B, H, n, C, d_v]
+    def __init__(self, g: Tensor, c: int) -> None:
         gc = g.unflatten(-1, (-1, c))  # [B, H, n, C]
         self.lmask = segsum(gc).exp_()  # L [B, H, n, C, C]
         self.w = self.lmask[..., -1, :]  # exp(b_last − b_s) [B, H, n, C]
         self.eb = gc.cumsum(-1).exp_()  # exp(b_t) [B, H, n, C]
         self.decay = self.eb[..., -1]  # exp(b_last) [B, H, n]
-        self.wmat = (torch.matmul(self.q, self.k.mT).to(acc) * self.lmask).to(mm)  # Q Kᵀ ⊙ L
-        self.vw = (self.v.to(acc) * self.w[..., None]).to(mm)  # diag(w) V
+
+
+class _Group:
+    """The recomputable quantities of one group of chunks (see the module docstring for the names)."""
+
+    def __init__(self, q: Tensor, k: Tensor, v: Tensor, dec: _Decays, s_entry: Tensor, c: int) -> None:
+        h = v.shape[1]
+        mm, acc = v.dtype, dec.eb.dtype
+        self.dec = dec
+        self.q = expand_groups(q, h).unflatten(2, (-1, c))  # [B, H, n, C, d_k]
+        self.k = expand_groups(k, h).unflatten(2, (-1, c))
+        self.v = v.unflatten(2, (-1, c))  # [B, H, n, C, d_v]
+        self.wmat = (torch.matmul(self.q, self.k.mT).to(acc) * dec.lmask).to(mm)  # Q Kᵀ ⊙ L
+        self.vw = (self.v.to(acc) * dec.w[..., None]).to(mm)  # diag(w) V
         ds = torch.matmul(self.k.mT, self.vw).to(acc)  # ΔS [B, H, n, d_k, d_v]
-        self.s_in = torch.empty_like(ds)  # the state before each chunk
+        decay = dec.decay.expand(ds.shape[:3])
+        states = []  # the state before each chunk
         s = s_entry
         for i in range(ds.shape[2]):
-            self.s_in[:, :, i] = s
-            s = torch.addcmul(ds[:, :, i], self.decay[:, :, i, None, None], s)
+            states.append(s)
+            s = torch.addcmul(ds[:, :, i], decay[:, :, i, None, None], s)
+        self.s_in = torch.stack(states, dim=2)
         self.s_exit = s
+
+
+def _decays(g: Tensor, const: Tensor | None, lo: int, hi: int, c: int) -> _Decays:
+    """Decays of tokens lo..hi: from the one-chunk constant ``const`` when given, else from ``g``."""
+    return const if const is not None else _Decays(g[:, :, lo:hi], c)
 
 
 class _ChunkedSSD(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, g: Tensor, s0: Tensor | None, c: int,
-                group: int) -> tuple[Tensor, Tensor]:
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, g: Tensor, s0: Tensor | None, c: int, group: int,
+                const_upto: int) -> tuple[Tensor, Tensor]:
         b, h, t, dv = v.shape
         acc = g.dtype
+        # RetNet: every chunk before ``const_upto`` has the same decays, computed once
+        const = _Decays(g[:, :, :c], c) if const_upto else None
         out = torch.empty(b, h, t, dv, dtype=v.dtype, device=v.device)
         s = torch.zeros(b, h, q.shape[-1], dv, dtype=acc, device=v.device) if s0 is None else s0.to(acc)
         entries = []
@@ -86,13 +104,14 @@ class _ChunkedSSD(torch.autograd.Function):
             for lo in range(0, t, group):
                 sl = slice(lo, lo + group)
                 entries.append(s)
-                grp = _Group(q[:, :, sl], k[:, :, sl], v[:, :, sl], g[:, :, sl], s, c)
-                o = torch.matmul(grp.q, grp.s_in.to(v.dtype)).to(acc).mul_(grp.eb[..., None])  # inter-chunk
+                dec = _decays(g, const if lo + group <= const_upto else None, lo, lo + group, c)
+                grp = _Group(q[:, :, sl], k[:, :, sl], v[:, :, sl], dec, s, c)
+                o = torch.matmul(grp.q, grp.s_in.to(v.dtype)).to(acc).mul_(dec.eb[..., None])  # inter-chunk
                 o += torch.matmul(grp.wmat, grp.v)  # intra-chunk
                 out[:, :, sl] = o.flatten(2, 3)
                 s = grp.s_exit
         ctx.save_for_backward(q, k, v, g, torch.stack(entries), s)
-        ctx.c, ctx.group, ctx.s0_dtype = c, group, None if s0 is None else s0.dtype
+        ctx.c, ctx.group, ctx.const_upto, ctx.s0_dtype = c, group, const_upto, None if s0 is None else s0.dtype
         return out, s
 
     @staticmethod
@@ -107,40 +126,46 @@ class _ChunkedSSD(torch.autograd.Function):
         dG = torch.empty(b, h, t, dtype=acc, device=g.device)  # ∂L/∂G_t
         d_out = torch.zeros_like(v) if d_out is None else d_out.to(mm)
         ds = torch.zeros_like(s_final) if ds_final is None else ds_final.to(acc)
+        const_upto = ctx.const_upto
+        const = _Decays(g[:, :, :c], c) if const_upto else None
+        need_dg = ctx.needs_input_grad[3]
         starts = list(range(0, t, group))
         for j in reversed(range(len(starts))):
             sl = slice(starts[j], starts[j] + group)
-            grp = _Group(q[:, :, sl], k[:, :, sl], v[:, :, sl], g[:, :, sl], entries[j], c)
+            dec = _decays(g, const if starts[j] + group <= const_upto else None, starts[j], starts[j] + group, c)
+            grp = _Group(q[:, :, sl], k[:, :, sl], v[:, :, sl], dec, entries[j], c)
             do = d_out[:, :, sl].unflatten(2, (-1, c))  # [B, H, n, C, d_v]
-            do_eb = (do.to(acc) * grp.eb[..., None]).to(mm)  # diag(exp(b)) dO
+            do_eb = (do.to(acc) * dec.eb[..., None]).to(mm)  # diag(exp(b)) dO
             ds_in = torch.matmul(grp.q.mT, do_eb).to(acc)  # what chunk c's outputs send to its entry state
-            dds = torch.empty_like(ds_in)  # dΔS_c: the gradient of the state after chunk c
+            decay = dec.decay.expand(ds_in.shape[:3])
+            dds = []  # dΔS_c: the gradient of the state after chunk c
             for i in reversed(range(ds_in.shape[2])):
-                dds[:, :, i] = ds
-                ds = torch.addcmul(ds_in[:, :, i], grp.decay[:, :, i, None, None], ds)
-            dds_mm = dds.to(mm)
-            dp = (torch.matmul(do, grp.v.mT).to(acc) * grp.lmask).to(mm)  # dW ⊙ L [B, H, n, C, C]
+                dds.append(ds)
+                ds = torch.addcmul(ds_in[:, :, i], decay[:, :, i, None, None], ds)
+            dds_mm = torch.stack(dds[::-1], dim=2).to(mm)
+            dp = (torch.matmul(do, grp.v.mT).to(acc) * dec.lmask).to(mm)  # dW ⊙ L [B, H, n, C, C]
             dq_h = torch.matmul(do_eb, grp.s_in.to(mm).mT).to(acc)
             dq_h += torch.matmul(dp, grp.k)
             dk_h = torch.matmul(grp.vw, dds_mm.mT).to(acc)
             dk_h += torch.matmul(dp.mT, grp.q)
-            dv_c = torch.matmul(grp.k, dds_mm).to(acc).mul_(grp.w[..., None])
+            dv_c = torch.matmul(grp.k, dds_mm).to(acc).mul_(dec.w[..., None])
             dv_c += torch.matmul(grp.wmat.mT, do)
             dv[:, :, sl] = dv_c.flatten(2, 3)
-            dG[:, :, sl] = (torch.linalg.vecdot(grp.q.to(acc), dq_h)
-                            - torch.linalg.vecdot(grp.k.to(acc), dk_h)).flatten(2, 3)
+            if need_dg:
+                dG[:, :, sl] = (torch.linalg.vecdot(grp.q.to(acc), dq_h)
+                                - torch.linalg.vecdot(grp.k.to(acc), dk_h)).flatten(2, 3)
             if r > 1:  # heads of a group share q and k: their gradients add up
                 dq_h = dq_h.unflatten(1, (hk, r)).sum(2)
                 dk_h = dk_h.unflatten(1, (hk, r)).sum(2)
             dq[:, :, sl] = dq_h.flatten(2, 3)
             dk_[:, :, sl] = dk_h.flatten(2, 3)
         dg = None
-        if ctx.needs_input_grad[3]:
+        if need_dg:
             if ds_final is not None:  # S_T ∝ exp(G_T)
                 dG[:, :, -1] += torch.linalg.vecdot(ds_final.to(acc).flatten(-2), s_final.flatten(-2))
             dg = dG.flip(-1).cumsum(-1).flip(-1)  # dg_t = Σ_{u>=t} ∂L/∂G_u
         ds0 = None if ctx.s0_dtype is None else ds.to(ctx.s0_dtype)
-        return dq, dk_, dv, dg, ds0, None, None
+        return dq, dk_, dv, dg, ds0, None, None, None
 
 
 def group_size(b: int, h: int, chunk_size: int, width: int, t: int) -> int:
@@ -185,12 +210,15 @@ def chunked_ssd(q: Tensor, k: Tensor, v: Tensor, g: Tensor, *, chunk_size: int =
     acc, mm = _acc(v.dtype), v.dtype
     with torch.autocast(device_type=v.device.type, enabled=False):  # dtypes are chosen here (module docstring)
         q, k, v = q.to(mm).contiguous(), k.to(mm).contiguous(), v.contiguous()
-        g = g.to(acc).expand(b, h, t).contiguous()
         c = min(chunk_size, t)
         pad = -t % c
+        # one log-decay per head for every token (RetNet): the decays of a chunk are computed once, for every chunk
+        # but a padded last one; no gradient for g is needed then
+        const_upto = t - t % c if g.dim() == 3 and g.shape[-1] == 1 and not g.requires_grad else 0
+        g = g.to(acc).expand(b, h, t).contiguous()
         if pad:  # padded tokens: g = 0 (no decay) and k = v = 0 (no input), so the state passes through them
             q, k, v = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
             g = F.pad(g, (0, pad))
         group = group_size(b, h, c, max(dk, dv), t + pad)
-        o, s = _ChunkedSSD.apply(q, k, v, g, initial_state, c, group)
+        o, s = _ChunkedSSD.apply(q, k, v, g, initial_state, c, group, const_upto)
     return (o[:, :, :t] if pad else o), (s if output_final_state else None)
