@@ -18,7 +18,9 @@ however strong or weak the decay (``ops.ssd.segsum``). Heads share q and k in gr
 Memory. Chunks are processed in groups of L tokens (a multiple of C with B·H·L·max(C, d_k, d_v) <=
 ``GROUP_ELEMENTS``): within a group the masks, products and chunk states are single batched ops; only the state
 at each group's entry is saved for the backward pass, which recomputes a group's masks and states from it
-(a ``torch.autograd.Function``). Nothing of size [T, C] or [T/C, d_k, d_v] outlives its group.
+(a ``torch.autograd.Function``). Nothing of size [T, C] or [T/C, d_k, d_v] outlives its group. A decay
+given as one value per head (``g`` of shape ``[B, H, 1]`` without gradient, RetNet's log γ) makes every chunk's
+masks the same: they are computed once per call, and dg is not computed.
 
 Backward, per group in reverse order, from the gradient dS of the group's exit state:
     dW = dO Vᵀ, dP = dW ⊙ L;    dQ = dP K + diag(exp(b)) dO Sᵀ;   dK = dPᵀ Q + diag(w) V dΔSᵀ;
@@ -84,7 +86,7 @@ class _Group:
         self.s_exit = s
 
 
-def _decays(g: Tensor, const: Tensor | None, lo: int, hi: int, c: int) -> _Decays:
+def _decays(g: Tensor, const: _Decays | None, lo: int, hi: int, c: int) -> _Decays:
     """Decays of tokens lo..hi: from the one-chunk constant ``const`` when given, else from ``g``."""
     return const if const is not None else _Decays(g[:, :, lo:hi], c)
 
