@@ -19,6 +19,8 @@ padded buffer of the FFT is one copy anyway).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -47,7 +49,7 @@ RFFT_FLOPS_PER_NLOGN = 2.5
 
 def rfft_flops(n: int) -> float:
     """FLOPs of one real FFT (or its inverse) of size n: 2.5·n·log2(n)."""
-    return RFFT_FLOPS_PER_NLOGN * n * max(1.0, float(n).bit_length() - 1)
+    return RFFT_FLOPS_PER_NLOGN * n * max(1.0, math.log2(n))
 
 
 def conv_flops(seq_len: int, inputs: int, kernels_: int, outputs: int, kernel_len: int | None = None) -> float:
@@ -62,8 +64,9 @@ def _compute_dtype(*tensors: Tensor) -> torch.dtype:
 
 
 def _rfft(x: Tensor, n: int, dtype: torch.dtype) -> Tensor:
-    buf = x.new_zeros(*x.shape[:-1], n, dtype=dtype)
+    buf = x.new_empty(*x.shape[:-1], n, dtype=dtype)
     buf[..., :x.shape[-1]] = x
+    buf[..., x.shape[-1]:] = 0.0
     return torch.fft.rfft(buf)
 
 
