@@ -286,3 +286,15 @@ def test_context_pool_long_sequence_finite(scale):
 def test_context_pool_errors_name_the_argument():
     with pytest.raises(ValueError, match="chunk_size"):
         context.context_pool(rand(1, 4, 2), rand(2), causal=True, chunk_size=0)
+
+
+def test_spectral_and_pool_long_sequence_finite():
+    """T = 65536 in fp32 and bf16 (half precision is transformed in float32): finite, and bf16 close to fp32."""
+    t, d = 65536, 4
+    x = torch.randn(1, t, d, generator=torch.Generator().manual_seed(0))
+    w = 0.02 * torch.randn(t // 2 + 1, d, 2, generator=torch.Generator().manual_seed(1))
+    for fn in (lambda z: fft.fourier_mix(z), lambda z: fft.global_filter(z, w, n=t),
+               lambda z: pool.avg_pool(z, 3, causal=True)[0]):
+        y, y16 = fn(x), fn(x.to(torch.bfloat16))
+        assert torch.isfinite(y).all() and torch.isfinite(y16).all() and y16.dtype == torch.bfloat16
+        assert (y16.float() - y).norm() / y.norm() < 0.02
