@@ -82,66 +82,96 @@ def group_chunks(b: int, h: int, d: int, n_chunks: int) -> int:
 
 class _Group:
     """Everything the forward computes for one group of G chunks from the state carried in; the backward rebuilds
-    it from the saved carry. Shapes: per token ``[B, H, G, C]``, per chunk ``[B, H, G]``."""
+    it from the saved carry. Chunk-major layout, so that the G states before/after each chunk are contiguous
+    slices of one buffer and every matmul is one batched call without layout copies: q, k, v ``[G, B, H, C, d]``
+    contiguous, per token ``[G, B, H, C]``, per chunk ``[G, B, H]``, states ``[G, B, H, d, d]``."""
 
     def __init__(self, q: Tensor, k: Tensor, v: Tensor, a: Tensor, ii: Tensor, c_in: Tensor, n_in: Tensor,
                  m_in: Tensor, mm: torch.dtype) -> None:
         acc = c_in.dtype
-        self.q, self.k, self.v = q, k, v  # [B, H, G, C, d] in the input dtype
-        b, h, g, c, d = q.shape
-        self.bcum = a.cumsum(-1)  # b_t, [B, H, G, C]
-        self.log_d = segsum(a) + ii[..., None, :]  # log D_tj, [B, H, G, C, C]
-        gch = self.bcum[..., -1]  # g_c, [B, H, G]
-        last = self.log_d[..., -1, :]  # log D_{last, j} = g_c − b_j + ĩ_j
+        self.q, self.k, self.v = q, k, v
+        g, b, h, c, d = q.shape
+        self.bcum = a.cumsum(-1)  # b_t, [G, B, H, C]
+        self.log_d = segsum(a) + ii[..., None, :]  # log D_tj, [G, B, H, C, C]
+        gch = self.bcum[..., -1]  # g_j, [G, B, H]
+        last = self.log_d[..., -1, :]  # log D_{last, s} = g_j − b_s + ĩ_s
         # a chunk whose ĩ are all −inf (masked tokens) adds nothing; a finite floor keeps its exps at 0, not NaN
-        u = last.amax(-1).clamp_min(-1e30)  # [B, H, G]
-        self.seg_g = segsum(gch)  # [B, H, G, G]
-        weights = self.seg_g + u[..., None, :]  # log weight of U'_{c'} in the state at the end of chunk c
-        carry = gch.cumsum(-1) + m_in[..., None]  # log weight of the carried-in state there
-        self.m_end = torch.maximum(weights.amax(-1), carry)  # m_c, [B, H, G]
-        self.m_prev = torch.cat([m_in[..., None], self.m_end[..., :-1]], dim=-1)  # m before chunk c
+        u = last.amax(-1).clamp_min(-1e30)  # [G, B, H]
+        self.seg_g = segsum(gch.movedim(0, -1))  # [B, H, G, G]
+        carry = gch.movedim(0, -1).cumsum(-1) + m_in[..., None]  # log weight of the carried-in state, [B, H, G]
+        m_end = torch.maximum((self.seg_g + u.movedim(0, -1)[..., None, :]).amax(-1), carry)  # [B, H, G]
+        self.m_end = m_end.movedim(-1, 0).contiguous()  # m_j at the end of chunk j, [G, B, H]
+        self.m_prev = torch.cat([m_in[None], self.m_end[:-1]], dim=0)  # m before chunk j
         self.gch = gch
-        # chunk contributions, stabilised by u_c
-        beta_u = torch.exp(last - u[..., None])  # [B, H, G, C]
-        kb = k.to(acc) * beta_u[..., None]
-        u_c = _mm(kb.transpose(-1, -2), v, mm, acc)  # U'_c, [B, H, G, d, d]
-        u_n = kb.sum(-2)  # [B, H, G, d]
-        w_st = torch.exp(weights - self.m_end[..., None])  # [B, H, G, G]; 0 above the diagonal
-        w_in = torch.exp(carry - self.m_end)  # [B, H, G]
-        c_end = (w_st @ u_c.reshape(b, h, g, d * d)).view(b, h, g, d, d)
-        c_end.add_(w_in[..., None, None] * c_in[:, :, None])
-        n_end = w_st @ u_n + w_in[..., None] * n_in[:, :, None]
-        self.c_end, self.n_end = c_end, n_end
-        self.c_prev = torch.cat([c_in[:, :, None], c_end[:, :, :-1]], dim=2)  # [B, H, G, d, d]
-        self.n_prev = torch.cat([n_in[:, :, None], n_end[:, :, :-1]], dim=2)  # [B, H, G, d]
+        # chunk contributions weighted by e^{log D_{last,s} − m_j} (<= 1), then the chunk-end states by the scan
+        # C'_j = e^{g_j + m_{j−1} − m_j} C'_{j−1} + contribution_j: G fused steps on [B, H, d, d]
+        self.beta = torch.exp(last - self.m_end[..., None])  # [G, B, H, C]
+        self.decay = torch.exp(gch + self.m_prev - self.m_end)  # [G, B, H]
+        kb = k.to(acc) * self.beta[..., None]
+        states = torch.empty(g + 1, b, h, d, d, dtype=acc, device=q.device)  # [C'_in, C'_0, ..., C'_{G−1}]
+        _mm_into(states[1:], kb.transpose(-1, -2), v, mm)
+        n_states = torch.empty(g + 1, b, h, d, dtype=acc, device=q.device)
+        torch.sum(kb, dim=-2, out=n_states[1:])
+        states[0] = c_in
+        n_states[0] = n_in
+        for j in range(g):
+            states[j + 1].addcmul_(states[j], self.decay[j, :, :, None, None])
+            n_states[j + 1].addcmul_(n_states[j], self.decay[j, :, :, None])
+        self.c_prev, self.c_end = states[:-1], states[1:]  # [G, B, H, d, d], contiguous
+        self.n_prev, self.n_end = n_states[:-1], n_states[1:]
         # rows
-        prev_log = self.bcum + self.m_prev[..., None]  # [B, H, G, C]
+        prev_log = self.bcum + self.m_prev[..., None]  # [G, B, H, C]
         self.m_row = torch.maximum(self.log_d.amax(-1), prev_log)
-        self.dmat = torch.exp(self.log_d - self.m_row[..., None])  # [B, H, G, C, C]
-        self.w = torch.exp(prev_log - self.m_row)  # [B, H, G, C]
-        self.s = _mm(q, k.transpose(-1, -2), mm, acc)  # q_t·k_j, [B, H, G, C, C]
-        self.p = self.s * self.dmat
-        self.qn = (q.to(acc) @ self.n_prev[..., None])[..., 0]  # q_t·n'_prev, [B, H, G, C]
+        self.dmat = torch.exp(self.log_d - self.m_row[..., None])  # [G, B, H, C, C]
+        self.w = torch.exp(prev_log - self.m_row)  # [G, B, H, C]
+        self.p = _mm(q, k.transpose(-1, -2), mm, acc).mul_(self.dmat)  # (q_t·k_s) D_ts
+        self.qn = (q.to(acc) @ self.n_prev[..., None])[..., 0]  # q_t·n'_prev, [G, B, H, C]
         self.den = self.p.sum(-1) + self.w * self.qn
         self.norm = torch.maximum(self.den.abs(), torch.exp(-self.m_row)).clamp_min(torch.finfo(acc).tiny)
         self.mm, self.acc = mm, acc
 
     def output(self) -> Tensor:
-        """h ``[B, H, G, C, d]`` in float32 (float64)."""
+        """h ``[G, B, H, C, d]`` in float32 (float64)."""
         mm, acc = self.mm, self.acc
-        num = _mm(self.p, self.v, mm, acc)
-        num.add_(self.w[..., None] * _mm(self.q, self.c_prev, mm, acc))
+        num = _mm(self.q, self.c_prev, mm, acc).mul_(self.w[..., None])
+        _mm_add(num, self.p, self.v, mm)
         return num.div_(self.norm[..., None])
 
     def winner(self, start: int) -> Tensor:
         """Position of the argmax of m at the group's end (the token whose ĩ it is), or −1 if the carried-in m."""
         c = self.log_d.shape[-1]
-        last_chunk = self.seg_g[..., -1, :] + self.log_d[..., -1, :].amax(-1)  # [B, H, G]
+        last = self.log_d[..., -1, :].movedim(0, -2)  # [B, H, G, C]
+        last_chunk = self.seg_g[..., -1, :] + last.amax(-1)  # [B, H, G]
         best_c = last_chunk.argmax(-1)  # [B, H]
-        best_j = self.log_d[..., -1, :].argmax(-1).gather(-1, best_c[..., None])[..., 0]
+        best_j = last.argmax(-1).gather(-1, best_c[..., None])[..., 0]
         pos = start + best_c * c + best_j
-        carried = (self.gch.sum(-1) + self.m_prev[..., 0]) >= last_chunk.amax(-1)
+        carried = (self.gch.sum(0) + self.m_prev[0]) >= last_chunk.amax(-1)
         return torch.where(carried, torch.full_like(pos, -1), pos)
+
+
+def _mm_into(out: Tensor, a: Tensor, b: Tensor, mm: torch.dtype) -> Tensor:
+    """out = a @ b (operands in ``mm``), written into ``out`` (contiguous, any float dtype)."""
+    if out.dtype == mm and a.dtype == b.dtype == mm:
+        return torch.matmul(a, b, out=out)
+    return out.copy_(a.to(mm) @ b.to(mm))
+
+
+def _mm_add(out: Tensor, a: Tensor, b: Tensor, mm: torch.dtype) -> Tensor:
+    """out += a @ b over the leading dims; one fused ``baddbmm_`` when no cast is needed."""
+    if out.dtype == a.dtype == b.dtype == mm and out.is_contiguous():
+        out.view(-1, *out.shape[-2:]).baddbmm_(a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:]))
+        return out
+    return out.add_(_mm(a, b, mm, out.dtype))
+
+
+def _tokens(x: Tensor, lo: int, hi: int, c: int) -> Tensor:
+    """Tokens lo:hi of ``x [B, H, T, d]`` (any strides) as a contiguous chunk-major ``[G, B, H, C, d]`` copy."""
+    return rearrange(x[:, :, lo:hi], "b h (g c) d -> g b h c d", c=c).contiguous()
+
+
+def _gates(x: Tensor, lo: int, hi: int, c: int) -> Tensor:
+    """``[B, H, T]`` -> ``[G, B, H, C]`` for tokens lo:hi."""
+    return rearrange(x[:, :, lo:hi], "b h (g c) -> g b h c", c=c)
 
 
 class _MLSTMChunked(torch.autograd.Function):
@@ -152,29 +182,28 @@ class _MLSTMChunked(torch.autograd.Function):
         acc, mm = c0.dtype, q.dtype
         pad = -t % c
         tp = t + pad
-        n_chunks = tp // c
-        g = group_chunks(b, h, d, n_chunks)
+        g = group_chunks(b, h, d, tp // c)
         with torch.no_grad():
             a = F.pad(F.logsigmoid(f_pre.to(acc)), (0, pad))  # padded steps: f = 1 ...
             ii = F.pad(i_pre.to(acc), (0, pad), value=float("-inf"))  # ... and i = 0: the state passes unchanged
-            qp, kp, vp = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
-            out = torch.empty(b, h, tp, d, dtype=v.dtype, device=v.device)
+            qp, kp, vp = (F.pad(x, (0, 0, 0, pad)) if pad else x for x in (q, k, v))
+            # [B, T, H, d] storage: the caller's layout of heads, so its next reshape is free
+            out = torch.empty(b, tp, h, d, dtype=v.dtype, device=v.device)
             c_run, n_run, m_run = c0, n0, m0
             carries, winner = [], torch.full((b, h), -1, dtype=torch.long, device=q.device)
             for lo in range(0, tp, g * c):
                 hi = min(tp, lo + g * c)
                 carries.append((c_run, n_run, m_run))
-                grp = _Group(*(rearrange(x[:, :, lo:hi], "b h (g c) d -> b h g c d", c=c) for x in (qp, kp, vp)),
-                             *(rearrange(x[:, :, lo:hi], "b h (g c) -> b h g c", c=c) for x in (a, ii)),
-                             c_run, n_run, m_run, mm)
-                out[:, :, lo:hi] = rearrange(grp.output(), "b h g c d -> b h (g c) d")
+                grp = _Group(*(_tokens(x, lo, hi, c) for x in (qp, kp, vp)), _gates(a, lo, hi, c),
+                             _gates(ii, lo, hi, c), c_run, n_run, m_run, mm)
+                out[:, lo:hi] = rearrange(grp.output(), "g b h c d -> b (g c) h d")
                 win = grp.winner(lo)
                 winner = torch.where(win >= 0, win, winner)
-                c_run, n_run, m_run = grp.c_end[:, :, -1].clone(), grp.n_end[:, :, -1].clone(), grp.m_end[..., -1]
+                c_run, n_run, m_run = grp.c_end[-1].clone(), grp.n_end[-1].clone(), grp.m_end[-1]
         ctx.save_for_backward(q, k, v, i_pre, f_pre, out, c_run, n_run, winner,
                               *[x for carry in carries for x in carry])
         ctx.c, ctx.g, ctx.n_groups = c, g, len(carries)
-        return out[:, :, :t], c_run, n_run, m_run.clone()
+        return out[:, :t].permute(0, 2, 1, 3), c_run, n_run, m_run.clone()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -188,80 +217,79 @@ class _MLSTMChunked(torch.autograd.Function):
         tp = t + pad
         a = F.pad(F.logsigmoid(f_pre.to(acc)), (0, pad))
         ii = F.pad(i_pre.to(acc), (0, pad), value=float("-inf"))
-        qp, kp, vp = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
-        dout = torch.zeros_like(out) if dout is None else F.pad(dout, (0, 0, 0, pad))
+        qp, kp, vp = (F.pad(x, (0, 0, 0, pad)) if pad else x for x in (q, k, v))
+        out = out.permute(0, 2, 1, 3)  # [B, H, Tp, d] view
+        if dout is None:
+            dout = torch.zeros_like(out)
+        elif pad:
+            dout = F.pad(dout, (0, 0, 0, pad))
         delta = torch.zeros_like(c_t) if dc_t is None else dc_t.to(acc).clone()  # dual of C' at the group's end
         delta_n = torch.zeros_like(n_t) if dn_t is None else dn_t.to(acc).clone()
         # m_T = max over the sequence: its total gradient (holding C_T = C'_T e^{m_T} fixed) goes to the argmax
         dm_total = torch.zeros_like(c_t[..., 0, 0]) if dm_t is None else dm_t.to(acc).clone()
         dm_total -= (delta * c_t).sum((-1, -2)) + (delta_n * n_t).sum(-1)
-        dq = torch.empty(b, h, tp, d, dtype=acc, device=q.device)
-        dk, dv = torch.empty_like(dq), torch.empty_like(dq)
+        grads = [torch.empty(b, tp, h, d, dtype=x.dtype, device=x.device) for x in (q, k, v)]  # [B, T, H, d]
         da = torch.empty(b, h, tp, dtype=acc, device=q.device)
         dii = torch.empty_like(da)
-        chunk = lambda x: rearrange(x, "b h (g c) d -> b h g c d", c=c)  # noqa: E731
-        unchunk = lambda x: rearrange(x, "b h g c d -> b h (g c) d")  # noqa: E731
         starts = list(range(0, tp, g * c))
         for gi in reversed(range(len(starts))):
             lo = starts[gi]
             hi = min(tp, lo + g * c)
-            grp = _Group(*(chunk(x[:, :, lo:hi]) for x in (qp, kp, vp)),
-                         *(rearrange(x[:, :, lo:hi], "b h (g c) -> b h g c", c=c) for x in (a, ii)),
-                         *carries[gi], mm)
+            grp = _Group(*(_tokens(x, lo, hi, c) for x in (qp, kp, vp)), _gates(a, lo, hi, c),
+                         _gates(ii, lo, hi, c), *carries[gi], mm)
             qg, kg, vg = grp.q, grp.k, grp.v
-            dh = chunk(dout[:, :, lo:hi]).to(acc)
-            hg = chunk(out[:, :, lo:hi]).to(acc)
+            gg = qg.shape[0]  # chunks in this group (the last group may be short)
+            dnum = _tokens(dout, lo, hi, c).to(acc).div_(grp.norm[..., None])
             # h = num'/N with N = max(|den'|, e^{−m}); m is a constant (h does not depend on it)
-            dnum = dh / grp.norm[..., None]
+            hg = _tokens(out, lo, hi, c).to(acc)
             active = grp.den.abs() >= torch.exp(-grp.m_row)
-            dden = torch.where(active, -(dh * hg).sum(-1) / grp.norm * torch.sign(grp.den), 0.0)  # [B, H, G, C]
+            dden = torch.where(active, -(dnum * hg).sum(-1) * torch.sign(grp.den), 0.0)  # [G, B, H, C]
             # intra-chunk: P = (q·k) ⊙ D
             dp = _mm(dnum, vg.transpose(-1, -2), mm, acc).add_(dden[..., None])
             dv_g = _mm(grp.p.transpose(-1, -2), dnum, mm, acc)
-            ds = dp * grp.dmat  # d(q·k)
-            r = dp.mul_(grp.p)  # d log D
-            x_inter = _mm(dnum, grp.c_prev.transpose(-1, -2), mm, acc).add_(dden[..., None] * grp.n_prev[:, :, :, None])
-            dq_inter = x_inter.mul_(grp.w[..., None])
-            dlog_w = (dq_inter * qg.to(acc)).sum(-1)  # [B, H, G, C]
-            dq_g = _mm(ds, kg, mm, acc).add_(dq_inter)
+            r = dp * grp.p  # d log D
+            ds = dp.mul_(grp.dmat)  # d(q·k)
+            dq_g = _mm(dnum, grp.c_prev.transpose(-1, -2), mm, acc)
+            dq_g.add_(dden[..., None] * grp.n_prev[..., None, :]).mul_(grp.w[..., None])  # the read-out's part
+            dlog_w = (dq_g * qg.to(acc)).sum(-1)  # [G, B, H, C]
+            _mm_add(dq_g, ds, kg, mm)
             dk_g = _mm(ds.transpose(-1, -2), qg, mm, acc)
-            # the read-outs' contribution to the duals of the states before each chunk
+            # duals of the states before each chunk (index j) and after the group (index G):
+            # δ_j = e^{g_j + m_{j−1} − m_j} δ_{j+1} + Σ_{t in j} w_t q_t dnum_tᵀ
             qw = qg.to(acc) * grp.w[..., None]
-            e_c = _mm(qw.transpose(-1, -2), dnum, mm, acc)  # [B, H, G, d, d]
-            e_n = (qw * dden[..., None]).sum(-2)  # [B, H, G, d]
-            # duals after each chunk: δA_c = Σ_{r>=c} exp(segsum(g)_{r,c} + m_c − m_r) [E_{c+1..}, δ_out]_r
-            w_b = torch.exp(grp.seg_g.transpose(-1, -2) + grp.m_end[..., :, None] - grp.m_end[..., None, :])
-            e_shift = torch.cat([e_c[:, :, 1:], delta[:, :, None]], dim=2)
-            en_shift = torch.cat([e_n[:, :, 1:], delta_n[:, :, None]], dim=2)
-            gg = e_c.shape[2]
-            d_after = (w_b @ e_shift.reshape(b, h, gg, d * d)).view(b, h, gg, d, d)
-            dn_after = w_b @ en_shift
-            # state contributions of the keys/values of chunk c, weighted by β_j = exp(log D_{last,j} − m_c)
-            beta = torch.exp(grp.log_d[..., -1, :] - grp.m_end[..., None])  # [B, H, G, C]
-            dk_state = _mm(vg, d_after.transpose(-1, -2), mm, acc).add_(dn_after[:, :, :, None])
-            dk_state.mul_(beta[..., None])
-            dv_state = _mm(kg, d_after, mm, acc).mul_(beta[..., None])
+            duals = torch.empty(gg + 1, b, h, d, d, dtype=acc, device=q.device)
+            _mm_into(duals[:gg], qw.transpose(-1, -2), dnum, mm)
+            duals[gg] = delta
+            n_duals = torch.empty(gg + 1, b, h, d, dtype=acc, device=q.device)
+            torch.sum(qw * dden[..., None], dim=-2, out=n_duals[:gg])
+            n_duals[gg] = delta_n
+            for j in reversed(range(gg)):
+                duals[j].addcmul_(duals[j + 1], grp.decay[j, :, :, None, None])
+                n_duals[j].addcmul_(n_duals[j + 1], grp.decay[j, :, :, None])
+            d_after, dn_after = duals[1:], n_duals[1:]
+            # state contributions of the keys/values of chunk j, weighted by β = exp(log D_{last,·} − m_j)
+            dk_state = _mm(vg, d_after.transpose(-1, -2), mm, acc).add_(dn_after[..., None, :])
+            dk_state.mul_(grp.beta[..., None])
+            dv_state = _mm(kg, d_after, mm, acc).mul_(grp.beta[..., None])
             dlog_beta = (dk_state * kg.to(acc)).sum(-1)
             dk_g.add_(dk_state)
             dv_g.add_(dv_state)
-            # chunk decay g_c in C_c = e^{g_c} C_{c−1} + ...
-            decay = torch.exp(grp.gch + grp.m_prev - grp.m_end)  # [B, H, G]
-            dg = decay * ((d_after * grp.c_prev).sum((-1, -2)) + (dn_after * grp.n_prev).sum(-1))
-            # gates: log D_tj = Σ_{j<s<=t} a_s + ĩ_j; log w_t = b_t + ...; log β_j = Σ_{j<s<=last} a_s + ĩ_j
+            # chunk decay g_j in C_j = e^{g_j} C_{j−1} + ...
+            dg = grp.decay * ((d_after * grp.c_prev).sum((-1, -2)) + (dn_after * grp.n_prev).sum(-1))
+            # gates: log D_ts = Σ_{s<u<=t} a_u + ĩ_s; log w_t = b_t + ...; log β_s = Σ_{s<u<=last} a_u + ĩ_s
             corner = torch.zeros_like(r)
             corner[..., 1:] = r[..., :-1]
-            corner = corner.cumsum(-1).flip(-2).cumsum(-2).flip(-2)  # Σ_{t'>=t} Σ_{j<s} R_{t'j} at [t, s]
+            corner = corner.cumsum(-1).flip(-2).cumsum(-2).flip(-2)  # Σ_{t'>=t} Σ_{s<u} R_{t's} at [t, u]
             da_g = torch.diagonal(corner, dim1=-2, dim2=-1).clone()
-            da_g += dlog_w.flip(-1).cumsum(-1).flip(-1)  # Σ_{t>=s} d log w_t
-            da_g[..., 1:] += dlog_beta[..., :-1].cumsum(-1)  # Σ_{j<s} d log β_j
+            da_g += dlog_w.flip(-1).cumsum(-1).flip(-1)  # Σ_{t>=u} d log w_t
+            da_g[..., 1:] += dlog_beta[..., :-1].cumsum(-1)  # Σ_{s<u} d log β_s
             da_g += dg[..., None]
             dii_g = r.sum(-2) + dlog_beta
-            dq[:, :, lo:hi], dk[:, :, lo:hi], dv[:, :, lo:hi] = unchunk(dq_g), unchunk(dk_g), unchunk(dv_g)
-            da[:, :, lo:hi] = rearrange(da_g, "b h g c -> b h (g c)")
-            dii[:, :, lo:hi] = rearrange(dii_g, "b h g c -> b h (g c)")
-            # dual before the group: δ before chunk 0 = e^{g_0 + m_in − m_0} δA_0 + E_0
-            delta = decay[:, :, 0, None, None] * d_after[:, :, 0] + e_c[:, :, 0]
-            delta_n = decay[:, :, 0, None] * dn_after[:, :, 0] + e_n[:, :, 0]
+            for buf, grad in zip(grads, (dq_g, dk_g, dv_g)):
+                buf[:, lo:hi] = rearrange(grad, "g b h c d -> b (g c) h d")
+            da[:, :, lo:hi] = rearrange(da_g, "g b h c -> b h (g c)")
+            dii[:, :, lo:hi] = rearrange(dii_g, "g b h c -> b h (g c)")
+            delta, delta_n = duals[0].clone(), n_duals[0].clone()
         c0, n0, m0 = carries[0]
         dm0 = (delta * c0).sum((-1, -2)) + (delta_n * n0).sum(-1)
         # route dm_total: m_T = ĩ_p + Σ_{s>p} a_s (winner p), or m_0 + Σ_s a_s (winner −1)
@@ -270,9 +298,9 @@ class _MLSTMChunked(torch.autograd.Function):
         dii.scatter_add_(-1, winner.clamp_min(0)[..., None], (dm_total * (winner >= 0))[..., None])
         dm0 += dm_total * (winner < 0)
         df = da[..., :t] * torch.sigmoid(-f_pre.to(acc))  # d logsigmoid(x)/dx = σ(−x)
-        return (dq[:, :, :t].to(q.dtype), dk[:, :, :t].to(k.dtype), dv[:, :, :t].to(v.dtype),
-                dii[..., :t].to(i_pre.dtype), df.to(f_pre.dtype), delta.to(c0.dtype), delta_n.to(n0.dtype),
-                dm0.to(m0.dtype), None)
+        dq, dk, dv = (x[:, :t].permute(0, 2, 1, 3) for x in grads)
+        return (dq, dk, dv, dii[..., :t].to(i_pre.dtype), df.to(f_pre.dtype), delta.to(c0.dtype),
+                delta_n.to(n0.dtype), dm0.to(m0.dtype), None)
 
 
 def mlstm_chunked(q: Tensor, k: Tensor, v: Tensor, i_pre: Tensor, f_pre: Tensor, *, chunk_size: int = 64,
