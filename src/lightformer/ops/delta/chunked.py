@@ -53,6 +53,61 @@ def segment_sums(g: Tensor) -> Tensor:
     return x.cumsum(-2).masked_fill(~lower, float("-inf"))
 
 
+class _InterChunk(torch.autograd.Function):
+    """The sequential part: V'_n = U_n − W_n S_n, S_{n+1} = d_n S_n + K̃_nᵀ V'_n over the N chunks, with a
+    hand-written backward (autograd through a Python loop of T/C steps would add its bookkeeping and copies to
+    every step). Inputs flattened over (B, H): w ``[N, BH, C, d_k]``, u ``[N, BH, C, d_v]``, kt = K̃ᵀ
+    ``[N, BH, d_k, C]``, decay d_n ``[N, BH, 1, 1]`` or None (1), s0 ``[BH, d_k, d_v]``. Returns (the states
+    S_0..S_N ``[N + 1, BH, d_k, d_v]``, V' ``[N, BH, C, d_v]``). Each step is one ``baddbmm`` per product, into
+    preallocated outputs.
+
+    Backward, from dS_N and the cotangents of every S_n and V'_n, in reverse chunk order (dS = the running
+    gradient of S_{n+1}):  dV'_n += K̃_n dS,  dS ← d_n dS + dS_n − W_nᵀ dV'_n;  then, batched over all chunks,
+    dW_n = −dV'_n S_nᵀ, dU_n = dV'_n, dK̃_nᵀ = dS_{n+1} V'_nᵀ, dd_n = Σ dS_{n+1} ⊙ S_n."""
+
+    @staticmethod
+    def forward(ctx, w: Tensor, u: Tensor, kt: Tensor, decay: Tensor | None, s0: Tensor):
+        n = w.shape[0]
+        states = s0.new_empty(n + 1, *s0.shape)
+        vn = torch.empty_like(u)
+        states[0] = s0
+        for i in range(n):
+            torch.baddbmm(u[i], w[i], states[i], alpha=-1.0, out=vn[i])
+            prev = states[i] if decay is None else states[i] * decay[i]
+            torch.baddbmm(prev, kt[i], vn[i], out=states[i + 1])
+        ctx.save_for_backward(w, kt, decay, states, vn)
+        return states, vn
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, d_states: Tensor | None, d_vn: Tensor | None):
+        w, kt, decay, states, vn = ctx.saved_tensors
+        n = w.shape[0]
+        d_states = torch.zeros_like(states) if d_states is None else d_states
+        dvn = torch.zeros_like(vn) if d_vn is None else d_vn.clone()
+        ds_next = torch.empty_like(states[1:])  # dS_{n+1} for every chunk n
+        ds = d_states[n].clone()
+        for i in reversed(range(n)):
+            ds_next[i] = ds
+            dvn[i].baddbmm_(kt[i].transpose(-1, -2), ds)
+            if decay is not None:
+                ds = ds * decay[i]
+            ds = torch.baddbmm(ds.add_(d_states[i]), w[i].transpose(-1, -2), dvn[i], alpha=-1.0)
+        s_prev = states[:-1]
+        dw = -(dvn @ s_prev.transpose(-1, -2))
+        dkt = ds_next @ vn.transpose(-1, -2)
+        dd = None if decay is None else (ds_next * s_prev).sum((-1, -2), keepdim=True)
+        return dw, dvn, dkt, dd, ds
+
+
+def ut_transform(a: Tensor) -> Tensor:
+    """The UT transform of each chunk: a ``[..., C, C]`` (only its strictly lower part is read) -> (I + tril(a, −1))⁻¹
+    ``[..., C, C]``, unit lower triangular, by one unit-triangular solve against the identity (a batched forward
+    substitution); differentiable in a."""
+    eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
+    return torch.linalg.solve_triangular(a, eye, upper=False, unitriangular=True)
+
+
 def chunk_delta_rule(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor | None = None, *,
                      scale: float | None = None, initial_state: Tensor | None = None,
                      output_final_state: bool = False, chunk_size: int = 64) -> tuple[Tensor, Tensor | None]:
@@ -108,26 +163,23 @@ def chunk_delta_rule(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor | 
             k_w = k_w * e_in
             qc = qc * e_in
             k_out = kc * decay[..., -1, :, None]  # e^{G_C − G_j} k_j: Γ's last row
-            decays = g_in[..., -1].exp()[..., None, None].unbind(0)  # e^{G_C}, N x [B, H, 1, 1]
+            decays = g_in[..., -1].exp()  # e^{G_C}, [N, B, H]
         else:
             attn = attn.tril()
             k_out, decays = kc, None
         # the UT transform T = (I + A)⁻¹ by one unit-lower-triangular solve, then W and U as matmuls
-        eye = torch.eye(c, dtype=acc, device=q.device)
-        t_inv = torch.linalg.solve_triangular(a, eye, upper=False, unitriangular=True)  # [N, B, H, C, C]
+        t_inv = ut_transform(a)  # [N, B, H, C, C]
         w = t_inv @ k_w  # [N, B, H, C, d_k]
         u = t_inv @ v_u  # [N, B, H, C, d_v]
 
-        s = q.new_zeros(b, h, dk, dv) if initial_state is None else initial_state.to(acc)
-        states, v_new = [], []
-        k_out_t = k_out.transpose(-1, -2).contiguous()  # [N, B, H, d_k, C]
-        for i, (w_i, u_i, k_i) in enumerate(zip(w.unbind(0), u.unbind(0), k_out_t.unbind(0))):
-            states.append(s)
-            vn = u_i - w_i @ s  # V' = U − W S, [B, H, C, d_v]
-            v_new.append(vn)
-            s = (s if decays is None else s * decays[i]) + k_i @ vn
-        s_prev = torch.stack(states)  # [N, B, H, d_k, d_v]: the state before each chunk
-        vn = torch.stack(v_new)  # [N, B, H, C, d_v]
+        s0 = q.new_zeros(b, h, dk, dv) if initial_state is None else initial_state.to(acc)
+        k_out_t = rearrange(k_out, "n b h c d -> n (b h) d c").contiguous()
+        flat = [rearrange(x, "n b h c d -> n (b h) c d") for x in (w, u)]
+        states, vn = _InterChunk.apply(*flat, k_out_t, None if decays is None else decays.reshape(-1, b * h, 1, 1),
+                                       s0.reshape(b * h, dk, dv))
+        s_prev = states[:-1].view(-1, b, h, dk, dv)  # [N, B, H, d_k, d_v]: the state before each chunk
+        s = states[-1].view(b, h, dk, dv)
+        vn = vn.view(-1, b, h, c, dv)  # [N, B, H, C, d_v]
         o = qc @ s_prev + attn @ vn
         o = rearrange(o, "n b h c d -> b h (n c) d")
         if pad:

@@ -40,7 +40,7 @@ def delta_rule_recurrence(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tens
     O(T·d_k·d_v) time; an oracle, not a fast path."""
     b, h, t, dk = q.shape
     dv = v.shape[-1]
-    acc = state_dtype(q.dtype)
+    acc, out_dtype = state_dtype(q.dtype), v.dtype
     scale = dk ** -0.5 if scale is None else scale
     q, k, v, beta = q.to(acc) * scale, k.to(acc), v.to(acc), beta.to(acc)
     s = q.new_zeros(b, h, dk, dv) if initial_state is None else initial_state.to(acc)
@@ -53,5 +53,5 @@ def delta_rule_recurrence(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tens
         v_new = beta[:, :, i, None] * (v[:, :, i] - pred)  # v'_t
         s = s + k_i[..., :, None] * v_new[..., None, :]
         outs.append(torch.einsum("bhkv,bhk->bhv", s, q[:, :, i]))
-    o = torch.stack(outs, dim=2).to(v.dtype) if t else v.new_zeros(b, h, 0, dv)
+    o = torch.stack(outs, dim=2).to(out_dtype) if t else v.new_zeros(b, h, 0, dv, dtype=out_dtype)
     return o, (s if output_final_state else None)
