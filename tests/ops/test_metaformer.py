@@ -176,9 +176,16 @@ def state_leaves(d: int, seed: int = 5):
     return m, l, u
 
 
+@pytest.fixture(params=[64, 3], ids=["groups64", "groups3"])
+def group_size(request, monkeypatch):
+    """Chunk summaries are combined in groups (``context.GROUP_SIZE``); 3 makes T = 257 cross several groups."""
+    monkeypatch.setattr(context, "GROUP_SIZE", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("t", LENGTHS)
 @pytest.mark.parametrize("causal,chunk", [(False, 64), (True, 5), (True, 16), (True, 64)])
-def test_context_pool_matches_oracle(t, causal, chunk):
+def test_context_pool_matches_oracle(t, causal, chunk, group_size):
     d = 6
     x, w = rand(B, t, d), rand(d, seed=1, scale=1.5)  # peaky scores
     for mask in [None, *padded_masks(t)]:
@@ -194,7 +201,7 @@ def test_context_pool_matches_oracle(t, causal, chunk):
 
 @pytest.mark.parametrize("t", LENGTHS)
 @pytest.mark.parametrize("chunk", [5, 64])
-def test_context_pool_state_matches_oracle(t, chunk):
+def test_context_pool_state_matches_oracle(t, chunk, group_size):
     """Causal from an initial state (one row empty, one after a prefix), with the final state: outputs, state and
     the gradients of x, W_k and the initial (l, u) against the oracle."""
     d = 6
@@ -217,7 +224,7 @@ def test_context_pool_state_matches_oracle(t, chunk):
         close(a, b)
 
 
-def test_context_pool_split_run_and_steps_equal_the_whole():
+def test_context_pool_split_run_and_steps_equal_the_whole(group_size):
     d, t = 6, 41
     x, w = rand(B, t, d), rand(d, seed=1, scale=1.5)
     whole, end = context.context_pool(x, w, causal=True, output_final_state=True, chunk_size=8)

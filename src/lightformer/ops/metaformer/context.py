@@ -9,8 +9,9 @@ Causal (our extension, c_t over j <= t), chunked, O(T·L·D) for chunks of L tok
   * inside chunk c, P[t, j] = e^{a_j − m_t} for j <= t, with m_t the running max of the scores up to t (including
     the earlier chunks and the initial state), so every entry is <= 1; P @ x_chunk is one matmul per chunk;
   * the earlier chunks enter as the carried state (M, l, u) = (their max, Σ e^{a − M}, Σ e^{a − M} x), rescaled by
-    e^{M − m_t} <= 1; the carries come from a loop over the T/L chunks on [B, D] tensors, each chunk summarised by
-    its own max (e^{a_j − max_c} <= 1). Every exponential is split at a point between the key and the query, so
+    e^{M − m_t} <= 1; each chunk is summarised relative to its own max (e^{a_j − max_c} <= 1), and the carries are
+    the same two-level computation one level up (``_carries``: a masked matrix inside groups of G chunks, a loop
+    over the T/(L·G) groups), so the Python loop has T/4096 steps at the defaults, not T/64. Every exponential is split at a point between the key and the query, so
     both factors are <= 1: nothing overflows, and an early position cannot underflow because a later score is high.
 Padded keys get a = −∞ (weight 0); a position with no real key so far has c = 0. Scores, weights, state and sums
 are float32 (float64 for float64 x) with autocast off: the products are thin (L×L by L×D per chunk, 1×T by T×D),
@@ -25,6 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 CHUNK_SIZE = 64
+#: chunks per group of the carry computation (``_carries``)
+GROUP_SIZE = 64
 
 ContextState = tuple[Tensor, Tensor, Tensor]  # m [B], l [B], u [B, D]
 
@@ -94,15 +97,8 @@ def _context_pool(x: Tensor, weight: Tensor, causal: bool, key_padding_mask: Ten
     e_chunk = torch.exp(ac - _finite_or_zero(chunk_max)[..., None])  # [B, n, L], <= 1
     u_chunk = (e_chunk[:, :, None, :] @ xc).squeeze(2)  # [B, n, D]
     l_chunk = e_chunk.sum(dim=-1)  # [B, n]
-    m, l, u = initial_state if initial_state is not None else empty_state(b, d, x.device, xs.dtype)
-    m, l, u = m.to(xs.dtype), l.to(xs.dtype), u.to(xs.dtype)
-    carried = []
-    for i in range(n):  # the state before each chunk: O(n·D) sequential work
-        carried.append((m, l, u))
-        m, l, u = _merge(m, l, u, chunk_max[:, i], l_chunk[:, i], u_chunk[:, i])
-    m_prev = torch.stack([s[0] for s in carried], dim=1)  # [B, n]
-    l_prev = torch.stack([s[1] for s in carried], dim=1)  # [B, n]
-    u_prev = torch.stack([s[2] for s in carried], dim=1)  # [B, n, D]
+    init = initial_state if initial_state is not None else empty_state(b, d, x.device, xs.dtype)
+    (m_prev, l_prev, u_prev), (m, l, u) = _carries(tuple(z.to(xs.dtype) for z in init), chunk_max, l_chunk, u_chunk)
     ref = _finite_or_zero(torch.maximum(m_prev[..., None], local_max))  # [B, n, L]: running max at each query
     causal_mask = torch.ones(chunk_size, chunk_size, dtype=torch.bool, device=x.device).tril()
     logits = (ac[:, :, None, :] - ref[..., :, None]).masked_fill(~causal_mask, float("-inf"))
@@ -112,6 +108,47 @@ def _context_pool(x: Tensor, weight: Tensor, causal: bool, key_padding_mask: Ten
     den = scale * l_prev[..., None] + p.sum(dim=-1)
     c = (num / _safe(den)[..., None]).reshape(b, n * chunk_size, d)[:, :t]
     return c, ((m, l, u) if output_final_state else None)
+
+
+def _carries(init: ContextState, m: Tensor, l: Tensor, u: Tensor) -> tuple[ContextState, ContextState]:
+    """Exclusive prefix merge of n chunk summaries (max ``m [B, n]``, ``l [B, n]``, ``u [B, n, D]``) after ``init``:
+    (the state before each chunk, as ``[B, n]``, ``[B, n]``, ``[B, n, D]``; the state after the last chunk).
+
+    The same two levels as the tokens: inside a group of G chunks, one masked [G, G] matrix of weights
+    e^{m_c' − R_c} <= 1 (c' < c, R_c the running max before chunk c) times the summaries; across groups, a loop over
+    the n/G groups carrying (max, sum, weighted sum). O(n·G·D + (n/G)·D) work, n/G sequential steps.
+    """
+    b, n = m.shape
+    d = u.shape[-1]
+    group = GROUP_SIZE  # read at call time, so tests can make groups small
+    ng = -(-n // group)
+    pad = ng * group - n
+    mg = F.pad(m, (0, pad), value=float("-inf")).view(b, ng, group)
+    lg = F.pad(l, (0, pad)).view(b, ng, group)
+    ug = F.pad(u, (0, 0, 0, pad)).view(b, ng, group, d)
+    # each group's own summary, relative to its max
+    g_max = mg.amax(dim=-1)  # [B, ng]
+    w = torch.exp(mg - _finite_or_zero(g_max)[..., None])  # [B, ng, G], <= 1
+    g_l = (w * lg).sum(dim=-1)
+    g_u = (w[:, :, None, :] @ ug).squeeze(2)  # [B, ng, D]
+    state, before = init, []
+    for i in range(ng):  # the state before each group
+        before.append(state)
+        state = _merge(*state, g_max[:, i], g_l[:, i], g_u[:, i])
+    top = torch.stack([z[0] for z in before], dim=1)  # [B, ng]
+    top_l = torch.stack([z[1] for z in before], dim=1)
+    top_u = torch.stack([z[2] for z in before], dim=1)  # [B, ng, D]
+    # running max strictly before each chunk: the groups before, then the earlier chunks of its own group
+    shifted = F.pad(mg, (1, 0), value=float("-inf"))[..., :group]
+    run_max = torch.maximum(top[..., None], torch.cummax(shifted, dim=-1).values)  # [B, ng, G]
+    ref = _finite_or_zero(run_max)
+    earlier = torch.ones(group, group, dtype=torch.bool, device=m.device).tril(-1)
+    weights = torch.exp((mg[:, :, None, :] - ref[..., :, None]).masked_fill(~earlier, float("-inf")))  # [B,ng,G,G]
+    scale = torch.exp(top[..., None] - ref)  # [B, ng, G], <= 1
+    m_prev = run_max.reshape(b, -1)[:, :n]
+    l_prev = (scale * top_l[..., None] + (weights * lg[:, :, None, :]).sum(dim=-1)).reshape(b, -1)[:, :n]
+    u_prev = (scale[..., None] * top_u[:, :, None, :] + weights @ ug).reshape(b, -1, d)[:, :n]
+    return (m_prev, l_prev, u_prev), state
 
 
 def _merge(m: Tensor, l: Tensor, u: Tensor, m2: Tensor, l2: Tensor, u2: Tensor) -> ContextState:
