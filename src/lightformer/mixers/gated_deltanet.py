@@ -8,9 +8,10 @@ Per head, with the state S_t ``[d_k, d_v]`` (``ops.delta.naive`` has the recurre
 
 The layer is ``deltanet``'s (short convolutions + SiLU on q, k, v; L2-normalised q, k; β = sigmoid(W_β x)) with
 the reference implementation's (flash-linear-attention ``GatedDeltaNet``) output gate: y = W_o (RMSNorm_head(o) ⊙
-SiLU(W_g x)), norm_eps 1e-5. Sizes: the reference's ``head_dim`` (256 at hidden 2048, 6 heads) is here D /
-num_heads, so the key width is D; values are ``expand_v`` = 2 times wider (d_v = 2·D / num_heads, value and gate
-width 2·D), as in the reference. Init (``init_weights``, Mamba-2 style, as the reference): A ~ U(0, 16), A_log =
+SiLU(W_g x)), norm_eps 1e-5. Sizes: the reference's ``head_dim`` (256 at hidden 2048, 6 heads) defaults here to
+D / num_heads, so the key width is D; values are ``expand_v`` = 2 times wider (d_v = 2·d_k, value and gate width
+2·D), as in the reference. That is 8·D² projection parameters (q, k: D² each; v, gate, output: 2·D² each);
+``head_dim = 3·D / (4·num_heads)`` gives the reference's own proportions at hidden 2048 (6·D², Mamba-2's budget). Init (``init_weights``, Mamba-2 style, as the reference): A ~ U(0, 16), A_log =
 log A; dt = exp(U(log dt_min, log dt_max)) clamped below at 1e-4, dt_bias = softplus⁻¹(dt) = dt + log(−expm1(−dt)).
 ``A_log``, ``dt_bias`` and the convolution weights are not weight-decayed.
 
@@ -38,7 +39,10 @@ class GatedDeltaNetConfig(MixerConfig):
     """Options of ``gated_deltanet`` (causal only, so ``causal`` defaults to True).
 
     Attributes:
-        expand_v: value (and gate) width over the key width D (>= 1): d_v = expand_v·D / num_heads.
+        head_dim: key width per head d_k (None = dim / num_heads, key width D). The reference's proportions at its
+            hidden size 2048 (head_dim 256 x 6 heads: key width 0.75·D, 6·D² projection parameters like Mamba-2)
+            are head_dim = 3·dim / (4·num_heads), e.g. 48 at dim 512 with 8 heads.
+        expand_v: value (and gate) width over the key width (>= 1): d_v = expand_v·d_k.
         conv_size: taps of the short causal convolutions on q, k and v (>= 1).
         chunk_size: tokens per chunk of the chunkwise form (>= 1).
         norm_eps: eps of the gated per-head output RMSNorm (> 0).
@@ -46,6 +50,7 @@ class GatedDeltaNetConfig(MixerConfig):
     """
 
     causal: bool = True
+    head_dim: int | None = None
     expand_v: int = 2
     conv_size: int = 4
     chunk_size: int = 64
@@ -55,6 +60,8 @@ class GatedDeltaNetConfig(MixerConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.head_dim is not None and self.head_dim < 1:
+            raise ValueError(f"head_dim must be a positive int or None, got {self.head_dim!r}")
         if self.expand_v < 1:
             raise ValueError(f"expand_v must be a positive int, got {self.expand_v!r}")
         if self.conv_size < 1:
@@ -88,7 +95,8 @@ class GatedDeltaNet(DeltaNet):
     def __init__(self, config: GatedDeltaNetConfig) -> None:
         super(DeltaNet, self).__init__(config)
         d, h = config.dim, config.num_heads
-        self._build(config, key_dim=d, value_dim=d * config.expand_v)
+        key_dim = d if config.head_dim is None else config.head_dim * h
+        self._build(config, key_dim=key_dim, value_dim=key_dim * config.expand_v)
         self.a_proj = nn.Linear(d, h, bias=False)
         self.g_proj = nn.Linear(d, self.value_dim, bias=False)
         self.A_log = nn.Parameter(torch.zeros(h))
