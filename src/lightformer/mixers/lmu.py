@@ -164,7 +164,7 @@ class LMU(Mixer):
 
     def _forward_state(self, x: Tensor, state: State) -> tuple[Tensor, LMUState]:
         state = self._check_state(state)
-        u = self._input(x, None)
+        u = self._input(x, None).to(state.m.dtype)  # the memory and its final value in the state's precision
         ab, bb = self.lti(x.device, state.m.dtype)
         m, final = fft.lti_memory(u, ab, bb, impulse=self.impulse(x.shape[1], x.device, state.m.dtype),
                                   initial_state=state.m)

@@ -7,8 +7,8 @@ circular convolution of length n >= T + L − 1 (no wrap-around reaches the firs
     y = irfft(rfft(u, n) · rfft(k, n), n)[:T],        n = the next 2^a·3^b·5^c >= T + min(L, T) − 1
 
 (n = 2T for a full-length kernel at T a power of two). ``_FFTConv`` is an autograd Function whose backward is two
-more FFT correlations (du = irfft(G·conj(K̂)), dk = irfft(Σ G·conj(Û))): it keeps the two spectra of the forward
-instead of autograd's copies of every intermediate, sums the kernel gradient over the batch in the frequency
+more FFT correlations (du = irfft(G·conj(K̂)), dk = irfft(Σ G·conj(Û))): it keeps u and the kernel's spectrum K̂
+(recomputing Û, as the mixers keep u anyway) instead of autograd's copies of every intermediate, sums the kernel gradient over the batch in the frequency
 domain (one inverse FFT per channel, not per row), and broadcasts u against k (``u [..., 1, T]`` with ``k [d, L]``
 gives ``[..., d, T]``: the LMU's one input per memory feeds d features from one FFT).
 
@@ -81,13 +81,15 @@ class _FFTConv(torch.autograd.Function):
             uf = _rfft(u, n, cd)  # [..., C|1, n/2+1]
             kf = _rfft(k, n, cd)  # [..., L -> n/2+1]
             y = torch.fft.irfft(uf * kf, n=n)[..., :t]
-        ctx.save_for_backward(uf if ctx.needs_input_grad[1] else None, kf)
+        # u, not its spectrum: the mixers keep u for their own backward anyway (a D skip or a gate multiplies it),
+        # so one more rfft in the backward saves a [..., C, n/2+1] complex tensor (2x u's size) per convolution
+        ctx.save_for_backward(u if ctx.needs_input_grad[1] else None, kf)
         ctx.meta = (t, k.shape[-1], n, u.shape, u.dtype, k.dtype)
         return y.to(u.dtype)
 
     @staticmethod
     def backward(ctx, g: Tensor):
-        uf, kf = ctx.saved_tensors
+        u, kf = ctx.saved_tensors
         t, lk, n, ushape, udtype, kdtype = ctx.meta
         du = dk = None
         with kernels.no_autocast(g.device):
@@ -99,6 +101,7 @@ class _FFTConv(torch.autograd.Function):
             if ctx.needs_input_grad[1]:
                 # dk_l = Σ_(batch, t) g_t u_(t−l), summed over the batch before the inverse FFT
                 kshape = kf.shape[:-1]
+                uf = _rfft(u, n, kf.real.dtype)
                 dk = torch.fft.irfft((gf * uf.conj()).sum_to_size(*kshape, gf.shape[-1]), n=n)[..., :lk]
                 dk = dk.to(kdtype)
         return du, dk
