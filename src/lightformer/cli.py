@@ -150,6 +150,7 @@ def format_metrics(metrics: dict[str, float], tokenizer: str | None = None) -> s
 def cmd_eval(args: argparse.Namespace) -> int:
     from .train.checkpoint import load_trained
     from .train.evaluate import evaluate
+    from .train.precision import resolve_bf16
 
     model, task, config, state = load_trained(args.checkpoint)
     if args.data:
@@ -159,7 +160,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             tokenizer=task.tokenizer)
     tc = config.train
     metrics = evaluate(model, task, args.split, n=(args.iters or tc.eval_iters) * tc.batch_size,
-                       batch_size=tc.batch_size, bf16=tc.bf16)
+                       batch_size=tc.batch_size, bf16=resolve_bf16(tc.bf16, "cpu"))
     count = metrics.pop("count")
     summary = {**{f"{args.split}_{k}": v for k, v in metrics.items()}, "steps": state["step"],
                "tokens": state["tokens"], "seconds": state["elapsed"], "task": task.name, "count": count}

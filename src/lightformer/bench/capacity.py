@@ -123,7 +123,7 @@ def run(cell: CapacityCell) -> dict[str, Any]:
                 best = (trainer, value, result, lr)
         trainer, value, result, lr = best
         test = evaluate(trainer.model, task, "test", n=cell.eval_n, batch_size=trainer.config.train.batch_size,
-                        bf16=trainer.config.train.bf16)
+                        bf16=trainer.bf16)
         rec.update(status="ok", metric=metric, value=test[metric], val_value=value,
                    metrics={f"test_{k}": v for k, v in test.items() if k != "count"}, lr=lr, lr_grid=grid,
                    steps=result.steps, seconds=result.seconds, total_seconds=time.monotonic() - t0,
@@ -131,7 +131,7 @@ def run(cell: CapacityCell) -> dict[str, Any]:
                    params=sum(p.numel() for p in trainer.model.parameters()),
                    state_size=state_size(cell.mixer, dict(cell.mixer_options), dim=model.dim,
                                          num_heads=model.num_heads, seq_len=task.seq_len),
-                   task_describe=task.describe())
+                   task_describe=task.describe(), autocast="bf16" if trainer.bf16 else "fp32")
         if hasattr(task, "baselines"):
             rec["baselines"] = task.baselines("test", cell.eval_n)
     except BaseException as exc:  # noqa: BLE001 - every failure becomes the record's status

@@ -27,6 +27,7 @@ from typing import Any, Callable
 from ..models.config import ModelConfig
 from ..tasks.text import Corpus
 from ..train.config import RunConfig, TrainConfig
+from ..train.precision import resolve_bf16
 from .capacity import CapacityCell, run as run_capacity
 from .grid import LIGHTFORMER, Grid
 from .machine import machine_info
@@ -54,12 +55,12 @@ COMPARE_OPTIONS: dict[str, dict[str, Any]] = {
 #: The model every mixer is trained in: 4 layers of width 128, context 256 (positions: per mixer).
 COMPARE_MODEL = {"dim": 128, "num_layers": 4, "num_heads": 4, "max_len": 256}
 COMPARE_TRAIN = {"batch_size": 16, "block_size": 256, "lr": 2e-3, "min_lr": 2e-4, "warmup_steps": 50,
-                 "bf16": True, "eval_interval": 100, "eval_iters": 20, "max_steps": None}
+                 "bf16": "auto", "eval_interval": 100, "eval_iters": 20, "max_steps": None}
 #: The recall probe: MQAR with K = T/16 pairs (Zoology's ratio from T=64 to 256) over 64 tokens, in the suite's
 #: 2-layer probe model; batch 128 (MQAR learns in far fewer steps with large batches).
 RECALL_VOCAB = 64
 RECALL_MODEL = {"dim": 64, "num_layers": 2, "num_heads": 2, "ffn_mult": 2.0}
-RECALL_TRAIN = {"batch_size": 128, "warmup_steps": 50, "weight_decay": 0.1, "bf16": True, "max_steps": None}
+RECALL_TRAIN = {"batch_size": 128, "warmup_steps": 50, "weight_decay": 0.1, "bf16": "auto", "max_steps": None}
 RECALL_LR = 3e-3
 RECALL_EVAL = 512
 #: Recall training seconds that make T=64 learnable for attention; each doubling of T doubles the need.
@@ -288,7 +289,7 @@ def run_compare(mixers: list[str], *, data: str = "stdlib", tokenizer: str | Non
             f"{machine['torch']} · git {machine['git_commit']} · {time.strftime('%Y-%m-%d')}\n\n{text}\n\n"
             f"Data: {corpus.describe()}. Each mixer trained the same model ({json.dumps(COMPARE_MODEL)}; RoPE where "
             f"the mixer accepts it, else learned positions) for {budget_s:.0f} s per seed, seeds {seeds} "
-            f"(bf16 autocast, batch {COMPARE_TRAIN['batch_size']} × {COMPARE_TRAIN['block_size']}); ≈ marks a "
+            f"({'bf16 autocast' if resolve_bf16('auto') else 'fp32: this CPU has no native bf16'}, batch {COMPARE_TRAIN['batch_size']} × {COMPARE_TRAIN['block_size']}); ≈ marks a "
             f"value tied with the best (means within 2·sqrt(spread² + spread²), twice the standard error of the "
             f"difference for two seeds).{recall_text} Speed and memory: fwd+bwd of one "
             f"mixer layer (D=512, H=8, B=1, fp32, causal), median of {repeats} runs, peak RSS growth, in a fresh "

@@ -37,12 +37,12 @@ class Recipe:
 
 
 _PROBE_MODEL = {"dim": 64, "num_layers": 2, "num_heads": 2, "position": "auto", "ffn_mult": 2.0}
-_PROBE_TRAIN = {"batch_size": 128, "warmup_steps": 100, "weight_decay": 0.1, "bf16": True, "max_steps": 20000}
+_PROBE_TRAIN = {"batch_size": 128, "warmup_steps": 100, "weight_decay": 0.1, "bf16": "auto", "max_steps": 20000}
 #: MQAR needs large batches to leave the plateau at accuracy ~1/K (Zoology uses 512 at T <= 128); see
 #: docs/capacity.md for the recipe's measurements
 _MQAR_TRAIN = {**_PROBE_TRAIN, "batch_size": 256}
 _LRA_MODEL = {"dim": 64, "num_layers": 2, "num_heads": 2, "position": "auto", "ffn_mult": 2.0, "dropout": 0.1}
-_LRA_TRAIN = {"batch_size": 32, "warmup_steps": 100, "weight_decay": 0.01, "bf16": True, "max_steps": 20000}
+_LRA_TRAIN = {"batch_size": 32, "warmup_steps": 100, "weight_decay": 0.01, "bf16": "auto", "max_steps": 20000}
 
 RECIPES: dict[str, Recipe] = {
     "mqar": Recipe({}, _PROBE_MODEL, {**_MQAR_TRAIN, "max_steps": 800}, (1e-3, 3e-3), 512),
@@ -59,7 +59,7 @@ RECIPES: dict[str, Recipe] = {
     "text": Recipe({}, _LRA_MODEL, _LRA_TRAIN, (5e-4, 1e-3, 2e-3), 500),
     "retrieval": Recipe({}, _LRA_MODEL, _LRA_TRAIN, (5e-4, 1e-3, 2e-3), 500),
     "lm": Recipe({"block_size": 256}, {"dim": 128, "num_layers": 4, "num_heads": 4, "position": "auto"},
-                 {"batch_size": 16, "warmup_steps": 50, "bf16": True, "max_steps": None}, (2e-3,), 640),
+                 {"batch_size": 16, "warmup_steps": 50, "bf16": "auto", "max_steps": None}, (2e-3,), 640),
 }
 #: The probes (causal, ``LanguageModel``) and the Long Range Arena tasks (bidirectional classifiers).
 PROBES = ("mqar", "induction", "fuzzy_recall", "noisy_recall", "selective_copy", "compression", "memorization",

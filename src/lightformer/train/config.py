@@ -46,7 +46,8 @@ class TrainConfig:
             ``train/optim.py``).
         lr, min_lr, warmup_steps, weight_decay, beta1, beta2, grad_clip: AdamW with linear warm-up then cosine
             decay to ``min_lr``; gradient norm clipped to ``grad_clip`` (0 = off).
-        bf16: bf16 autocast on CPU (matmuls on AMX; weights and optimizer stay fp32).
+        bf16: bf16 autocast (weights and optimizer stay fp32): ``True``, ``False``, or ``"auto"`` = bf16 where the
+            device multiplies bf16 natively (AMX / AVX-512 BF16 CPUs, CUDA), else fp32 (``train/precision.py``).
         eval_interval, eval_iters: evaluate every N steps on ``eval_iters`` fixed validation batches.
         checkpoint_interval: write a checkpoint every N steps (0 = only at the end) when ``out_dir`` is set.
         seed: seeds the model init, the batch sampler and dropout.
@@ -68,7 +69,7 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.99
     grad_clip: float = 1.0
-    bf16: bool = False
+    bf16: bool | str = False
     eval_interval: int = 250
     eval_iters: int = 20
     checkpoint_interval: int = 0
@@ -91,6 +92,8 @@ class TrainConfig:
             raise ValueError(f"max_time must be positive, got {self.max_time!r}")
         if not 0 < self.lr or not 0 <= self.min_lr <= self.lr:
             raise ValueError(f"need 0 <= min_lr <= lr and lr > 0, got lr={self.lr}, min_lr={self.min_lr}")
+        if not (isinstance(self.bf16, bool) or self.bf16 == "auto"):
+            raise ValueError(f"bf16 must be true, false or 'auto', got {self.bf16!r}")
         if self.warmup_steps < 0 or self.grad_clip < 0 or self.checkpoint_interval < 0 or self.threads < 0:
             raise ValueError("warmup_steps, grad_clip, checkpoint_interval and threads must be >= 0")
 
@@ -168,7 +171,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "stdlib-small": {
         "model": {"dim": 128, "num_layers": 4, "num_heads": 4, "max_len": 128, "position": "learned"},
         "train": {"data": "stdlib", "tokenizer": "byte", "batch_size": 16, "block_size": 128, "max_steps": 600,
-                  "max_time": "3m", "lr": 2e-3, "min_lr": 2e-4, "warmup_steps": 50, "bf16": True,
+                  "max_time": "3m", "lr": 2e-3, "min_lr": 2e-4, "warmup_steps": 50, "bf16": "auto",
                   "eval_interval": 200, "eval_iters": 20},
     },
     # nanoGPT's CPU Shakespeare config, for reference (4 layers, 128 dim, context 64, batch 12, 2000 iterations)
@@ -187,7 +190,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                   "ffn": "gelu", "position": "learned", "mixer": "tiled_softmax"},
         "train": {"data": "../shared/data/tinyshakespeare.txt", "tokenizer": "char", "batch_size": 16,
                   "block_size": 128, "max_steps": None, "max_time": "9.5m", "optimizer": "muon", "lr": 6e-3,
-                  "min_lr": 6e-4, "warmup_steps": 100, "bf16": True, "eval_interval": 250, "eval_iters": 50},
+                  "min_lr": 6e-4, "warmup_steps": 100, "bf16": "auto", "eval_interval": 250, "eval_iters": 50},
     },
     # seconds: for tests and smoke runs
     "tiny": {

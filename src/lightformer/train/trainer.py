@@ -20,6 +20,7 @@ from . import checkpoint
 from .config import RunConfig
 from .evaluate import autocast_context, evaluate
 from .optim import build_optimizer
+from .precision import resolve_bf16
 
 LN2 = math.log(2.0)
 #: draw seeds of training batches: run seed s, step t -> s·STREAM + t (a stream per run seed, resumable by step)
@@ -116,19 +117,24 @@ class Trainer:
         self.log = log or tqdm.write
 
     @property
+    def bf16(self) -> bool:
+        """Whether this run autocasts to bf16 (``TrainConfig.bf16`` with ``"auto"`` resolved for the device)."""
+        return resolve_bf16(self.config.train.bf16, self.device)
+
+    @property
     def corpus(self) -> Corpus:
         """The ``lm`` task's corpus (AttributeError for other tasks)."""
         return self.task.corpus  # type: ignore[attr-defined]
 
     # -- pieces ---------------------------------------------------------------------------------------------------
     def autocast(self):
-        return autocast_context(self.device, self.config.train.bf16)
+        return autocast_context(self.device, self.bf16)
 
     def evaluate(self, split: str = "val", iters: int | None = None) -> dict[str, float]:
         """The task's metrics on the canonical ``split`` set of ``iters`` (default ``eval_iters``) batches."""
         tc = self.config.train
         return evaluate(self.model, self.task, split, n=(iters or tc.eval_iters) * tc.batch_size,
-                        batch_size=tc.batch_size, bf16=tc.bf16, device=self.device)
+                        batch_size=tc.batch_size, bf16=self.bf16, device=self.device)
 
     def train_batch(self, step: int) -> tuple:
         return batch_to(self.task.sample("train", self.config.train.batch_size,
