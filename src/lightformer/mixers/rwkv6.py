@@ -184,9 +184,9 @@ class RWKV6(Mixer):
         lora = torch.tanh(xxx @ self.time_maa_w1.to(x.dtype)).unflatten(-1, (5, -1))  # [B, T, 5, r]
         lora = torch.einsum("btfr,frd->btfd", lora, self.time_maa_w2.to(lora.dtype))  # [B, T, 5, D]
         mixed = {}
-        for i, name in enumerate(TARGETS):
+        for name, m in zip(TARGETS, lora.unbind(2)):  # unbind: one gradient buffer, not a zeroed one per target
             mu = getattr(self, f"time_maa_{name}")
-            mixed[name] = torch.addcmul(x, xx, lora[:, :, i] + mu.to(lora.dtype))
+            mixed[name] = torch.addcmul(x, xx, m + mu.to(m.dtype))
         r = self.receptance(mixed["r"])
         k = self.key(mixed["k"])
         v = self.value(mixed["v"])
