@@ -33,7 +33,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from ..nn.state import State
-from ..ops.longconv import fft, naive
+from ..ops.longconv import fft, kernels, naive
 from .base import MIXERS, Capabilities, Mixer, MixerConfig
 from .s4d import DiagonalSSM, complex_dtype
 
@@ -185,7 +185,7 @@ class H3(Mixer):
         k_shift = (full.flip(1) * self.shift_kernel.T.to(acc)).sum(1)  # [B, D]
         kv = self._kv(k_shift[..., None], k, v)[..., 0]  # [B, d, d, H]
         dtA, b_bar, c = (p.to(state.x.dtype) for p in self.ssm.discretize())
-        xs = torch.exp(dtA) * state.x + b_bar * kv[..., None]  # [B, d, d, H, N/2]
+        xs = kernels.cexp(dtA) * state.x + b_bar * kv[..., None]  # [B, d, d, H, N/2]
         s = 2.0 * (c * xs).sum(-1).real
         y = self._out(s[..., None], kv[..., None], q)[:, 0]
         return y.to(x_t.dtype), H3State(length=state.length + 1, window=full[:, 1:], x=xs)

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..nn.state import State
-from ..ops.longconv import fft, naive
+from ..ops.longconv import fft, kernels, naive
 from .base import MIXERS, Capabilities, Mixer, MixerConfig
 
 S4D_INITS = ("lin", "real")
@@ -104,7 +104,7 @@ class DiagonalSSM(nn.Module):
         """``(ΔA, B̄, C)``, each ``[C, N/2]`` complex (of the parameters' dtype): ZOH with B = 1."""
         a = torch.complex(-torch.exp(self.log_A_real), self.A_imag)  # [C, N/2]
         dtA = torch.exp(self.log_dt)[:, None] * a
-        b_bar = (torch.exp(dtA) - 1.0) / a
+        b_bar = (kernels.cexp(dtA) - 1.0) / a
         return dtA, b_bar, torch.view_as_complex(self.C)
 
 
@@ -193,7 +193,7 @@ class S4D(Mixer):
         state = self._check_state(state)
         dtA, b_bar, c = (p.to(state.x.dtype) for p in self.ssm.discretize())
         u = x_t.to(state.x.real.dtype)  # [B, D]
-        s = torch.exp(dtA) * state.x + b_bar * u[..., None]  # [B, D, N/2]
+        s = kernels.cexp(dtA) * state.x + b_bar * u[..., None]  # [B, D, N/2]
         y = 2.0 * (c * s).sum(-1).real  # [B, D]
         out = self._output(y[..., None], u[..., None])[:, 0]
         return out.to(x_t.dtype), S4DState(length=state.length + 1, x=s)

@@ -131,13 +131,13 @@ def diag_ssm(u: Tensor, dtA: Tensor, b_bar: Tensor, c: Tensor, *, initial_state:
         return y, None
     with kernels.no_autocast(u.device):
         if initial_state is not None:
-            free = kernels.vandermonde(c * torch.exp(dtA) * initial_state, dtA, t)  # [..., C, T]
+            free = kernels.vandermonde(c * kernels.cexp(dtA) * initial_state, dtA, t)  # [..., C, T]
             y = (y + free).to(u.dtype)
         final = None
         if output_final_state:
             final = b_bar * kernels.vandermonde_transpose(u.flip(-1), dtA)
             if initial_state is not None:
-                final = final + torch.exp(dtA * t) * initial_state
+                final = final + kernels.cexp(dtA * t) * initial_state
     return y, final
 
 

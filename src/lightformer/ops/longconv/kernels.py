@@ -25,6 +25,12 @@ def no_autocast(device: torch.device):
         yield
 
 
+def cexp(z: Tensor) -> Tensor:
+    """exp of a complex tensor as exp(Re z)·(cos(Im z) + i·sin(Im z)) (``torch.polar``): the same value, but
+    vectorised real kernels; torch's complex ``exp`` on CPU was 3-10x slower (2.7 ms for [512, 32] complex64)."""
+    return torch.polar(torch.exp(z.real.contiguous()), z.imag.contiguous())
+
+
 def _block(length: int) -> int:
     """L_b: a power of two near sqrt(length), so both factor tables are ~sqrt(L)·N."""
     return 1 << max(0, math.ceil(math.log2(max(1, length)) / 2))

@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .kernels import cexp
+
 
 def causal_conv(u: Tensor, k: Tensor) -> Tensor:
     """The explicit causal convolution y_t = Σ_(s <= t, t−s < L) k_(t−s) u_s as a [T, T] Toeplitz product.
@@ -47,7 +49,7 @@ def diag_ssm(u: Tensor, dtA: Tensor, b_bar: Tensor, c: Tensor, *, initial_state:
     Returns:
         ``(y [..., C, T] real, x_T [..., C, N] complex or None)``.
     """
-    da = torch.exp(dtA)
+    da = cexp(dtA)
     x = initial_state
     if x is None:
         x = torch.zeros(*u.shape[:-1], dtA.shape[-1], dtype=dtA.dtype, device=u.device)
