@@ -1,5 +1,5 @@
-"""gla specifics (named _layer: tests/ops/test_gla.py holds the basename): the gate α = σ(·)^{1/16} of the reference layer, the reference sizes, states that stay float32
-under bf16 autocast, and FLOPs linear in T."""
+"""gla specifics (named _layer: tests/ops/test_gla.py holds the basename): the gate α = σ(·)^{1/16} of the
+reference layer, the reference sizes, states that stay float32 under bf16 autocast, and FLOPs linear in T."""
 
 from __future__ import annotations
 
