@@ -111,6 +111,66 @@ def _acc(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+class _OutputGate(torch.autograd.Function):
+    """y = (LN_head(h) ⊙ w + skip ⊙ x_c) ⊙ SiLU(z), computed in float32 in blocks of ``BLOCK`` tokens, saving only
+    its inputs (which the layer keeps anyway) and the per-head statistics. Composed from autograd ops under bf16
+    autocast, the per-head LayerNorm (an fp32 op there) and the three products kept five [B, T, E] float32
+    tensors: 1.2 GiB at T = 65536, E = 1024."""
+
+    BLOCK = 4096
+
+    @staticmethod
+    def forward(ctx, h: Tensor, x_c: Tensor, z: Tensor, weight: Tensor, skip: Tensor, eps: float) -> Tensor:
+        b, t, e = x_c.shape
+        heads = h.shape[2]
+        acc = torch.float64 if x_c.dtype == torch.float64 else torch.float32
+        y = torch.empty_like(x_c)
+        stats = torch.empty(2, b, t, heads, 1, dtype=acc, device=h.device)
+        w, sk = weight.to(acc), skip.to(acc)
+        for lo in range(0, t, _OutputGate.BLOCK):
+            hi = min(t, lo + _OutputGate.BLOCK)
+            hf = h[:, lo:hi].to(acc, copy=True)  # [B, L, H, d], normalised in place below
+            var, mean = torch.var_mean(hf, dim=-1, keepdim=True, correction=0)
+            rstd = (var + eps).rsqrt_()
+            stats[0, :, lo:hi], stats[1, :, lo:hi] = mean, rstd
+            hn = hf.sub_(mean).mul_(rstd).view(b, hi - lo, e)
+            a = hn.mul_(w).add_(x_c[:, lo:hi].to(acc) * sk)
+            y[:, lo:hi] = a.mul_(F.silu(z[:, lo:hi].to(acc)))
+        ctx.save_for_backward(h, x_c, z, weight, skip, stats)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy: Tensor):
+        h, x_c, z, weight, skip, stats = ctx.saved_tensors
+        b, t, e = x_c.shape
+        heads, d = h.shape[2], h.shape[3]
+        acc = stats.dtype
+        w, sk = weight.to(acc), skip.to(acc)
+        dh, dx, dz = torch.empty_like(h), torch.empty_like(x_c), torch.empty_like(z)
+        dw = torch.zeros(e, dtype=acc, device=h.device)
+        dsk = torch.zeros_like(dw)
+        for lo in range(0, t, _OutputGate.BLOCK):
+            hi = min(t, lo + _OutputGate.BLOCK)
+            mean, rstd = stats[0, :, lo:hi], stats[1, :, lo:hi]
+            hn = (h[:, lo:hi].to(acc) - mean).mul_(rstd).view(b, hi - lo, e)
+            xc = x_c[:, lo:hi].to(acc)
+            zz, g = z[:, lo:hi].to(acc, copy=True), dy[:, lo:hi].to(acc, copy=True)  # changed in place
+            sig = torch.sigmoid(zz)
+            a = hn * w + xc * sk
+            dz[:, lo:hi] = g * a * sig * (1 + zz * (1 - sig))  # SiLU'(z) = σ(z)(1 + z(1 − σ(z)))
+            da = g.mul_(zz.mul_(sig))  # dy ⊙ SiLU(z)
+            dw += (da * hn).sum((0, 1))
+            dsk += (da * xc).sum((0, 1))
+            dx[:, lo:hi] = da * sk
+            dhn = (da * w).view(b, hi - lo, heads, d)
+            hn4 = hn.view(b, hi - lo, heads, d)
+            # LayerNorm backward over each head's d features
+            dhn -= dhn.mean(-1, keepdim=True) + hn4 * (dhn * hn4).mean(-1, keepdim=True)
+            dh[:, lo:hi] = dhn.mul_(rstd)
+        return dh, dx, dz, dw.to(weight.dtype), dsk.to(skip.dtype), None
+
+
 class _BlockDiagonalFn(torch.autograd.Function):
     """y[..., n, o] = Σ_i W[n, o, i] x[..., n, i] as ``block`` fused multiply-adds over ``[..., E/block, block]``
     (as a batched matmul over E/block tiny blocks, with its layout copies, it took 10x longer), and the same
@@ -245,8 +305,15 @@ class MLSTM(Mixer):
         return q, k, v, i_pre, f_pre, x_c, z, window
 
     def _output(self, h_tilde: Tensor, x_c: Tensor, z: Tensor) -> Tensor:
-        """h̃ ``[B, H, T, d]`` -> proj_down((LN_head(h̃) + skip ⊙ x_c) ⊙ SiLU(z)) ``[B, T, D]``."""
-        h = self.config.num_heads
+        """h̃ ``[B, H, T, d]`` -> proj_down((LN_head(h̃) ⊙ w + skip ⊙ x_c) ⊙ SiLU(z)) ``[B, T, D]`` (fused)."""
+        h = rearrange(h_tilde, "b h t d -> b t h d")
+        with torch.autocast(device_type=x_c.device.type, enabled=False):
+            out = _OutputGate.apply(h, x_c, z.to(x_c.dtype), self.outnorm_weight, self.learnable_skip,
+                                    self.config.norm_eps)
+        return self.proj_down(out)
+
+    def _output_reference(self, h_tilde: Tensor, x_c: Tensor, z: Tensor) -> Tensor:
+        """``_output`` composed from autograd ops (the oracle's, so the contract checks the fused backward)."""
         hn = F.layer_norm(rearrange(h_tilde, "b h t d -> b t h d").to(x_c.dtype), (self.head_dim,),
                           eps=self.config.norm_eps)
         hn = rearrange(hn, "b t h d -> b t (h d)") * self.outnorm_weight.to(x_c.dtype)
@@ -262,7 +329,7 @@ class MLSTM(Mixer):
     def _oracle(self, x: Tensor, key_padding_mask: Tensor | None) -> Tensor:
         q, k, v, i_pre, f_pre, x_c, z, _ = self._branch(x, key_padding_mask, lambda u: (self.conv.oracle(u), None))
         h_tilde, _ = naive.mlstm_recurrent(q, k, v, i_pre, f_pre)
-        return self._output(h_tilde, x_c, z)
+        return self._output_reference(h_tilde, x_c, z)
 
     def _init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> MLSTMState:
         acc = _acc(dtype)

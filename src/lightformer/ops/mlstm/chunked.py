@@ -14,14 +14,16 @@ where (C'_prev, n'_prev, m_prev) is the state before the chunk. Every exponent i
 are those of the recurrence, m included: with g_c = Σ_{s in c} a_s and u_c = max_j log D_{last,j},
 m_c = max(g_c + m_{c−1}, u_c) and
 
-    C'_c = e^{g_c + m_{c−1} − m_c} C'_{c−1} + e^{u_c − m_c} U'_c,      U'_c = Σ_j e^{log D_{last,j} − u_c} k_j v_jᵀ
+    C'_c = e^{g_c + m_{c−1} − m_c} C'_{c−1} + Σ_j e^{log D_{last,j} − m_c} k_j v_jᵀ
 
-(a product of two exps, each <= 1, split at the chunk's end between the keys and any later query).
+(each weight one exp of a masked segment sum, <= 1; nothing spans more than one chunk).
 
-Groups. Chunks are processed G at a time (``GROUP_ELEMENTS`` bounds the B·H·G·d² floats of a group's states):
-the G chunk contributions U'_c are one batched matmul, and the G chunk-end states one [G, G] × [G, d²] matmul
-with weights exp(segsum(g)_{c,c'} + u_{c'} − m_c) (lower triangle) plus the state carried in from the previous
-group (the same segment-sum construction one level up, as in Mamba-2's SSD, Dao & Gu 2024, Listing 1).
+Groups. Chunks are processed G at a time (``GROUP_ELEMENTS`` bounds the B·H·G·d² floats of a group's states),
+chunk-major (``[G, B, H, ...]``) so that the states before and after each chunk are contiguous slices of one
+``[G + 1, B, H, d, d]`` buffer: the G chunk contributions are one batched matmul, the G chunk-end states a G-step
+fused scan (``addcmul_`` on ``[B, H, d, d]``; a [G, G] × [G, d²] matmul with inner size G ran at a third of the
+matmul rate), and every read-out one batched matmul. The stabilisers m_c of the G chunk ends come from one
+[G, G] masked segment sum of the g's (as in Mamba-2's SSD, Dao & Gu 2024, Listing 1).
 
 Backward (``_MLSTMChunked``, hand-written; autograd would keep every group's [G, C, C] and [G, d, d] tensors). The
 max-stabilisers are constants: the outputs and the unstabilised states do not depend on them, so their argmax
@@ -30,8 +32,8 @@ C'_c (the gradient with respect to C'_c at fixed m_c) obeys
 
     δ_{c−1} = e^{g_c + m_{c−1} − m_c} δ_c + Σ_{t in c} e^{b_t + m_{c−1} − m_t} q_t dnum'_tᵀ
 
-(all weights <= 1), evaluated per group by one upper-triangular [G, G] × [G, d²] matmul from the dual carried in
-from the next group. The final state's m_T (a max over the sequence) sends its gradient to its argmax (recorded in
+(all weights <= 1), evaluated per group by the same kind of G-step scan, backwards, from the dual carried in from
+the next group. The final state's m_T (a max over the sequence) sends its gradient to its argmax (recorded in
 the forward), the initial state gets δ_0 and dm_0 = <δ_0, C'_0> + <δn_0, n'_0>. The group's chunk-end states are
 recomputed from the state saved at each group's start (B·H·d² floats per group).
 
@@ -41,6 +43,8 @@ h is returned in the dtype of v.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -69,10 +73,16 @@ def segsum(x: Tensor) -> Tensor:
     """``x [..., L] -> [..., L, L]`` with out[t, j] = Σ_{j<s<=t} x_s for j <= t and −inf above the diagonal: a cumsum
     under a lower-triangular mask (no difference of two long cumsums, which loses digits)."""
     n = x.shape[-1]
-    rep = x[..., :, None].expand(*x.shape, n)  # rep[s, j] = x_s
-    keep = torch.ones(n, n, dtype=torch.bool, device=x.device).tril(-1)  # s > j
-    out = rep.masked_fill(~keep, 0.0).cumsum(dim=-2)
-    return out.masked_fill(~torch.ones(n, n, dtype=torch.bool, device=x.device).tril(), float("-inf"))
+    strict, lower = _masks(n, x.device)
+    out = x[..., :, None].expand(*x.shape, n).masked_fill(strict, 0.0).cumsum(dim=-2)  # rows s > j summed
+    return out.masked_fill_(lower, float("-inf"))
+
+
+@functools.lru_cache(maxsize=16)
+def _masks(n: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """(s <= j, t < j) as ``[n, n]`` bool: what ``segsum`` zeroes before its cumsum and sets to −inf after."""
+    ones = torch.ones(n, n, dtype=torch.bool, device=device)
+    return ~ones.tril(-1), ~ones.tril()
 
 
 def group_chunks(b: int, h: int, d: int, n_chunks: int) -> int:
@@ -275,7 +285,8 @@ class _MLSTMChunked(torch.autograd.Function):
             dk_g.add_(dk_state)
             dv_g.add_(dv_state)
             # chunk decay g_j in C_j = e^{g_j} C_{j−1} + ...
-            dg = grp.decay * ((d_after * grp.c_prev).sum((-1, -2)) + (dn_after * grp.n_prev).sum(-1))
+            dg = grp.decay * (torch.linalg.vecdot(d_after.flatten(-2), grp.c_prev.flatten(-2))
+                              + torch.linalg.vecdot(dn_after, grp.n_prev))
             # gates: log D_ts = Σ_{s<u<=t} a_u + ĩ_s; log w_t = b_t + ...; log β_s = Σ_{s<u<=last} a_u + ĩ_s
             corner = torch.zeros_like(r)
             corner[..., 1:] = r[..., :-1]
