@@ -8,9 +8,10 @@ circular convolution of length n >= T + L − 1 (no wrap-around reaches the firs
 
 (n = 2T for a full-length kernel at T a power of two). ``_FFTConv`` is an autograd Function whose backward is two
 more FFT correlations (du = irfft(G·conj(K̂)), dk = irfft(Σ G·conj(Û))): it keeps u and the kernel's spectrum K̂
-(recomputing Û, as the mixers keep u anyway) instead of autograd's copies of every intermediate, sums the kernel gradient over the batch in the frequency
-domain (one inverse FFT per channel, not per row), and broadcasts u against k (``u [..., 1, T]`` with ``k [d, L]``
-gives ``[..., d, T]``: the LMU's one input per memory feeds d features from one FFT).
+(recomputing Û, as the mixers keep u anyway) instead of autograd's copies of every intermediate, sums the kernel
+gradient over the batch in the frequency domain (one inverse FFT per channel, not per row), and broadcasts u
+against k (``u [..., 1, T]`` with ``k [d, L]`` gives ``[..., d, T]``: the LMU's one input per memory feeds d
+features from one FFT).
 
 Dtypes: the FFT runs in float64 for float64 inputs, else in float32 (no bf16 FFT on CPU; under bf16 autocast the
 inputs are upcast, the output is returned in u's dtype). Layout: sequence last, ``[..., C, T]`` (any strides; the
