@@ -62,9 +62,10 @@ def _states(x: Tensor, a: Tensor, du: Tensor, Bm: Tensor, h0: Tensor) -> Tensor:
     """The chunk's states h_t into buffer ``x [l, B, N, E]``, from decays ``a``, Δu ``[l, B, E]``, B ``[l, B, N]``
     and the entering state ``h0 [B, N, E]``."""
     torch.mul(du[:, :, None, :], Bm[..., None], out=x)
-    x[0].addcmul_(a[0], h0)
-    for i in range(1, x.shape[0]):
-        x[i].addcmul_(a[i], x[i - 1])
+    xs, as_ = x.unbind(0), a.unbind(0)  # all per-token views in one call (indexing in the loop costs ~10 %)
+    xs[0].addcmul_(as_[0], h0)
+    for i in range(1, len(xs)):
+        xs[i].addcmul_(as_[i], xs[i - 1])
     return x
 
 
@@ -139,8 +140,9 @@ class _SelectiveScan(torch.autograd.Function):
             gh = g_buf[:l]
             torch.mul(dyT[lo:hi, :, None, :], CT[lo:hi, :, :, None], out=gh)
             gh[l - 1].add_(g)
+            gs, as_ = gh.unbind(0), a.unbind(0)
             for i in range(l - 2, -1, -1):
-                gh[i].addcmul_(a[i + 1], gh[i + 1])
+                gs[i].addcmul_(as_[i + 1], gs[i + 1])
             torch.mul(a[0], gh[0], out=g)  # dL/dh entering this chunk
             torch.matmul(BT[lo:hi].view(lb, 1, n), gh.view(lb, n, e), out=d_du[lo:hi].view(lb, 1, e))
             torch.matmul(du[lo:hi].view(lb, 1, e), gh.view(lb, n, e).transpose(1, 2), out=dB[lo:hi].view(lb, 1, n))
