@@ -43,9 +43,17 @@ def test_fast_size():
     assert [fft.fast_size(n) for n in (1, 2, 7, 11, 13, 97, 131071, 65599)] == [1, 2, 8, 12, 15, 100, 131072, 65610]
 
 
+@pytest.fixture(params=["one_block", "channel_blocks"])
+def blocks(request, monkeypatch):
+    """The FFT convolution in one channel block, or in blocks of one or two channels (a ragged last one)."""
+    if request.param == "channel_blocks":
+        monkeypatch.setattr(fft, "BLOCK_ELEMENTS", 1)
+    return request.param
+
+
 @pytest.mark.parametrize("t", LENGTHS)
 @pytest.mark.parametrize("klen", ["full", "short"])
-def test_causal_conv_matches_naive(t, klen):
+def test_causal_conv_matches_naive(t, klen, blocks):
     lk = t if klen == "full" else 5
     u = rand(2, 3, t, seed=1).requires_grad_(True)
     k = rand(3, lk, seed=2).requires_grad_(True)
@@ -54,7 +62,7 @@ def test_causal_conv_matches_naive(t, klen):
     assert_grads_match([rand(2, 3, t, seed=3)], [rand(2, 3, t, seed=3)], (u, k), [y], [y_ref])
 
 
-def test_causal_conv_broadcasts_one_input_over_kernels():
+def test_causal_conv_broadcasts_one_input_over_kernels(blocks):
     """u [B, M, 1, T] with k [d, L] -> [B, M, d, T] (the LMU's one input per memory); gradients summed back."""
     u = rand(2, 3, 1, 40, seed=1).requires_grad_(True)
     k = rand(5, 40, seed=2).requires_grad_(True)
@@ -92,7 +100,7 @@ def ssm_params(c=3, n=4, seed=0):
 
 @pytest.mark.parametrize("t", LENGTHS)
 @pytest.mark.parametrize("with_state", [False, True], ids=["zero_state", "initial_state"])
-def test_diag_ssm_matches_recurrence(t, with_state):
+def test_diag_ssm_matches_recurrence(t, with_state, blocks):
     dtA, b_bar, c = (p.clone().requires_grad_(True) for p in ssm_params())
     u = rand(2, 3, t, seed=5).requires_grad_(True)
     x0 = crand(2, 3, 4, seed=6).requires_grad_(True) if with_state else None
@@ -103,7 +111,12 @@ def test_diag_ssm_matches_recurrence(t, with_state):
     assert_grads_match(w, w, inputs, [y, xt], [y_ref, xt_ref])
 
 
-def test_diag_ssm_leading_dims():
+def test_causal_conv_refuses_other_shapes():
+    with pytest.raises(ValueError, match="k must be"):
+        fft.causal_conv(rand(2, 3, 8), rand(2, 8))
+
+
+def test_diag_ssm_leading_dims(blocks):
     """u [B, d, d, H, T] (h3's per-head outer products) with parameters [H, N]."""
     dtA, b_bar, c = ssm_params()
     u = rand(2, 2, 2, 3, 9, seed=5)
@@ -152,7 +165,7 @@ def test_impulse_and_powers():
 
 @pytest.mark.parametrize("t", LENGTHS)
 @pytest.mark.parametrize("with_state", [False, True], ids=["zero_state", "initial_state"])
-def test_lti_memory_matches_recurrence(t, with_state):
+def test_lti_memory_matches_recurrence(t, with_state, blocks):
     a, b = kernels.legendre_lti(6, 5.0)
     ab, bb = kernels.zoh(a, b)
     u = rand(2, 3, t, seed=1).requires_grad_(True)

@@ -71,46 +71,86 @@ def _rfft(x: Tensor, n: int, dtype: torch.dtype) -> Tensor:
     return torch.fft.rfft(buf)
 
 
+#: elements per float buffer of one channel block of the FFT convolution (32 MiB in float32): the padded inputs,
+#: spectra and inverse transforms of a block live at once, never those of all channels
+BLOCK_ELEMENTS = 1 << 23
+
+
+def _blocks(channels: int, rows: int, n: int):
+    step = max(1, BLOCK_ELEMENTS // max(1, rows * n))
+    for c0 in range(0, channels, step):
+        yield c0, min(channels, c0 + step)
+
+
 class _FFTConv(torch.autograd.Function):
+    """u ``[..., C_u, T]`` (C_u = C, or 1 = one input shared by every kernel), k ``[C, L]`` (L <= T) ->
+    ``[..., C, T]`` in u's dtype. Runs channel block by channel block (``BLOCK_ELEMENTS``); keeps u and K̂."""
+
     @staticmethod
     def forward(ctx, u: Tensor, k: Tensor) -> Tensor:
-        t = u.shape[-1]
-        k = k[..., :t]
-        n = fast_size(t + k.shape[-1] - 1)
+        t, (c, lk) = u.shape[-1], k.shape
+        n = fast_size(t + lk - 1)
         cd = _compute_dtype(u, k)
+        shared = u.shape[-2] == 1 and c > 1
+        lead = u.shape[:-2]
+        y = torch.empty(*lead, c, t, dtype=u.dtype, device=u.device)
+        kf = torch.empty(c, n // 2 + 1, dtype=torch.complex128 if cd == torch.float64 else torch.complex64,
+                         device=u.device)
         with kernels.no_autocast(u.device):
-            uf = _rfft(u, n, cd)  # [..., C|1, n/2+1]
-            kf = _rfft(k, n, cd)  # [..., L -> n/2+1]
-            y = torch.fft.irfft(uf * kf, n=n)[..., :t]
+            uf_shared = _rfft(u, n, cd) if shared else None  # [..., 1, n/2+1]
+            for c0, c1 in _blocks(c, math.prod(lead), n):
+                kf[c0:c1] = _rfft(k[c0:c1], n, cd)
+                uf = uf_shared if shared else _rfft(u[..., c0:c1, :], n, cd)
+                y[..., c0:c1, :] = torch.fft.irfft(uf * kf[c0:c1], n=n)[..., :t]
         # u, not its spectrum: the mixers keep u for their own backward anyway (a D skip or a gate multiplies it),
         # so one more rfft in the backward saves a [..., C, n/2+1] complex tensor (2x u's size) per convolution
         ctx.save_for_backward(u if ctx.needs_input_grad[1] else None, kf)
-        ctx.meta = (t, k.shape[-1], n, u.shape, u.dtype, k.dtype)
-        return y.to(u.dtype)
+        ctx.meta = (t, lk, n, shared, u.shape, u.dtype, k.dtype)
+        return y
 
     @staticmethod
     def backward(ctx, g: Tensor):
         u, kf = ctx.saved_tensors
-        t, lk, n, ushape, udtype, kdtype = ctx.meta
+        t, lk, n, shared, ushape, udtype, kdtype = ctx.meta
+        c, lead = kf.shape[0], ushape[:-2]
+        need_u, need_k = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        cd = kf.real.dtype
         du = dk = None
         with kernels.no_autocast(g.device):
-            gf = _rfft(g, n, kf.real.dtype)  # [..., C, n/2+1]
-            if ctx.needs_input_grad[0]:
-                # du_s = Σ_t k_(t−s) g_t: a correlation, conj(K̂) in frequency
-                du = torch.fft.irfft((gf * kf.conj()).sum_to_size(*ushape[:-1], gf.shape[-1]), n=n)[..., :t]
-                du = du.to(udtype)
-            if ctx.needs_input_grad[1]:
-                # dk_l = Σ_(batch, t) g_t u_(t−l), summed over the batch before the inverse FFT
-                kshape = kf.shape[:-1]
-                uf = _rfft(u, n, kf.real.dtype)
-                dk = torch.fft.irfft((gf * uf.conj()).sum_to_size(*kshape, gf.shape[-1]), n=n)[..., :lk]
-                dk = dk.to(kdtype)
+            if need_u:
+                du = None if shared else torch.empty(ushape, dtype=udtype, device=g.device)
+                du_acc = 0.0  # shared input: Σ over the kernels of G·conj(K̂), one inverse FFT at the end
+            if need_k:
+                dk = torch.empty(c, lk, dtype=kdtype, device=g.device)
+                uf_shared = _rfft(u, n, cd) if shared else None
+            for c0, c1 in _blocks(c, math.prod(lead), n):
+                gf = _rfft(g[..., c0:c1, :], n, cd)  # [..., C_b, n/2+1]
+                if need_u:
+                    # du_s = Σ_t k_(t−s) g_t: a correlation, conj(K̂) in frequency
+                    prod = gf * kf[c0:c1].conj()
+                    if shared:
+                        du_acc = du_acc + prod.sum(-2, keepdim=True)
+                    else:
+                        du[..., c0:c1, :] = torch.fft.irfft(prod, n=n)[..., :t]
+                if need_k:
+                    # dk_l = Σ_(rows, t) g_t u_(t−l), summed over the rows before the inverse FFT
+                    uf = uf_shared if shared else _rfft(u[..., c0:c1, :], n, cd)
+                    prod = (gf * uf.conj()).reshape(-1, c1 - c0, gf.shape[-1]).sum(0)
+                    dk[c0:c1] = torch.fft.irfft(prod, n=n)[..., :lk]
+            if need_u and shared:
+                du = torch.fft.irfft(du_acc, n=n)[..., :t].to(udtype)
         return du, dk
 
 
 def causal_conv(u: Tensor, k: Tensor) -> Tensor:
-    """Same as ``naive.causal_conv``: ``u [..., C, T]``, ``k [..., L]`` (taps beyond T are unused) -> ``[..., C, T]``
-    in u's dtype (u and k broadcast against each other over the leading dimensions)."""
+    """Same as ``naive.causal_conv`` with ``u [..., C, T]`` (or ``[..., 1, T]``: one input for every kernel) and
+    ``k [C, L]`` (taps beyond T are unused) -> ``[..., C, T]`` in u's dtype.
+
+    Raises:
+        ValueError: k is not ``[C, L]`` or u's channel dimension is neither C nor 1.
+    """
+    if k.dim() != 2 or u.shape[-2] not in (1, k.shape[0]):
+        raise ValueError(f"k must be [C, L] and u [..., C or 1, T]; got k {tuple(k.shape)}, u {tuple(u.shape)}")
     if k.shape[-1] > u.shape[-1]:
         k = k[..., :u.shape[-1]]
     return _FFTConv.apply(u, k)
