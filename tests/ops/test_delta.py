@@ -65,6 +65,17 @@ def test_chunked_equals_recurrence_float64(gated, t, chunk):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=f"item {i}")
 
 
+@pytest.mark.parametrize("gated", [False, True], ids=["deltanet", "gated"])
+def test_several_checkpointed_groups_equal_recurrence(monkeypatch, gated):
+    """Chunks run in checkpointed groups bounded by GROUP_ELEMENTS; shrink it so that T = 63 with 4-token chunks
+    spans 8 groups of 2 chunks (state carried across groups, ragged padded tail), float64, every gradient."""
+    monkeypatch.setattr(chunked, "GROUP_ELEMENTS", 2 * 3 * 4 * 6 * 2)
+    assert chunked.group_tokens(2, 3, 6, 4, 64) == 8
+    inputs = make(63, gated)
+    for a, b in zip(outputs_and_grads(chunked_fn(4), inputs), outputs_and_grads(naive_fn, inputs)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
 def test_without_initial_state_and_default_scale():
     q, k, v, beta, g, _ = make(11, gated=True)
     o_ref, s_ref = naive.delta_rule_recurrence(q, k, v, beta, g, output_final_state=True)

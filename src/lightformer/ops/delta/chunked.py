@@ -28,9 +28,11 @@ and their outputs are cut off.
 
 Dtypes and gradients: every input is widened to float32 (float64 stays float64) and the op runs with autocast off,
 so states, the solve and their gradients are float32 under bf16 autocast; o is returned in the dtype of v, the
-final state in float32. The backward is autograd through this chunked form (no hand-written backward): it keeps
-the per-chunk tensors (W, U, V', the chunk states, the [C, C] blocks), O(T·(d_k + d_v + C) + T/C·d_k·d_v) memory,
-linear in T; the loop's slices are taken with ``unbind`` so its backward is one stack, not T/C full-size scatters.
+final state in float32. The batched intra-chunk part is differentiated by autograd; the sequential part
+(``_InterChunk``) has a hand-written backward. Memory: chunks run in groups of L tokens (B·H·L·max(d, C) <=
+``GROUP_ELEMENTS``), each under ``torch.utils.checkpoint`` when gradients are needed, so the backward keeps only
+the inputs and the state between groups and recomputes one group's W, U, V', chunk states and [C, C] blocks at a
+time (one extra forward of the mixing, not of the projections): O(T·(d_k + d_v)) saved, not O(T·(C + d)).
 """
 
 from __future__ import annotations
@@ -39,8 +41,12 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from .naive import state_dtype
+
+#: elements of one [B, H, L, max(d_k, d_v, C)] tensor per checkpointed group of L tokens (2^22 float32 = 16 MiB)
+GROUP_ELEMENTS = 2 ** 22
 
 
 def segment_sums(g: Tensor) -> Tensor:
@@ -139,49 +145,77 @@ def chunk_delta_rule(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor | 
     c = min(chunk_size, t)
     pad = -t % c
     with torch.autocast(device_type=q.device.type, enabled=False):
-        q, k, v, beta = q.to(acc), k.to(acc), v.to(acc), beta.to(acc)
-        if g is not None:
-            g = g.to(acc)
         if pad:  # β = 0, g = 0 tokens: no write, no decay (module docstring)
             q, k, v = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
             beta = F.pad(beta, (0, pad))
             g = None if g is None else F.pad(g, (0, pad))
-        # chunk index first: every per-chunk slice of the loop below is then a contiguous block
-        qc, kc, vc = (rearrange(x, "b h (n c) d -> n b h c d", c=c) for x in (q * scale, k, v))
-        bc = rearrange(beta, "b h (n c) -> n b h c", c=c)[..., None]  # [N, B, H, C, 1]
-        kt = kc.transpose(-1, -2)
-        k_w, v_u = kc * bc, vc * bc
-        a = k_w @ kt  # β_i k_iᵀk_j, [N, B, H, C, C]; the solve reads only its strictly lower part
-        attn = qc @ kt  # scale·q_iᵀk_j
-        if g is not None:
-            gc = rearrange(g, "b h (n c) -> n b h c", c=c)
-            decay = segment_sums(gc).exp()  # e^{Γ_ij}, 0 above the diagonal (so it is also the causal mask)
-            g_in = gc.cumsum(-1)  # G_i from the chunk start: e^{G_i} <= 1
-            a = a * decay
-            attn = attn * decay
-            e_in = g_in.exp()[..., None]  # [N, B, H, C, 1]
-            k_w = k_w * e_in
-            qc = qc * e_in
-            k_out = kc * decay[..., -1, :, None]  # e^{G_C − G_j} k_j: Γ's last row
-            decays = g_in[..., -1].exp()  # e^{G_C}, [N, B, H]
-        else:
-            attn = attn.tril()
-            k_out, decays = kc, None
-        # the UT transform T = (I + A)⁻¹ by one unit-lower-triangular solve, then W and U as matmuls
-        t_inv = ut_transform(a)  # [N, B, H, C, C]
-        w = t_inv @ k_w  # [N, B, H, C, d_k]
-        u = t_inv @ v_u  # [N, B, H, C, d_v]
-
-        s0 = q.new_zeros(b, h, dk, dv) if initial_state is None else initial_state.to(acc)
-        k_out_t = rearrange(k_out, "n b h c d -> n (b h) d c").contiguous()
-        flat = [rearrange(x, "n b h c d -> n (b h) c d") for x in (w, u)]
-        states, vn = _InterChunk.apply(*flat, k_out_t, None if decays is None else decays.reshape(-1, b * h, 1, 1),
-                                       s0.reshape(b * h, dk, dv))
-        s_prev = states[:-1].view(-1, b, h, dk, dv)  # [N, B, H, d_k, d_v]: the state before each chunk
-        s = states[-1].view(b, h, dk, dv)
-        vn = vn.view(-1, b, h, c, dv)  # [N, B, H, C, d_v]
-        o = qc @ s_prev + attn @ vn
-        o = rearrange(o, "n b h c d -> b h (n c) d")
+        s = q.new_zeros(b, h, dk, dv, dtype=acc) if initial_state is None else initial_state.to(acc)
+        length = group_tokens(b, h, max(dk, dv, c), c, t + pad)
+        grads = torch.is_grad_enabled() and any(
+            x is not None and x.requires_grad for x in (q, k, v, beta, g, initial_state))
+        outs = []
+        for lo in range(0, t + pad, length):
+            part = [None if x is None else x[:, :, lo:lo + length] for x in (q, k, v, beta, g)]
+            if grads:  # keep only this group's inputs and its incoming state; recompute the rest backward
+                o, s = checkpoint(_chunk_group, *part, s, c, scale, out_dtype, use_reentrant=False)
+            else:
+                o, s = _chunk_group(*part, s, c, scale, out_dtype)
+            outs.append(o)
+        o = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
         if pad:
             o = o[:, :, :t]
-    return o.to(out_dtype), (s if output_final_state else None)
+    return o, (s if output_final_state else None)
+
+
+def group_tokens(b: int, h: int, width: int, c: int, t: int) -> int:
+    """Tokens per checkpointed group: a multiple of C with B·H·L·width <= ``GROUP_ELEMENTS`` (at least one chunk),
+    not beyond T."""
+    chunks = max(1, GROUP_ELEMENTS // (b * h * c * width))
+    return min(chunks * c, t)
+
+
+def _chunk_group(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor | None, s0: Tensor, c: int, scale: float,
+                 out_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """One group of whole chunks (length a multiple of C) from the state s0: (o in ``out_dtype``, the state after
+    it). Inputs are widened to the state's dtype here, so the checkpoint keeps them in their own dtype."""
+    acc = s0.dtype
+    b, h, _, dk = q.shape
+    dv = v.shape[-1]
+    q, k, v, beta = q.to(acc), k.to(acc), v.to(acc), beta.to(acc)
+    if g is not None:
+        g = g.to(acc)
+    # chunk index first: every per-chunk slice of the loop below is then a contiguous block
+    qc, kc, vc = (rearrange(x, "b h (n c) d -> n b h c d", c=c) for x in (q * scale, k, v))
+    bc = rearrange(beta, "b h (n c) -> n b h c", c=c)[..., None]  # [N, B, H, C, 1]
+    kt = kc.transpose(-1, -2)
+    k_w, v_u = kc * bc, vc * bc
+    a = k_w @ kt  # β_i k_iᵀk_j, [N, B, H, C, C]; the solve reads only its strictly lower part
+    attn = qc @ kt  # scale·q_iᵀk_j
+    if g is not None:
+        gc = rearrange(g, "b h (n c) -> n b h c", c=c)
+        decay = segment_sums(gc).exp()  # e^{Γ_ij}, 0 above the diagonal (so it is also the causal mask)
+        g_in = gc.cumsum(-1)  # G_i from the chunk start: e^{G_i} <= 1
+        a = a * decay
+        attn = attn * decay
+        e_in = g_in.exp()[..., None]  # [N, B, H, C, 1]
+        k_w = k_w * e_in
+        qc = qc * e_in
+        k_out = kc * decay[..., -1, :, None]  # e^{G_C − G_j} k_j: Γ's last row
+        decays = g_in[..., -1].exp()  # e^{G_C}, [N, B, H]
+    else:
+        attn = attn.tril()
+        k_out, decays = kc, None
+    # the UT transform T = (I + A)⁻¹ by one unit-lower-triangular solve, then W and U as matmuls
+    t_inv = ut_transform(a)  # [N, B, H, C, C]
+    w = t_inv @ k_w  # [N, B, H, C, d_k]
+    u = t_inv @ v_u  # [N, B, H, C, d_v]
+
+    k_out_t = rearrange(k_out, "n b h c d -> n (b h) d c").contiguous()
+    flat = [rearrange(x, "n b h c d -> n (b h) c d") for x in (w, u)]
+    states, vn = _InterChunk.apply(*flat, k_out_t, None if decays is None else decays.reshape(-1, b * h, 1, 1),
+                                   s0.reshape(b * h, dk, dv))
+    s_prev = states[:-1].view(-1, b, h, dk, dv)  # [N, B, H, d_k, d_v]: the state before each chunk
+    s = states[-1].view(b, h, dk, dv)
+    vn = vn.view(-1, b, h, c, dv)  # [N, B, H, C, d_v]
+    o = qc @ s_prev + attn @ vn
+    return rearrange(o, "n b h c d -> b h (n c) d").to(out_dtype), s
