@@ -286,8 +286,8 @@ class MLSTM(Mixer):
         return g.view(*q.shape[:-1], -1).chunk(2, dim=-1)
 
     def _branch(self, x: Tensor, mask: Tensor | None, conv_fn) -> tuple[Tensor, ...]:
-        """x ``[B, T, D]`` -> q, k (scaled), v ``[B, H, T, d]``, ĩ, f̃ ``[B, H, T]``, x_c and z ``[B, T, E]``, the
-        conv's result (window state or None)."""
+        """x ``[B, T, D]`` -> q, k (unscaled: the ops take ``scale``), v ``[B, H, T, d]``, ĩ, f̃ ``[B, H, T]``, x_c
+        and z ``[B, T, E]``, the conv's result (window state or None)."""
         h = self.config.num_heads
         x_m, z = self.proj_up(x).chunk(2, dim=-1)
         if mask is not None:
@@ -299,7 +299,6 @@ class MLSTM(Mixer):
         if mask is not None:  # padded tokens skip the memory: i = 0, f = 1
             i_pre = i_pre.masked_fill(~mask[..., None], float("-inf"))
             f_pre = f_pre.masked_fill(~mask[..., None], float("inf"))
-        k = k * self.head_dim ** -0.5
         q, k, v = (rearrange(t, "b t (h d) -> b h t d", h=h) for t in (q, k, v))
         i_pre, f_pre = (rearrange(t, "b t h -> b h t") for t in (i_pre, f_pre))
         return q, k, v, i_pre, f_pre, x_c, z, window
@@ -323,12 +322,13 @@ class MLSTM(Mixer):
     # -- mixer contract ----------------------------------------------------------------------------------------
     def _forward(self, x: Tensor, key_padding_mask: Tensor | None) -> Tensor:
         q, k, v, i_pre, f_pre, x_c, z, _ = self._branch(x, key_padding_mask, lambda u: (self.conv(u), None))
-        h_tilde, _ = chunked.mlstm_chunked(q, k, v, i_pre, f_pre, chunk_size=self.config.chunk_size)
+        h_tilde, _ = chunked.mlstm_chunked(q, k, v, i_pre, f_pre, chunk_size=self.config.chunk_size,
+                                             scale=self.head_dim ** -0.5)
         return self._output(h_tilde, x_c, z)
 
     def _oracle(self, x: Tensor, key_padding_mask: Tensor | None) -> Tensor:
         q, k, v, i_pre, f_pre, x_c, z, _ = self._branch(x, key_padding_mask, lambda u: (self.conv.oracle(u), None))
-        h_tilde, _ = naive.mlstm_recurrent(q, k, v, i_pre, f_pre)
+        h_tilde, _ = naive.mlstm_recurrent(q, k, v, i_pre, f_pre, scale=self.head_dim ** -0.5)
         return self._output_reference(h_tilde, x_c, z)
 
     def _init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> MLSTMState:
@@ -348,6 +348,7 @@ class MLSTM(Mixer):
         q, k, v, i_pre, f_pre, x_c, z, window = self._branch(
             x, None, lambda u: self.conv.forward_state(u, state.conv))
         h_tilde, (c, n, m) = chunked.mlstm_chunked(q, k, v, i_pre, f_pre, chunk_size=self.config.chunk_size,
+                                                   scale=self.head_dim ** -0.5,
                                                    initial_state=(state.c, state.n, state.m),
                                                    output_final_state=True)
         new = MLSTMState(length=state.length + x.shape[1], c=c.to(state.c.dtype), n=n.to(state.n.dtype),
@@ -362,7 +363,8 @@ class MLSTM(Mixer):
             return y[:, None], window
 
         q, k, v, i_pre, f_pre, x_c, z, window = self._branch(x_t[:, None], None, conv_step)
-        o, (c, n, m) = recurrent.mlstm_step(q[:, :, 0], k[:, :, 0], v[:, :, 0], i_pre[..., 0], f_pre[..., 0],
+        o, (c, n, m) = recurrent.mlstm_step(q[:, :, 0], k[:, :, 0] * self.head_dim ** -0.5, v[:, :, 0],
+                                            i_pre[..., 0], f_pre[..., 0],
                                             state.c, state.n, state.m)
         new = MLSTMState(length=state.length + 1, c=c, n=n, m=m, conv=window)
         return self._output(o[:, :, None].to(x_t.dtype), x_c, z)[:, 0], new

@@ -174,9 +174,13 @@ def _mm_add(out: Tensor, a: Tensor, b: Tensor, mm: torch.dtype) -> Tensor:
     return out.add_(_mm(a, b, mm, out.dtype))
 
 
-def _tokens(x: Tensor, lo: int, hi: int, c: int) -> Tensor:
-    """Tokens lo:hi of ``x [B, H, T, d]`` (any strides) as a contiguous chunk-major ``[G, B, H, C, d]`` copy."""
-    return rearrange(x[:, :, lo:hi], "b h (g c) d -> g b h c d", c=c).contiguous()
+def _tokens(x: Tensor, lo: int, hi: int, c: int, scale: float = 1.0) -> Tensor:
+    """Tokens lo:hi of ``x [B, H, T, d]`` (any strides) as a contiguous chunk-major ``[G, B, H, C, d]`` copy, times
+    ``scale``."""
+    view = rearrange(x[:, :, lo:hi], "b h (g c) d -> g b h c d", c=c)
+    if scale == 1.0:
+        return view.contiguous()
+    return torch.mul(view, scale, out=torch.empty(view.shape, dtype=x.dtype, device=x.device))
 
 
 def _gates(x: Tensor, lo: int, hi: int, c: int) -> Tensor:
@@ -187,7 +191,7 @@ def _gates(x: Tensor, lo: int, hi: int, c: int) -> Tensor:
 class _MLSTMChunked(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, i_pre: Tensor, f_pre: Tensor, c0: Tensor, n0: Tensor,
-                m0: Tensor, c: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                m0: Tensor, c: int, scale: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         b, h, t, d = q.shape
         acc, mm = c0.dtype, q.dtype
         pad = -t % c
@@ -204,15 +208,15 @@ class _MLSTMChunked(torch.autograd.Function):
             for lo in range(0, tp, g * c):
                 hi = min(tp, lo + g * c)
                 carries.append((c_run, n_run, m_run))
-                grp = _Group(*(_tokens(x, lo, hi, c) for x in (qp, kp, vp)), _gates(a, lo, hi, c),
-                             _gates(ii, lo, hi, c), c_run, n_run, m_run, mm)
+                grp = _Group(_tokens(qp, lo, hi, c), _tokens(kp, lo, hi, c, scale), _tokens(vp, lo, hi, c),
+                             _gates(a, lo, hi, c), _gates(ii, lo, hi, c), c_run, n_run, m_run, mm)
                 out[:, lo:hi] = rearrange(grp.output(), "g b h c d -> b (g c) h d")
                 win = grp.winner(lo)
                 winner = torch.where(win >= 0, win, winner)
                 c_run, n_run, m_run = grp.c_end[-1].clone(), grp.n_end[-1].clone(), grp.m_end[-1]
         ctx.save_for_backward(q, k, v, i_pre, f_pre, out, c_run, n_run, winner,
                               *[x for carry in carries for x in carry])
-        ctx.c, ctx.g, ctx.n_groups = c, g, len(carries)
+        ctx.c, ctx.g, ctx.n_groups, ctx.scale = c, g, len(carries), scale
         return out[:, :t].permute(0, 2, 1, 3), c_run, n_run, m_run.clone()
 
     @staticmethod
@@ -220,7 +224,7 @@ class _MLSTMChunked(torch.autograd.Function):
     def backward(ctx, dout: Tensor | None, dc_t: Tensor | None, dn_t: Tensor | None, dm_t: Tensor | None):
         q, k, v, i_pre, f_pre, out, c_t, n_t, winner, *flat = ctx.saved_tensors
         carries = [flat[3 * i:3 * i + 3] for i in range(ctx.n_groups)]
-        c, g = ctx.c, ctx.g
+        c, g, scale = ctx.c, ctx.g, ctx.scale
         b, h, t, d = q.shape
         acc, mm = c_t.dtype, q.dtype
         pad = -t % c
@@ -245,8 +249,8 @@ class _MLSTMChunked(torch.autograd.Function):
         for gi in reversed(range(len(starts))):
             lo = starts[gi]
             hi = min(tp, lo + g * c)
-            grp = _Group(*(_tokens(x, lo, hi, c) for x in (qp, kp, vp)), _gates(a, lo, hi, c),
-                         _gates(ii, lo, hi, c), *carries[gi], mm)
+            grp = _Group(_tokens(qp, lo, hi, c), _tokens(kp, lo, hi, c, scale), _tokens(vp, lo, hi, c),
+                         _gates(a, lo, hi, c), _gates(ii, lo, hi, c), *carries[gi], mm)
             qg, kg, vg = grp.q, grp.k, grp.v
             gg = qg.shape[0]  # chunks in this group (the last group may be short)
             dnum = _tokens(dout, lo, hi, c).to(acc).div_(grp.norm[..., None])
@@ -296,6 +300,8 @@ class _MLSTMChunked(torch.autograd.Function):
             da_g[..., 1:] += dlog_beta[..., :-1].cumsum(-1)  # Σ_{s<u} d log β_s
             da_g += dg[..., None]
             dii_g = r.sum(-2) + dlog_beta
+            if scale != 1.0:
+                dk_g.mul_(scale)  # the gradient of the caller's k, not of the scaled one
             for buf, grad in zip(grads, (dq_g, dk_g, dv_g)):
                 buf[:, lo:hi] = rearrange(grad, "g b h c d -> b (g c) h d")
             da[:, :, lo:hi] = rearrange(da_g, "g b h c -> b h (g c)")
@@ -311,11 +317,11 @@ class _MLSTMChunked(torch.autograd.Function):
         df = da[..., :t] * torch.sigmoid(-f_pre.to(acc))  # d logsigmoid(x)/dx = σ(−x)
         dq, dk, dv = (x[:, :t].permute(0, 2, 1, 3) for x in grads)
         return (dq, dk, dv, dii[..., :t].to(i_pre.dtype), df.to(f_pre.dtype), delta.to(c0.dtype),
-                delta_n.to(n0.dtype), dm0.to(m0.dtype), None)
+                delta_n.to(n0.dtype), dm0.to(m0.dtype), None, None)
 
 
 def mlstm_chunked(q: Tensor, k: Tensor, v: Tensor, i_pre: Tensor, f_pre: Tensor, *, chunk_size: int = 64,
-                  initial_state: MLSTMState | None = None, output_final_state: bool = False
+                  scale: float = 1.0, initial_state: MLSTMState | None = None, output_final_state: bool = False
                   ) -> tuple[Tensor, MLSTMState | None]:
     """The mLSTM of ``naive.mlstm_recurrent``, chunkwise (module docstring).
 
@@ -323,6 +329,7 @@ def mlstm_chunked(q: Tensor, k: Tensor, v: Tensor, i_pre: Tensor, f_pre: Tensor,
         q, k, v: ``[B, H, T, d]``, one dtype (float64/32, bf16).
         i_pre, f_pre: ``[B, H, T]`` input and forget gate pre-activations ĩ, f̃ (any float dtype).
         chunk_size: tokens per chunk C (>= 1); the intra-chunk part costs O(C²·d) per chunk, the state part O(C·d²).
+        scale: keys enter as scale·k (xlstm: d^{-1/2}); applied inside, chunk by chunk, so no scaled copy is kept.
         initial_state: ``(C [B, H, d, d], n [B, H, d], m [B, H])`` (stabilised, C = C' e^m), None = zeros.
         output_final_state: also return the state after the last token.
 
@@ -354,5 +361,5 @@ def mlstm_chunked(q: Tensor, k: Tensor, v: Tensor, i_pre: Tensor, f_pre: Tensor,
     v = v.to(q.dtype)
     k = k.to(q.dtype)
     with torch.autocast(device_type=q.device.type, enabled=False):  # dtypes are chosen here (module docstring)
-        out, c_t, n_t, m_t = _MLSTMChunked.apply(q, k, v, i_pre, f_pre, c0, n0, m0, min(chunk_size, t))
+        out, c_t, n_t, m_t = _MLSTMChunked.apply(q, k, v, i_pre, f_pre, c0, n0, m0, min(chunk_size, t), float(scale))
     return out, ((c_t, n_t, m_t) if output_final_state else None)

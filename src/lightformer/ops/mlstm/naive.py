@@ -20,7 +20,7 @@ enters). xlstm adds eps = 1e-6 to that stabilised denominator, which makes its o
 recurrence does not (it only floors the denominator at the smallest normal number, ``recurrent.normaliser``).
 
 Conventions of the ops of this family:
-    q, k, v: ``[B, H, T, d]`` (any scaling of k, e.g. d^{-1/2}, is the caller's); i_pre, f_pre: ``[B, H, T]`` gate
+    q, k, v: ``[B, H, T, d]`` (keys enter as ``scale``·k, xlstm's d^{-1/2}); i_pre, f_pre: ``[B, H, T]`` gate
     pre-activations ĩ, f̃. State ``(C [B, H, d, d], n [B, H, d], m [B, H])``; the empty state is (0, 0, 0) (the
     m_0 of xlstm's step; any m_0 gives the same outputs while C_0 = n_0 = 0). Outputs ``[B, H, T, d]``.
 """
@@ -41,15 +41,16 @@ def empty_state(b: int, h: int, d: int, *, dtype: torch.dtype, device: torch.dev
             torch.zeros(b, h, dtype=dtype, device=device))
 
 
-def mlstm_recurrent(q: Tensor, k: Tensor, v: Tensor, i_pre: Tensor, f_pre: Tensor, *,
+def mlstm_recurrent(q: Tensor, k: Tensor, v: Tensor, i_pre: Tensor, f_pre: Tensor, *, scale: float = 1.0,
                     initial_state: MLSTMState | None = None, output_final_state: bool = False
                     ) -> tuple[Tensor, MLSTMState | None]:
     """The stabilised recurrence, token by token (module docstring), in the dtype of q (run it in float64 for a
     reference). Returns (h ``[B, H, T, d]``, the final (C, n, m) when ``output_final_state`` else None);
-    differentiable in every input and in ``initial_state``."""
+    differentiable in every input and in ``initial_state``. Keys enter as ``scale``·k."""
     b, h, t, d = q.shape
     state = initial_state if initial_state is not None else empty_state(b, h, d, dtype=q.dtype, device=q.device)
     state = tuple(s.to(q.dtype) for s in state)
+    k = k * scale
     outs = []
     for i in range(t):
         o, state = mlstm_step(q[:, :, i], k[:, :, i], v[:, :, i], i_pre[:, :, i], f_pre[:, :, i], *state)
