@@ -9,9 +9,10 @@ gates, per-head norm, skip and output gate), with the options of the ``mlstm`` c
 (NX-AI/xlstm issue #8), plus a ``context_length²`` bool mask buffer built at construction; so the layer is built
 for exactly the benchmarked T and the bench's memory cap reports where it runs out.
 
-Install: ``pip install --no-deps xlstm==2.0.6`` is enough for this layer (its import needs only torch, einops,
-numpy, already here); its declared dependencies add ``mlstm_kernels`` (Triton/JAX kernels for xLSTMLarge), PyYAML
-and ninja, which this layer does not use.
+Install: ``pip install --no-deps xlstm==2.0.6`` (a 92 KB wheel, 0.8 MB installed, 1.5 s) is enough for this layer:
+importing it needs only torch, numpy and packaging, which lightformer installs anyway. Its declared dependencies
+would add ``mlstm_kernels`` (Triton kernels for xLSTMLarge, plus matplotlib), PyYAML and ninja, none of them used
+here.
 """
 
 from __future__ import annotations
