@@ -23,12 +23,14 @@ tt-metal #56550), e^{G_i} runs from the chunk start to i and e^{G_C − G_j} is 
 [0, 1]. A is bounded the same way (|k_iᵀk_j| <= 1 for unit keys, β <= 1), which keeps the unit-triangular solve
 finite when β → 1 with near-parallel keys (fla #99/#111 reported NaN in its WY preparation there).
 
-T needs not be a multiple of C: the tail is padded with β = 0 and g = 0 tokens, which leave the state unchanged,
+T need not be a multiple of C: the tail is padded with β = 0 and g = 0 tokens, which leave the state unchanged,
 and their outputs are cut off.
 
 Dtypes and gradients: every input is widened to float32 (float64 stays float64) and the op runs with autocast off,
 so states, the solve and their gradients are float32 under bf16 autocast; o is returned in the dtype of v, the
-final state in float32. The batched intra-chunk part is differentiated by autograd; the sequential part
+final state in float32. Every matmul of the op is float32 too, also under bf16 autocast: the solve needs it, and on
+CPUs without AMX/AVX512-BF16 a bf16 GEMM is ~10x slower than float32 (bf16 intra-chunk products are the next
+speed-up where AMX exists). The batched intra-chunk part is differentiated by autograd; the sequential part
 (``_InterChunk``) has a hand-written backward. Memory: chunks run in groups of L tokens (B·H·L·max(d, C) <=
 ``GROUP_ELEMENTS``), each under ``torch.utils.checkpoint`` when gradients are needed, so the backward keeps only
 the inputs and the state between groups and recomputes one group's W, U, V', chunk states and [C, C] blocks at a
