@@ -37,5 +37,5 @@ def _unsupported(options, seq_len, dim, heads, causal):
 
 
 PEERS = (
-    Peer("xlstm", "xlstm", "xlstm==2.0.6 (--no-deps)", "mlstm", _xlstm, _unsupported),
+    Peer("xlstm", "xlstm", "--no-deps xlstm==2.0.6", "mlstm", _xlstm, _unsupported),
 )
