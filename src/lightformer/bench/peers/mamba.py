@@ -5,6 +5,11 @@
     hf_mamba   transformers' MambaMixer on CPU: its torch "slow" path (the mamba_ssm kernels are CUDA-only):
                discrete A and B·u materialised at [B, E, T, N] and a Python loop over T under autograd -> mamba
 
+Measured (D = 512, B = 1, fp32, fwd+bwd, one thread, CPU time on a loaded 2-core AVX2 host): mambapy 0.8 s at
+T = 512 and 7.5 s at T = 4096 (2.5 GiB peak growth); hf_mamba 29 s at T = 512: the backward of each step's slice
+``discrete_A[:, :, t]`` scatters into a fresh full [B, E, T, N] zero tensor, so its fwd+bwd grows as T² (T = 4096
+did not finish in 7 CPU minutes). Expect the bench's time limit to stop hf_mamba beyond T ~ 1024.
+
 Both are built with the ``mamba`` cell's options (d_state, expand, d_conv; defaults 16, 2, 4), no in/out projection
 biases and a conv bias, dt_rank = ceil(D/16): the same parameters and work as ``lightformer``'s ``mamba``. The HF
 mixer runs in training mode (the bench's fwd+bwd sets ``train()``); without the CUDA kernels its fused path returns
