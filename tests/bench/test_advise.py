@@ -89,7 +89,10 @@ def test_unmeasured_failed_and_extrapolated():
     linear = MIXERS.get("sliding_window").capabilities.linear_in_length
     assert sw.extrapolated and sw.time_ms == pytest.approx(10.0 * (4 if linear else 16))
     assert "extrapolated from T=1024" in a.format()
-    assert all(r.startswith("unmeasured") for m, r in why.items() if m not in ("tiled_softmax", "softmax"))
+    causal_only = {m for m in MIXERS.names() if not MIXERS.get(m).capabilities.non_causal}
+    assert {m for m, r in why.items() if r.startswith("causal-only")} == causal_only
+    assert all(r.startswith("unmeasured") for m, r in why.items()
+               if m not in ("tiled_softmax", "softmax", *causal_only))
 
 
 def test_parse_sizes():
