@@ -9,7 +9,8 @@ NORMS = ("layernorm", "rmsnorm")
 
 
 class RMSNorm(nn.Module):
-    """``y = x / sqrt(mean(x²) + eps) · g``; x ``[..., D]`` -> same shape and dtype (statistics in fp32)."""
+    """``y = x / sqrt(mean(x²) + eps) · g``; x ``[..., D]`` -> same shape and dtype (statistics in fp32, or in the
+    input's precision when it is wider, so float64 oracle checks stay float64)."""
 
     def __init__(self, dim: int, eps: float = 1e-6) -> None:
         super().__init__()
@@ -17,9 +18,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        xf = x.float()
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))
         y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (y * self.weight.float()).to(x.dtype)
+        return (y * self.weight.to(xf.dtype)).to(x.dtype)
 
 
 def make_norm(kind: str, dim: int) -> nn.Module:
