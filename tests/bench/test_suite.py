@@ -637,3 +637,5 @@ def test_state_size_is_measured_for_decoders_and_matches_zoology():
     assert state_size("performer", {"num_features": 64}, dim=d, num_heads=h, seq_len=t) == h * (64 * 32 + 64)
     assert state_size("aft_simple", {}, dim=d, num_heads=h, seq_len=t) == 3 * d
     assert state_size("bigbird", {}, dim=d, num_heads=h, seq_len=t) == 2 * t * d  # a decoder's KV cache
+    assert state_size("hyena", {}, dim=d, num_heads=h, seq_len=t) == t * d  # no finite state: its input history
+    assert state_size("mamba", {"d_state": 16}, dim=d, num_heads=h, seq_len=t) == 2 * d * (16 + 3)  # h + conv window

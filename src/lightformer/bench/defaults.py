@@ -24,6 +24,8 @@ BENCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "performer": {"num_features": 256},
     "linformer": {"proj_len": 256, "max_len": SEQ_LEN},
     "reformer_lsh": {"n_hashes": 4, "bucket_size": 64},
+    # LMUFormer sets the memory's window theta to the sequence length
+    "lmu": {"theta": SEQ_LEN},
 }
 
 

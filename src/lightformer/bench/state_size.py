@@ -11,6 +11,7 @@ others are counted by family:
 - attention without a decode path (``reversed``, ``probsparse``, ``bigbird``, ``linformer``, ...): the KV cache a
   decoder would keep, ``2 · T · H_kv · d_head``; ``longformer``: its window and global tokens, ``2 · (w + g) · D``;
 - AFT's full and local forms: their ``[T, D]`` numerator and denominator, ``2 · T · D``;
+- ``hyena``: the input history its long filters read, ``T · D`` (Zoology's count for Hyena and long convolutions);
 - otherwise ``None``.
 
 Measured values agree with Zoology's formulas: softmax ``2·T·D``, sliding window ``2·min(w, T)·D``, linear attention
@@ -47,6 +48,8 @@ def state_size(mixer: str, options: dict[str, Any], *, dim: int, num_heads: int,
         return 2 * (min(options.get("window", 256), seq_len) + options.get("num_global", 0)) * kv_heads * head_dim
     if mixer in ("aft", "aft_local"):
         return 2 * seq_len * dim
+    if mixer == "hyena":
+        return seq_len * dim
     if MIXERS.get(mixer).capabilities.time_exponent == 2 or mixer in ATTENTION_WITHOUT_DECODE:
         return 2 * seq_len * kv_heads * head_dim
     return None
