@@ -22,7 +22,6 @@ float32 and the q/k/v convolution windows).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +29,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from ..nn.ssm_init import dt_bias_
 from .base import MIXERS, Capabilities, MixerConfig
 from .deltanet import DeltaNet
 
@@ -111,9 +111,7 @@ class GatedDeltaNet(DeltaNet):
         with torch.no_grad():
             a = torch.empty(h, dtype=torch.float64).uniform_(0.0, A_INIT_MAX)
             self.A_log.copy_(a.clamp_min(1e-4).log())  # log 0 (probability 0) would be −inf
-            dt = torch.exp(torch.rand(h, dtype=torch.float64) * (math.log(cfg.dt_max) - math.log(cfg.dt_min))
-                           + math.log(cfg.dt_min)).clamp_min(DT_INIT_FLOOR)
-            self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+            dt_bias_(self.dt_bias, cfg.dt_min, cfg.dt_max, DT_INIT_FLOOR)
 
     def log_decay(self, x: Tensor) -> Tensor:
         """log α_t = −exp(A_log)·softplus(W_a x_t + dt_bias), ``[B, H, T]``, computed in float32 (float64)."""

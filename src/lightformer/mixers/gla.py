@@ -35,6 +35,17 @@ from ..ops.gla import chunked, naive, recurrent
 from .base import MIXERS, Capabilities, Mixer, MixerConfig
 
 
+def check_expansions(config: MixerConfig) -> None:
+    """The key and value widths dim·expand_k and dim·expand_v (GLA, RWKV-6) must be positive multiples of
+    num_heads; ValueError naming the option otherwise."""
+    for name in ("expand_k", "expand_v"):
+        ratio = getattr(config, name)
+        width = int(config.dim * ratio)
+        if not ratio > 0 or width < config.num_heads or width % config.num_heads:
+            raise ValueError(f"{name}={ratio!r} gives a width dim·{name}={width} that is not a positive multiple of "
+                             f"num_heads={config.num_heads}")
+
+
 @dataclass(frozen=True)
 class GLAConfig(MixerConfig):
     """Options of ``gla`` (causal only, so ``causal`` defaults to True).
@@ -58,11 +69,7 @@ class GLAConfig(MixerConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("expand_k", "expand_v"):
-            width = int(self.dim * getattr(self, name))
-            if not getattr(self, name) > 0 or width < self.num_heads or width % self.num_heads:
-                raise ValueError(f"{name}={getattr(self, name)!r} gives a width dim·{name}={width} that is not a "
-                                 f"positive multiple of num_heads={self.num_heads}")
+        check_expansions(self)
         if self.gate_low_rank_dim < 1:
             raise ValueError(f"gate_low_rank_dim must be a positive int, got {self.gate_low_rank_dim!r}")
         if not self.gate_logit_normalizer > 0:

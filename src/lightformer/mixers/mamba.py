@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..nn.short_conv import ShortConv
+from ..nn.ssm_init import dt_bias_
 from ..nn.state import State
 from ..ops.selective_scan import chunked, naive, recurrent
 from ..ops.selective_scan.naive import state_dtype
@@ -143,9 +144,7 @@ class Mamba(Mixer):
             self.D.fill_(1.0)
             std = cfg.rank ** -0.5
             self.dt_proj.weight.uniform_(-std, std)
-            lo, hi = math.log(cfg.dt_min), math.log(cfg.dt_max)
-            dt = torch.exp(torch.rand(e) * (hi - lo) + lo).clamp_(min=cfg.dt_init_floor)
-            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus⁻¹(dt), stable for small dt
+            dt_bias_(self.dt_proj.bias, cfg.dt_min, cfg.dt_max, cfg.dt_init_floor)
 
     def flops(self, seq_len: int, batch: int = 1) -> float:
         """Forward FLOPs: 2·B·T·(D·2E + E·(R + 2N) + R·E + E·D) for the projections, 2·B·T·E·K for the

@@ -32,7 +32,6 @@ The oracle runs the same parameters through ``ops.ssd.naive.recurrent_ssd`` and 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -41,6 +40,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from ..nn.short_conv import ShortConv
+from ..nn.ssm_init import dt_bias_
 from ..nn.state import State
 from ..ops.ssd import chunked, naive, recurrent
 from .base import MIXERS, Capabilities, Mixer, MixerConfig
@@ -146,10 +146,7 @@ class Mamba2(Mixer):
         the norm's weight 1."""
         cfg = self.config
         with torch.no_grad():
-            u = torch.rand(cfg.heads, dtype=torch.float64)
-            dt = torch.exp(u * (math.log(cfg.dt_max) - math.log(cfg.dt_min)) + math.log(cfg.dt_min))
-            dt = dt.clamp(min=cfg.dt_init_floor)
-            self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+            dt_bias_(self.dt_bias, cfg.dt_min, cfg.dt_max, cfg.dt_init_floor)
             self.A_log.copy_(torch.empty(cfg.heads, dtype=torch.float64).uniform_(1, 16).log())
             self.D.fill_(1.0)
             self.norm_weight.fill_(1.0)

@@ -48,7 +48,7 @@ from torch import Tensor, nn
 from ..nn.state import State
 from ..ops.gla import chunked, naive, recurrent
 from .base import MIXERS, Capabilities, Mixer, MixerConfig
-from .gla import gated_flops
+from .gla import check_expansions, gated_flops
 
 #: depth ratios of the reference init taken at mid-depth (the mixer does not know its layer index)
 RATIO_0_TO_1 = 0.5
@@ -80,11 +80,7 @@ class RWKV6Config(MixerConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("expand_k", "expand_v"):
-            width = int(self.dim * getattr(self, name))
-            if not getattr(self, name) > 0 or width < self.num_heads or width % self.num_heads:
-                raise ValueError(f"{name}={getattr(self, name)!r} gives a width dim·{name}={width} that is not a "
-                                 f"positive multiple of num_heads={self.num_heads}")
+        check_expansions(self)
         for name in ("proj_low_rank_dim", "gate_low_rank_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
