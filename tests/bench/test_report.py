@@ -50,14 +50,15 @@ def test_decode_tables_compare_with_the_kv_cache():
     context from which a recurrent mixer's per-token latency beats the cache's."""
     recs = []
     for t, kv, rnn in ((512, 1.0, 2.0), (2048, 2.0, 2.1), (8192, 6.0, 2.2)):
-        recs += [dict(rec("lightformer", "softmax", t, kv, 1.0), mode="decode"),
-                 dict(rec("lightformer", "mamba", t, rnn, 1.0), mode="decode")]
+        recs += [dict(rec("lightformer", "softmax", t, kv, 1.0), mode="decode", state_mib=t / 256),
+                 dict(rec("lightformer", "mamba", t, rnn, 1.0), mode="decode", state_mib=0.074)]
     (table,) = build_tables(recs)
     assert table.header[-1] == "crossover vs softmax (KV cache)"
     rows = {row[0]: row for row in table.rows}
     assert table.rows[0][0] == "softmax" and rows["softmax"][-1] == "— (baseline)"
     assert rows["mamba"][-1] == "T=8192"
-    assert "×0.37 softmax" in rows["mamba"][3]
+    assert "×0.37 softmax" in rows["mamba"][3] and "state 0.074 MiB" in rows["mamba"][3]
+    assert rows["softmax"][3].startswith("6 ms / state 32 MiB")
 
 
 def test_table_ratios_and_crossover():

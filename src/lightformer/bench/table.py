@@ -1,7 +1,7 @@
 """Report tables: one per (mode, dtype, causal, batch, dim, heads, threads) group, rows = implementations,
 columns = T. Shared by the Markdown and HTML reports and by the plots.
 
-A cell reads ``time ms / mem MiB`` (``(1 run)`` when fewer than 3 timed runs were taken) and then the time ratios to the baselines measured in the same run at the same
+A cell reads ``time ms / mem MiB`` (decode cells: per-token ``time ms / state MiB``, the context's state) (``(1 run)`` when fewer than 3 timed runs were taken) and then the time ratios to the baselines measured in the same run at the same
 shape: ``×r SDPA`` and ``×r <peer>`` (ratio = this time / baseline time, < 1 = faster). A cell that did not
 measure shows its status (``oom``, ``timeout (> N s)`` with the seconds it was given, ``gate_failed`` ...). The last column is the crossover length
 against SDPA: the smallest measured T from which the implementation is faster than SDPA at every larger T where
@@ -157,6 +157,8 @@ def _cell_text(r: dict[str, Any], by_shape: dict) -> str:
     if r["status"] != "ok":
         return r["status"]
     text = f"{_num(r['time_ms'])} ms / {_num(r['mem_mib'])} MiB"
+    if r["mode"] == "decode" and r.get("state_mib") is not None:  # the peak RSS includes the prefill's forward
+        text = f"{_num(r['time_ms'])} ms / state {_num(r['state_mib'])} MiB"
     if r.get("repeats") is not None and r["repeats"] < 3:  # fewer than the default three timed runs: say so
         text += f" ({r['repeats']} run{'s' if r['repeats'] > 1 else ''})"
     ratios = []
