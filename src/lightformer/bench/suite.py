@@ -7,8 +7,9 @@ rate of the grid, keeps the best on validation and reports the test metric. Reco
 appended to a JSON-lines file as soon as each cell is done; re-running skips measured cells unless ``force``; a
 cell that fails, runs out of memory or times out is recorded with that status and the sweep goes on.
 
-Mixers by task: a causal task (probe, LM) takes every registered mixer that can be causal, a bidirectional one
-(LRA) every mixer that can be bidirectional; a mixer that cannot take the task is recorded as ``unsupported``.
+Mixers by task: a causal task (probe, LM) takes every registered mixer that can be causal; a classification task
+(LRA) takes every mixer, bidirectional where it can be and causal where it is causal-only (``tasks.base.
+encoder_causal``); a mixer that cannot take the task is recorded as ``unsupported``.
 """
 
 from __future__ import annotations
@@ -35,10 +36,11 @@ def causal_task(task: str) -> bool:
 
 
 def default_mixers(task: str) -> list[str]:
-    """Every registered mixer that can run the task's direction."""
-    causal = causal_task(task)
-    return [m for m in MIXERS.names()
-            if (MIXERS.get(m).capabilities.causal if causal else MIXERS.get(m).capabilities.non_causal)]
+    """Every registered mixer that can run the task: causal tasks need a causal mixer; classification tasks take
+    every mixer (causal-only ones encode causally)."""
+    if causal_task(task):
+        return [m for m in MIXERS.names() if MIXERS.get(m).capabilities.causal]
+    return list(MIXERS.names())
 
 
 def build_cells(tasks: list[str], mixers: list[str] | None, seeds: list[int], *, budget_s: float | None,
@@ -105,8 +107,6 @@ def unsupported_reason(cell: CapacityCell) -> str | None:
     caps = MIXERS.get(cell.mixer).capabilities
     if causal_task(cell.task) and not caps.causal:
         return f"{cell.mixer} cannot be causal and task {cell.task} is causal"
-    if not causal_task(cell.task) and not caps.non_causal:
-        return f"{cell.mixer} is causal-only and task {cell.task} is bidirectional"
     return None
 
 

@@ -275,9 +275,19 @@ class SequenceTask(Task):
                 f"marked : {shown}")
 
 
+def encoder_causal(model: ModelConfig) -> bool:
+    """The direction of a classification encoder: bidirectional, as LRA trains it, unless the model's mixer is
+    causal-only (the state-space and recurrent mixers), which then encodes causally: mean pooling over the real
+    tokens of a causal stack reads every token, and each position has seen its whole prefix."""
+    from ..mixers import MIXERS
+
+    return not MIXERS.get(model.mixer).capabilities.non_causal
+
+
 class ClassificationTask(Task):
     """A sequence -> label task (LRA style). Trained as a bidirectional ``SequenceClassifier`` (mean pooling over
-    real tokens); metrics: accuracy and cross-entropy loss per example."""
+    real tokens; a causal one for a causal-only mixer, see ``encoder_causal``); metrics: accuracy and cross-entropy
+    loss per example."""
 
     kind = "classify"
     metrics = ("accuracy", "loss")
@@ -292,7 +302,8 @@ class ClassificationTask(Task):
     def build_model(self, model: ModelConfig) -> nn.Module:
         from ..models.heads import SequenceClassifier
 
-        return SequenceClassifier(dataclasses.replace(self.model_config(model), causal=False), self.num_classes,
+        config = self.model_config(model)
+        return SequenceClassifier(dataclasses.replace(config, causal=encoder_causal(config)), self.num_classes,
                                   self.pooling)
 
     def loss(self, model: nn.Module, batch: tuple) -> Loss:
@@ -323,7 +334,8 @@ class PairTask(Task):
     def build_model(self, model: ModelConfig) -> nn.Module:
         from ..models.heads import TwoTowerClassifier
 
-        return TwoTowerClassifier(dataclasses.replace(self.model_config(model), causal=False), self.num_classes)
+        config = self.model_config(model)
+        return TwoTowerClassifier(dataclasses.replace(config, causal=encoder_causal(config)), self.num_classes)
 
     def loss(self, model: nn.Module, batch: tuple) -> Loss:
         (a, mask_a), (b, mask_b), labels = batch
