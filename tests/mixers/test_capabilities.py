@@ -18,7 +18,7 @@ def test_the_four_the_text_parse_misread():
     assert (caps["kernel_rpe_fft"].time_exponent, caps["kernel_rpe_fft"].log_exponent) == (1, 1)  # T·log T
     assert caps["hilo"].time_exponent == 2 and caps["reformer_lsh"].time_exponent == 2  # T²/window, T²/bucket
     assert {n for n, c in caps.items() if c.time_exponent == 2} == {
-        "softmax", "tiled_softmax", "aft", "reversed", "hilo", "reformer_lsh"}
+        "softmax", "tiled_softmax", "aft", "reversed", "hilo", "reformer_lsh", "persistent_memory"}
 
 
 def test_time_scale():

@@ -26,6 +26,8 @@ BENCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "reformer_lsh": {"n_hashes": 4, "bucket_size": 64},
     # LMUFormer sets the memory's window theta to the sequence length
     "lmu": {"theta": SEQ_LEN},
+    # the all-attention paper's N at the bench's width (512, 8 heads): its 18-layer character models
+    "persistent_memory": {"num_memory": 1024},
 }
 
 

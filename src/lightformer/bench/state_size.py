@@ -5,7 +5,8 @@ can be plotted against memory.
 A mixer that decodes is measured, not looked up: it is built at the given width, prefilled with ``seq_len`` tokens,
 and its ``State`` is counted (``nbytes`` of a float32 state / 4: complex numbers count as two floats, a KV cache
 counts its kept tokens). This gives Zoology's numbers for the mixers below and the state-space and recurrent
-mixers' own states (e.g. Mamba's conv window plus its ``[E·D, N]`` SSM state) without a table entry each. The
+mixers' own states (e.g. Mamba's conv window plus its ``[E·D, N]`` SSM state) without a table entry each
+(``persistent_memory`` counts its KV cache only: its N memory slots are parameters, shared by every sequence). The
 others are counted by family:
 
 - attention without a decode path (``reversed``, ``probsparse``, ``bigbird``, ``linformer``, ...): the KV cache a

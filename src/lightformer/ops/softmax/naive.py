@@ -59,3 +59,39 @@ def log_sum_exp(q: Tensor, k: Tensor, *, causal: bool = False, key_padding_mask:
     scores = scores + dense_bias(q.shape[-2], k.shape[-2], causal=causal, key_padding_mask=key_padding_mask,
                                  alibi_slopes=alibi_slopes, window=window, dtype=scores.dtype, device=q.device)
     return torch.logsumexp(scores, dim=-1)
+
+
+def memory_attention(q: Tensor, k: Tensor, v: Tensor, memory_k: Tensor, memory_v: Tensor, *, causal: bool = False,
+                     key_padding_mask: Tensor | None = None, scale: float | None = None) -> Tensor:
+    """Softmax attention over N persistent memory slots followed by the sequence's keys (Sukhbaatar et al. 2019,
+    "Augmenting Self-attention with Persistent Memory", Sec. 4.1, the all-attention layer):
+
+        a = softmax([q·M_kᵀ, q·Kᵀ + bias] · scale),   out = a[:N] · M_v + a[N:] · V
+
+    The memory slots are visible from every query (no causal or padding mask applies to them), so no row is empty.
+
+    Args:
+        q: ``[B, H, Tq, d]``; k, v: ``[B, H, Tk, d]`` (conventions of this module: end-aligned queries).
+        memory_k, memory_v: ``[H, N, d]`` with N >= 1, shared by every sequence of the batch.
+        causal, key_padding_mask: as in ``attention``; they apply to the sequence's keys only.
+        scale: default ``1/sqrt(d)``, the same for memory and sequence scores.
+
+    Returns:
+        ``[B, H, Tq, d]``, dtype of ``q``.
+
+    Raises:
+        ValueError: N = 0 (``attention`` is the layer without memory).
+    """
+    n = memory_k.shape[1]
+    if n == 0:
+        raise ValueError("memory_k has N=0 slots; use attention() for attention without persistent memory")
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    memory_scores = torch.einsum("bhqd,hnd->bhqn", q, memory_k) * scale
+    sequence_scores = torch.einsum("bhqd,bhkd->bhqk", q, k) * scale
+    sequence_scores = sequence_scores + dense_bias(q.shape[-2], k.shape[-2], causal=causal,
+                                                   key_padding_mask=key_padding_mask,
+                                                   dtype=sequence_scores.dtype, device=q.device)
+    weights = torch.softmax(torch.cat([memory_scores, sequence_scores], dim=-1), dim=-1)
+    out = torch.einsum("bhqn,hnd->bhqd", weights[..., :n], memory_v)
+    out = out + torch.einsum("bhqk,bhkd->bhqd", weights[..., n:], v)
+    return out.to(q.dtype)
