@@ -3,13 +3,16 @@
 For each mixer and each direction it supports (causal / bidirectional): shape and dtype kept, finite outputs,
 a gradient on every parameter, forward equals its naive oracle (outputs and gradients, float64), causality,
 padding, decode equals the parallel forward, batch independence, seeded determinism, bf16 autocast, and errors
-that name the bad argument.
+that name the bad argument. A mixer that accepts ``position="t5"`` runs all of it a second time with T5's learned
+relative bias (the one position scheme with parameters of its own, so it changes the mixer's parameters, oracle,
+decode path and gradients); its table is drawn at random, since the zero init would make the bias vacuous.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 import lightformer
 from lightformer import MIXERS
@@ -23,16 +26,24 @@ def cases():
         caps = MIXERS.get(name).capabilities
         for causal in (False, True):
             if (causal and caps.causal) or (not causal and caps.non_causal):
-                yield pytest.param(name, causal, id=f"{name}-{'causal' if causal else 'bidir'}")
+                case = f"{name}-{'causal' if causal else 'bidir'}"
+                yield pytest.param(name, causal, "none", id=case)
+                if "t5" in caps.positions:
+                    yield pytest.param(name, causal, "t5", id=f"{case}-t5")
 
 
 CASES = list(cases())
+# T5 options that reach the far, log-spaced buckets at the contract's lengths (T <= 33)
+T5_OPTIONS = {"t5_num_buckets": 16, "t5_max_distance": 12}
 
 
-def build(name: str, causal: bool, seed: int = 0, **extra) -> lightformer.Mixer:
+def build(name: str, causal: bool, position: str = "none", seed: int = 0, **extra) -> lightformer.Mixer:
     torch.manual_seed(seed)
-    options = {**MIXERS.get(name).example_options, **extra}
-    return lightformer.create_mixer(name, dim=DIM, num_heads=HEADS, causal=causal, **options).eval()
+    options = {**MIXERS.get(name).example_options, **(T5_OPTIONS if position == "t5" else {}), **extra}
+    m = lightformer.create_mixer(name, dim=DIM, num_heads=HEADS, causal=causal, position=position, **options)
+    if position == "t5":
+        nn.init.normal_(m.rel_bias, std=1.0)  # still seeded by `seed`
+    return m.eval()
 
 
 def inputs(b: int, t: int, dtype=torch.float32, seed: int = 1) -> torch.Tensor:
@@ -49,9 +60,9 @@ def assert_close(a, b, tol):
     torch.testing.assert_close(a, b, rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize("name,causal", CASES)
-def test_shape_dtype_finite(name, causal):
-    m = build(name, causal)
+@pytest.mark.parametrize("name,causal,position", CASES)
+def test_shape_dtype_finite(name, causal, position):
+    m = build(name, causal, position)
     for t in lengths_for(m):
         for dtype in (torch.float32, torch.float64):
             x = inputs(2, t, dtype)
@@ -60,9 +71,9 @@ def test_shape_dtype_finite(name, causal):
             assert torch.isfinite(y).all(), f"T={t} {dtype}"
 
 
-@pytest.mark.parametrize("name,causal", CASES)
-def test_every_parameter_gets_a_gradient(name, causal):
-    m = build(name, causal).train()
+@pytest.mark.parametrize("name,causal,position", CASES)
+def test_every_parameter_gets_a_gradient(name, causal, position):
+    m = build(name, causal, position).train()
     t = lengths_for(m)[-1]
     x = inputs(2, t).requires_grad_(True)  # so that a parameter-free mixer (fnet, poolformer) has a graph too
     m(x).square().sum().backward()
@@ -73,9 +84,9 @@ def test_every_parameter_gets_a_gradient(name, causal):
         assert p.grad.abs().sum() > 0, f"{pname} has an all-zero gradient"
 
 
-@pytest.mark.parametrize("name,causal", CASES)
-def test_forward_equals_oracle(name, causal):
-    m = build(name, causal).double()
+@pytest.mark.parametrize("name,causal,position", CASES)
+def test_forward_equals_oracle(name, causal, position):
+    m = build(name, causal, position).double()
     for t in lengths_for(m):
         x = inputs(2, t, torch.float64).requires_grad_(True)
         y = m(x)
@@ -89,11 +100,11 @@ def test_forward_equals_oracle(name, causal):
             assert_close(a, b, 1e-8)
 
 
-@pytest.mark.parametrize("name,causal", CASES)
-def test_causality(name, causal):
+@pytest.mark.parametrize("name,causal,position", CASES)
+def test_causality(name, causal, position):
     if not causal:
         pytest.skip("bidirectional configuration: causality does not apply")
-    m = build(name, causal)
+    m = build(name, causal, position)
     t = lengths_for(m)[-1]
     x = inputs(2, t)
     y = m(x)
@@ -105,9 +116,9 @@ def test_causality(name, causal):
     assert not torch.allclose(y2[:, cut:], y[:, cut:]), "future tokens changed nothing at all: mixer is inert"
 
 
-@pytest.mark.parametrize("name,causal", CASES)
-def test_padding(name, causal):
-    m = build(name, causal)
+@pytest.mark.parametrize("name,causal,position", CASES)
+def test_padding(name, causal, position):
+    m = build(name, causal, position)
     if not m.capabilities.padding_mask:
         with pytest.raises(ValueError, match="key_padding_mask"):
             m(inputs(1, 4), key_padding_mask=torch.ones(1, 4, dtype=torch.bool))
@@ -126,9 +137,9 @@ def test_padding(name, causal):
         assert_close(y[i:i + 1, :n], alone, 1e-5)
 
 
-@pytest.mark.parametrize("name,causal", CASES)
-def test_decode_equals_forward(name, causal):
-    m = build(name, causal)
+@pytest.mark.parametrize("name,causal,position", CASES)
+def test_decode_equals_forward(name, causal, position):
+    m = build(name, causal, position)
     if not (causal and m.capabilities.decode):
         pytest.skip("decode applies to causal mixers with capabilities.decode")
     t = lengths_for(m)[-1]
@@ -143,9 +154,9 @@ def test_decode_equals_forward(name, causal):
     assert_close(torch.stack(steps, dim=1), y, 1e-5)
 
 
-@pytest.mark.parametrize("name,causal", CASES)
-def test_batch_independence(name, causal):
-    m = build(name, causal)
+@pytest.mark.parametrize("name,causal,position", CASES)
+def test_batch_independence(name, causal, position):
+    m = build(name, causal, position)
     t = lengths_for(m)[-1]
     x = inputs(3, t)
     y = m(x)
@@ -153,18 +164,18 @@ def test_batch_independence(name, causal):
         assert_close(m(x[i:i + 1]), y[i:i + 1], 1e-5)
 
 
-@pytest.mark.parametrize("name,causal", CASES)
-def test_seeded_determinism(name, causal):
-    a, b = build(name, causal, seed=5), build(name, causal, seed=5)
+@pytest.mark.parametrize("name,causal,position", CASES)
+def test_seeded_determinism(name, causal, position):
+    a, b = build(name, causal, position, seed=5), build(name, causal, position, seed=5)
     t = lengths_for(a)[-1]
     x = inputs(2, t)
     torch.testing.assert_close(a(x), b(x), rtol=0, atol=0)
     torch.testing.assert_close(a(x), a(x), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("name,causal", CASES)
-def test_bf16_autocast(name, causal):
-    m = build(name, causal)
+@pytest.mark.parametrize("name,causal,position", CASES)
+def test_bf16_autocast(name, causal, position):
+    m = build(name, causal, position)
     t = lengths_for(m)[-1]
     x = inputs(2, t)
     y = m(x)
@@ -175,9 +186,9 @@ def test_bf16_autocast(name, causal):
     assert rel < 0.05, f"bf16 autocast relative error {rel:.3g}"
 
 
-@pytest.mark.parametrize("name,causal", CASES)
-def test_bad_inputs_name_the_argument(name, causal):
-    m = build(name, causal)
+@pytest.mark.parametrize("name,causal,position", CASES)
+def test_bad_inputs_name_the_argument(name, causal, position):
+    m = build(name, causal, position)
     with pytest.raises(ValueError, match="rank"):
         m(torch.randn(4, DIM))
     with pytest.raises(ValueError, match="dim"):

@@ -1,10 +1,11 @@
-"""The exact-attention family beyond the contract: shared parameters, GQA/MQA, ALiBi and RoPE on every path,
+"""The exact-attention family beyond the contract: shared parameters, GQA/MQA, ALiBi, RoPE and T5 on every path,
 split-KV decoding, the sliding-window cache, and equality of softmax and tiled_softmax."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 import lightformer
 
@@ -13,10 +14,13 @@ DIM, HEADS = 32, 4
 
 def make(name, causal=True, seed=0, **options):
     torch.manual_seed(seed)
-    return lightformer.create_mixer(name, dim=DIM, num_heads=HEADS, causal=causal, **options).eval()
+    m = lightformer.create_mixer(name, dim=DIM, num_heads=HEADS, causal=causal, **options).eval()
+    if m.rel_bias is not None:  # position="t5": a random table, the zero init would hide the bias
+        nn.init.normal_(m.rel_bias, std=1.0)
+    return m
 
 
-@pytest.mark.parametrize("position", ["none", "rope", "alibi"])
+@pytest.mark.parametrize("position", ["none", "rope", "alibi", "t5"])
 @pytest.mark.parametrize("num_kv_heads", [None, 2, 1])
 @pytest.mark.parametrize("causal", [False, True])
 def test_tiled_equals_softmax_with_shared_state_dict(position, num_kv_heads, causal):
@@ -50,7 +54,7 @@ def test_sliding_window_sees_only_its_window():
     assert changed.nonzero().flatten().tolist() == [10, 11, 12, 13]
 
 
-@pytest.mark.parametrize("position", ["none", "rope", "alibi"])
+@pytest.mark.parametrize("position", ["none", "rope", "alibi", "t5"])
 @pytest.mark.parametrize("num_kv_heads", [None, 1])
 def test_split_kv_decode_equals_plain_decode(position, num_kv_heads):
     plain = make("softmax", position=position, num_kv_heads=num_kv_heads)

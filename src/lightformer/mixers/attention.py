@@ -1,11 +1,12 @@
 """Shared machinery of the exact-attention mixers (``softmax``, ``tiled_softmax``, ``sliding_window``): the fused
-QKV projection with multi-/grouped-query heads, RoPE or ALiBi, and KV-cache decoding. The mixers differ only in
-``attend`` (how the attention op is computed), so their parameters are identical and a state dict saved from one
-loads into any other.
+QKV projection with multi-/grouped-query heads, RoPE, ALiBi or T5's learned relative bias, and KV-cache decoding.
+The mixers differ only in ``attend`` (how the attention op is computed), so their parameters are identical and a
+state dict saved from one loads into any other.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -15,8 +16,8 @@ from torch import Tensor, nn
 
 from ..nn.heads import split_heads
 from ..nn.kv_cache import KVCache
-from ..nn.positions import Rotary, alibi_slopes
-from ..ops.softmax.bias import dense_bias
+from ..nn.positions import Rotary, alibi_slopes, t5_bucket
+from ..ops.softmax.bias import bucketed_bias, dense_bias
 from ..ops.softmax import naive, split_kv
 from .base import Mixer, MixerConfig
 
@@ -69,6 +70,34 @@ class AttentionConfig(RotaryConfig):
             raise ValueError(f"split_kv_size must be positive, got {self.split_kv_size}")
 
 
+@dataclass(frozen=True)
+class ExactAttentionConfig(AttentionConfig):
+    """``AttentionConfig`` of the exact mixers (``softmax``, ``tiled_softmax``), which also take T5's learned
+    bucketed relative position bias (``position="t5"``; Raffel et al. 2020, Sec. 2.1; see
+    ``nn.positions.t5_bucket``). Buckets are bidirectional when ``causal=False`` and past-only when causal.
+
+    Attributes:
+        t5_num_buckets: rows of the bias table ``rel_bias [t5_num_buckets, num_heads]`` (T5: 32); at least 4
+            bidirectional, 2 causal.
+        t5_max_distance: relative distance from which on all keys share the last bucket (T5: 128); above the exact
+            buckets of a direction (a quarter of ``t5_num_buckets`` bidirectional, half causal).
+    """
+
+    t5_num_buckets: int = 32
+    t5_max_distance: int = 128
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        least = 2 if self.causal else 4
+        if self.t5_num_buckets < least:
+            raise ValueError(f"t5_num_buckets must be >= {least} with causal={self.causal} (each direction needs "
+                             f"an exact bucket), got {self.t5_num_buckets}")
+        exact = (self.t5_num_buckets if self.causal else self.t5_num_buckets // 2) // 2
+        if self.t5_max_distance <= exact:
+            raise ValueError(f"t5_max_distance must exceed the {exact} exact buckets of a direction "
+                             f"(t5_num_buckets={self.t5_num_buckets}), got {self.t5_max_distance}")
+
+
 def repeat_kv(x: Tensor, num_heads: int) -> Tensor:
     """Expand ``[B, H_kv, T, d]`` keys/values to ``[B, H, T, d]`` for grouped-query attention (no copy if equal)."""
     groups = num_heads // x.shape[1]
@@ -76,7 +105,14 @@ def repeat_kv(x: Tensor, num_heads: int) -> Tensor:
 
 
 class AttentionMixer(Mixer):
-    """Base of the softmax-attention mixers; subclasses implement ``attend``."""
+    """Base of the softmax-attention mixers; subclasses implement ``attend``.
+
+    With ``position="t5"`` (only mixers whose capabilities accept it, with an ``ExactAttentionConfig``) the mixer
+    owns ``rel_bias``, a learned ``nn.Parameter`` ``[t5_num_buckets, num_heads]`` (float32), initialised to zeros
+    (see ``init_weights``), and ``rel_bucket``, the T5 bucket function of its config; otherwise ``rel_bias`` is
+    ``None``. A model may tie one table across layers, as T5 does, by assigning the same parameter to each
+    mixer's ``rel_bias``.
+    """
 
     config_class = AttentionConfig
     config: QKVConfig
@@ -89,6 +125,28 @@ class AttentionMixer(Mixer):
         self.rotary = Rotary(d, config.rope_base) if config.position == "rope" else None  # only RotaryConfig
         slopes = alibi_slopes(h) if config.position == "alibi" else None
         self.register_buffer("alibi_slopes", slopes, persistent=False)
+        self.rel_bucket = None
+        self.register_parameter("rel_bias", None)
+        if config.position == "t5":  # the base class let it through only for a mixer that accepts t5
+            self.rel_bucket = functools.partial(t5_bucket, bidirectional=not config.causal,
+                                                num_buckets=config.t5_num_buckets, max_distance=config.t5_max_distance)
+            self.rel_bias = nn.Parameter(torch.zeros(config.t5_num_buckets, h))
+
+    def init_weights(self, num_layers: int) -> None:
+        """The T5 table starts at zero: the mixer then starts as position-free attention and learns only the offsets
+        the data asks for, and zero is no saddle (the table's gradient, ``dS`` summed by bucket, does not depend on
+        its value), so every bucket learns from the first step. Set here so the model's generic init cannot change
+        it."""
+        if self.rel_bias is not None:
+            nn.init.zeros_(self.rel_bias)
+
+    def position_bias(self, tq: int, tk: int, dtype: torch.dtype) -> Tensor | None:
+        """T5's relative bias as a dense ``[1, H, Tq, Tk]`` tensor in ``dtype`` for ``Tq`` queries end-aligned to
+        ``Tk`` keys (the query of a decoding step sits at the cache length), differentiable in ``rel_bias``;
+        ``None`` without ``position="t5"``. For the dense paths (oracle, SDPA, decoding) only."""
+        if self.rel_bias is None:
+            return None
+        return bucketed_bias(self.rel_bias, self.rel_bucket, tq, tk).to(dtype)
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None) -> Tensor:
         """q ``[B, H, T, d]``, k/v ``[B, H_kv, T, d]`` (RoPE already applied) -> ``[B, H, T, d]``."""
@@ -119,7 +177,7 @@ class AttentionMixer(Mixer):
         h = self.config.num_heads
         return naive.attention(q, repeat_kv(k, h), repeat_kv(v, h), causal=self.config.causal,
                                key_padding_mask=key_padding_mask, alibi_slopes=self.alibi_slopes,
-                               window=self.window_bounds())
+                               window=self.window_bounds(), bias=self.position_bias(q.shape[2], k.shape[2], q.dtype))
 
     def _oracle(self, x: Tensor, key_padding_mask: Tensor | None) -> Tensor:
         q, k, v = self.project(x, torch.arange(x.shape[1], device=x.device))
@@ -137,7 +195,7 @@ class AttentionMixer(Mixer):
     def _forward_state(self, x: Tensor, state: KVCache) -> tuple[Tensor, KVCache]:
         """Prefill: the causal forward of ``x [B, T, D]`` after the ``state.length`` cached tokens, in one pass.
         From an empty cache this is ``attend`` itself; after a prefix, the T queries attend to the kept keys and
-        their own (end-aligned causal mask, the window, ALiBi) through SDPA with a dense bias."""
+        their own (end-aligned causal mask, the window, ALiBi or T5) through SDPA with a dense bias."""
         if not isinstance(state, KVCache):
             raise TypeError(f"state must be the KVCache from init_state, got {type(state).__name__}")
         t = x.shape[1]
@@ -149,6 +207,9 @@ class AttentionMixer(Mixer):
             keys, values = torch.cat([old_k.to(k.dtype), k], dim=2), torch.cat([old_v.to(v.dtype), v], dim=2)
             bias = dense_bias(t, keys.shape[2], causal=True, alibi_slopes=self.alibi_slopes,
                               window=self.window_bounds(), dtype=q.dtype, device=q.device)
+            rel = self.position_bias(t, keys.shape[2], q.dtype)
+            if rel is not None:
+                bias = bias + rel
             o = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias, enable_gqa=keys.shape[1] != q.shape[1])
         return self.out(rearrange(o, "b h t d -> b t (h d)")), state.append(k, v)
 
@@ -160,14 +221,16 @@ class AttentionMixer(Mixer):
         state = state.append(k, v)
         keys, values = state.keys_values()
         slopes = self.alibi_slopes
+        # the query sits at position state.length, the newest of the kept keys: T5's bias end-aligned to the cache
+        rel = self.position_bias(1, keys.shape[2], q.dtype)  # [1, H, 1, Tk]
         if keys.shape[2] > self.config.split_kv_size:
             h = self.config.num_heads
             o = split_kv.split_kv_attention(q, repeat_kv(keys, h), repeat_kv(values, h), alibi_slopes=slopes,
-                                   split_size=self.config.split_kv_size, causal=True)
+                                   split_size=self.config.split_kv_size, causal=True, bias=rel)
         else:
-            # one query sees every kept key, so only ALiBi needs a bias
-            bias = None if slopes is None else dense_bias(1, keys.shape[2], alibi_slopes=slopes, dtype=q.dtype,
-                                                          device=q.device)
+            # one query sees every kept key, so only ALiBi or T5 needs a bias
+            bias = rel if slopes is None else dense_bias(1, keys.shape[2], alibi_slopes=slopes, dtype=q.dtype,
+                                                         device=q.device)
             o = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=bias,
                                                enable_gqa=keys.shape[1] != q.shape[1])
         return self.out(rearrange(o, "b h t d -> b (t h d)")), state

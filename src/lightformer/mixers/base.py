@@ -27,7 +27,7 @@ from ..nn.state import State
 from ..registry import Registry
 
 #: Relative position schemes a mixer applies itself (absolute ones are added to the embeddings by the model).
-RELATIVE_POSITIONS = ("none", "rope", "alibi")
+RELATIVE_POSITIONS = ("none", "rope", "alibi", "t5")
 
 
 def _accepts(hint: Any, value: Any) -> bool:
@@ -80,8 +80,8 @@ class MixerConfig:
         num_heads: number of heads H; ``dim`` must be divisible by it.
         causal: position t sees only positions <= t. Decided at construction.
         dropout: dropout probability on the mixer's output (after the output projection), in [0, 1).
-        position: relative position scheme the mixer applies itself: ``"none" | "rope" | "alibi"``. The model sets it
-            from ``ModelConfig.position``; a mixer that cannot apply it raises ``ValueError`` at construction.
+        position: relative position scheme the mixer applies itself: ``"none" | "rope" | "alibi" | "t5"``. The model
+            sets it from ``ModelConfig.position``; a mixer that cannot apply it raises ``ValueError`` at construction.
     """
 
     dim: int = 64

@@ -3,8 +3,9 @@
     Attention(Q, K, V) = softmax(Q Kᵀ / sqrt(d) + bias) V        (Vaswani et al. 2017, Eq. 1)
 
 with multi-query / grouped-query key-value heads (``num_kv_heads``; Shazeer 2019) and KV-cache decoding. This is
-the baseline every other mixer is measured against. With a padding mask or ALiBi, SDPA needs the bias
-materialised as a ``[T, T]`` tensor (its fused CPU kernel takes no bias); ``tiled_softmax`` avoids that.
+the baseline every other mixer is measured against. With a padding mask, ALiBi or T5's relative bias
+(``position="t5"``, a learned table ``rel_bias [t5_num_buckets, H]``), SDPA needs the bias materialised as a
+``[T, T]`` (T5: ``[H, T, T]``) tensor (its fused CPU kernel takes no bias); ``tiled_softmax`` avoids that.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..ops.softmax.bias import dense_bias
-from .attention import AttentionMixer
+from .attention import AttentionMixer, ExactAttentionConfig
 from .base import MIXERS, Capabilities
 
 
@@ -33,16 +34,23 @@ def no_empty_rows(bias: Tensor) -> Tensor:
 class SoftmaxAttention(AttentionMixer):
     """Exact multi-head softmax attention (torch SDPA). x ``[B, T, D]`` -> ``[B, T, D]``; O(T²·d) time."""
 
+    config_class = ExactAttentionConfig
+    config: ExactAttentionConfig
     capabilities = Capabilities(exact=True, causal=True, padding_mask=True, decode=True, complexity="T²·d",
-                                prefill=True, positions=frozenset({"none", "rope", "alibi"}), time_exponent=2)
+                                prefill=True, positions=frozenset({"none", "rope", "alibi", "t5"}), time_exponent=2)
+    # T5's table is a set of additive logit offsets, not a weight matrix: decay would pull it to "no position"
+    no_weight_decay = ("rel_bias",)
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None) -> Tensor:
         gqa = k.shape[1] != q.shape[1]
-        if key_padding_mask is None and self.alibi_slopes is None:
+        if key_padding_mask is None and self.alibi_slopes is None and self.rel_bias is None:
             return F.scaled_dot_product_attention(q, k, v, is_causal=self.config.causal, enable_gqa=gqa)
         t = q.shape[2]
         bias = dense_bias(t, t, causal=self.config.causal, key_padding_mask=key_padding_mask,
                           alibi_slopes=self.alibi_slopes, dtype=q.dtype, device=q.device)
+        rel = self.position_bias(t, t, q.dtype)
+        if rel is not None:
+            bias = bias + rel  # [B | 1, H, T, T]
         if key_padding_mask is not None:
             bias = no_empty_rows(bias)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, enable_gqa=gqa)

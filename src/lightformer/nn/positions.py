@@ -1,8 +1,8 @@
 """Position schemes.
 
 Absolute schemes are added to the token embeddings by the model (``learned``, ``sinusoidal``); relative ones are
-applied inside attention by the mixer (``rope``, ``alibi``), which declares in ``Capabilities.positions`` whether
-it can.
+applied inside attention by the mixer (``rope``, ``alibi``, ``t5``), which declares in ``Capabilities.positions``
+whether it can.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 ABSOLUTE = ("learned", "sinusoidal")
-RELATIVE = ("rope", "alibi")
+RELATIVE = ("rope", "alibi", "t5")
 SCHEMES = ("none", *ABSOLUTE, *RELATIVE)
 
 
@@ -28,6 +28,57 @@ def sinusoidal_table(length: int, dim: int, base: float = 10000.0) -> Tensor:
     table[:, 0::2] = torch.sin(pos * inv)
     table[:, 1::2] = torch.cos(pos * inv)
     return table.float()
+
+
+def t5_bucket(relative_position: Tensor, *, bidirectional: bool, num_buckets: int = 32,
+              max_distance: int = 128) -> Tensor:
+    """Bucket id of each relative position for T5's learned relative position bias.
+
+    Source: Raffel et al. 2020, "Exploring the Limits of Transfer Learning with a Unified Text-to-Text
+    Transformer", Sec. 2.1 (one learned scalar per bucket and head, added to the attention logits), with the
+    bucketing of the T5 reference implementation (Mesh TensorFlow ``_relative_position_bucket``; defaults 32 buckets,
+    max distance 128):
+
+    * ``bidirectional``: half of the buckets for keys before or at the query, half for keys after it
+      (``n = num_buckets // 2`` each, the second half offset by ``n``); otherwise (causal) all ``n = num_buckets``
+      buckets describe the past and every key after the query falls into bucket 0 with distance 0.
+    * within a direction, the distance ``|p_k - p_q|`` below ``n // 2`` is its own bucket (exact offsets); larger
+      distances are spaced logarithmically, ``n//2 + floor(log(dist / (n//2)) / log(max_distance / (n//2)) ·
+      (n - n//2))``, and every distance from ``max_distance`` on shares the last bucket ``n - 1``. The logarithm is
+      taken in float32, as in the reference, so the ids equal the reference's.
+
+    Args:
+        relative_position: int64 tensor of any shape, ``p_k - p_q`` (key position minus query position).
+        bidirectional: split the buckets between the two directions (encoder) or keep only the past (decoder).
+        num_buckets: total buckets; at least 2 (causal) or 4 (bidirectional), so each direction has an exact one.
+        max_distance: distance from which on all keys share the last bucket; above ``n // 2``.
+
+    Returns:
+        int64 tensor of the same shape, bucket ids in ``[0, num_buckets)``.
+
+    Raises:
+        ValueError: a non-int64 input, or ``num_buckets``/``max_distance`` too small for the rule above.
+    """
+    if relative_position.dtype != torch.int64:
+        raise ValueError(f"relative_position must be int64, got {relative_position.dtype}")
+    per_direction = num_buckets // 2 if bidirectional else num_buckets
+    exact = per_direction // 2
+    if exact < 1:
+        raise ValueError(f"num_buckets={num_buckets} is too small: need >= {4 if bidirectional else 2} "
+                         f"({'bidirectional' if bidirectional else 'causal'})")
+    if max_distance <= exact:
+        raise ValueError(f"max_distance={max_distance} must exceed the {exact} exact buckets of a direction")
+    if bidirectional:
+        base = (relative_position > 0).long() * per_direction  # keys after the query: the upper half
+        distance = relative_position.abs()
+    else:
+        base = torch.zeros_like(relative_position)
+        distance = (-relative_position).clamp(min=0)  # the future is invisible to a causal query: distance 0
+    # clamp so the log never sees 0 (those entries take the exact branch anyway)
+    ratio = distance.clamp(min=exact).float() / exact
+    far = exact + (ratio.log() / math.log(max_distance / exact) * (per_direction - exact)).long()
+    far = far.clamp(max=per_direction - 1)
+    return base + torch.where(distance < exact, distance, far)
 
 
 def alibi_slopes(num_heads: int) -> Tensor:

@@ -1,10 +1,17 @@
-"""The additive score bias of softmax attention as a dense tensor (causal, padding, ALiBi, window), shared by the
-oracle and by the dense fast path (SDPA with a materialised mask). Conventions: ``ops/softmax/naive.py``."""
+"""The additive score bias of softmax attention as a dense tensor (causal, padding, ALiBi, window, a bucketed
+relative bias such as T5's), shared by the oracle and by the dense fast path (SDPA with a materialised mask).
+Conventions: ``ops/softmax/naive.py``."""
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor
+
+#: maps relative positions ``p_k - p_q`` (int64, any shape) to bucket ids (int64, same shape), e.g. a
+#: ``functools.partial`` of ``nn.positions.t5_bucket``
+BucketFn = Callable[[Tensor], Tensor]
 
 
 def positions(tq: int, tk: int, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -35,3 +42,16 @@ def dense_bias(tq: int, tk: int, *, causal: bool = False, key_padding_mask: Tens
     if key_padding_mask is not None:
         allowed = allowed & key_padding_mask[:, None, None, :]
     return bias.masked_fill(~allowed, float("-inf"))
+
+
+def bucketed_bias(table: Tensor, bucket: BucketFn, tq: int, tk: int) -> Tensor:
+    """A learned relative position bias as a dense ``[1, H, Tq, Tk]`` tensor: ``table[bucket(p_k − p_q), h]``
+    (T5, Raffel et al. 2020, Sec. 2.1), with the end-aligned positions of ``positions``.
+
+    Args:
+        table: ``[num_buckets, H]`` floating; the result has its dtype and is differentiable in it.
+        bucket: relative position -> bucket id (see ``BucketFn``).
+    """
+    pq, pk = positions(tq, tk, table.device)
+    ids = bucket(pk[None, :] - pq[:, None])  # [Tq, Tk]
+    return table[ids].permute(2, 0, 1)[None]

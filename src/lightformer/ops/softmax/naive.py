@@ -13,6 +13,8 @@ Conventions shared by all attention ops:
     key_padding_mask: ``[B, Tk]`` bool, True = real key; masked keys get weight 0.
     alibi_slopes: ``[H]``; adds ``-slope_h · |p_q - p_k|`` to the scores (ALiBi, Press et al. 2022, "Train Short,
         Test Long", Sec. 3); in the causal case this is ``-slope_h · (p_q - p_k)``.
+    bias: any additive score bias broadcastable to ``[B, H, Tq, Tk]`` (e.g. T5's bucketed relative bias from
+        ``bias.bucketed_bias``); it is part of the autograd graph, so its gradient is the oracle's.
     A query that sees no key at all outputs zeros.
 """
 
@@ -28,21 +30,23 @@ from .bias import dense_bias
 
 def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, key_padding_mask: Tensor | None = None,
               alibi_slopes: Tensor | None = None, scale: float | None = None,
-              window: tuple[int, int] | None = None) -> Tensor:
+              window: tuple[int, int] | None = None, bias: Tensor | None = None) -> Tensor:
     """Dense softmax attention, see the module docstring for shapes and conventions.
 
     Args:
         scale: score scale, default ``1/sqrt(d)``.
         window: optional ``(left, right)`` key window around each query (for the sliding-window oracle).
+        bias: optional additive score bias broadcastable to ``[B, H, Tq, Tk]`` (see the module docstring).
 
     Returns:
         ``[B, H, Tq, d]``, dtype of ``q``.
     """
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     scores = torch.einsum("bhqd,bhkd->bhqk", q, k) * scale
-    bias = dense_bias(q.shape[-2], k.shape[-2], causal=causal, key_padding_mask=key_padding_mask,
-                      alibi_slopes=alibi_slopes, window=window, dtype=scores.dtype, device=q.device)
-    scores = scores + bias
+    scores = scores + dense_bias(q.shape[-2], k.shape[-2], causal=causal, key_padding_mask=key_padding_mask,
+                                 alibi_slopes=alibi_slopes, window=window, dtype=scores.dtype, device=q.device)
+    if bias is not None:
+        scores = scores + bias.to(scores.dtype)
     # rows that see no key: softmax of all -inf is NaN; define their output as 0
     empty = torch.isinf(scores).all(dim=-1, keepdim=True) & (scores < 0).all(dim=-1, keepdim=True)
     weights = torch.softmax(scores.masked_fill(empty, 0.0), dim=-1).masked_fill(empty, 0.0)
@@ -51,13 +55,15 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, key_padd
 
 def log_sum_exp(q: Tensor, k: Tensor, *, causal: bool = False, key_padding_mask: Tensor | None = None,
                 alibi_slopes: Tensor | None = None, scale: float | None = None,
-                window: tuple[int, int] | None = None) -> Tensor:
+                window: tuple[int, int] | None = None, bias: Tensor | None = None) -> Tensor:
     """``logsumexp`` of each query's biased scores ``[B, H, Tq]`` (``-inf`` for a query that sees no key);
-    what FlashAttention stores for its backward pass."""
+    what FlashAttention stores for its backward pass. Arguments as in ``attention``."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     scores = torch.einsum("bhqd,bhkd->bhqk", q, k) * scale
     scores = scores + dense_bias(q.shape[-2], k.shape[-2], causal=causal, key_padding_mask=key_padding_mask,
                                  alibi_slopes=alibi_slopes, window=window, dtype=scores.dtype, device=q.device)
+    if bias is not None:
+        scores = scores + bias.to(scores.dtype)
     return torch.logsumexp(scores, dim=-1)
 
 

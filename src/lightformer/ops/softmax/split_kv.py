@@ -69,13 +69,14 @@ def finalize(p: Partial, dtype: torch.dtype) -> Tensor:
 
 def partial_attention(q: Tensor, k: Tensor, v: Tensor, *, start: int, total: int, causal: bool = True,
                       key_padding_mask: Tensor | None = None, alibi_slopes: Tensor | None = None,
-                      scale: float | None = None) -> Partial:
+                      scale: float | None = None, bias: Tensor | None = None) -> Partial:
     """The partial of keys ``start .. start + k.shape[2] − 1`` of a cache of ``total`` keys.
 
     Args:
         q: ``[B, H, Tq, d]`` (queries at positions ``total − Tq + i``); k, v: ``[B, H, n, d]`` the chunk.
         key_padding_mask: ``[B, n]`` bool for the chunk, True = real key.
         alibi_slopes: ``[H]``; scale: default ``1/sqrt(d)``.
+        bias: additive score bias of the chunk, broadcastable to ``[B, H, Tq, n]`` (e.g. T5's relative bias).
     """
     tq, n = q.shape[2], k.shape[2]
     sd = torch.float64 if q.dtype == torch.float64 else torch.float32
@@ -86,6 +87,8 @@ def partial_attention(q: Tensor, k: Tensor, v: Tensor, *, start: int, total: int
     rel = pk[None, :] - pq[:, None]  # [Tq, n]
     if alibi_slopes is not None:
         s = s - alibi_slopes.to(sd).view(1, -1, 1, 1) * rel.abs().to(sd)
+    if bias is not None:
+        s = s + bias.to(sd)
     allowed = None
     if causal:
         allowed = (rel <= 0)[None, None]
@@ -103,7 +106,7 @@ def partial_attention(q: Tensor, k: Tensor, v: Tensor, *, start: int, total: int
 
 def split_kv_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = True,
                        key_padding_mask: Tensor | None = None, alibi_slopes: Tensor | None = None,
-                       scale: float | None = None, split_size: int = 2048) -> Tensor:
+                       scale: float | None = None, split_size: int = 2048, bias: Tensor | None = None) -> Tensor:
     """Exact attention of a few queries against a long cache, in chunks of ``split_size`` keys merged exactly.
 
     Args:
@@ -116,6 +119,8 @@ def split_kv_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = True,
         alibi_slopes: ``[H]``, adds ``−slope_h·|p_q − p_k|`` (Press et al. 2022).
         scale: default ``1/sqrt(d)``.
         split_size: keys per chunk (> 0).
+        bias: additive score bias broadcastable to ``[B, H, Tq, Tk]`` (T5's relative bias for the decoded queries:
+            ``O(H·Tq·Tk)``, the size of the scores); sliced per chunk.
 
     Returns:
         ``[B, H, Tq, d]`` in q's dtype; equal to ``naive.attention(q, k, v, causal=causal, ...)``. Differentiable by
@@ -138,9 +143,10 @@ def split_kv_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = True,
     for start in range(0, tk, split_size):
         end = min(start + split_size, tk)
         mask = None if key_padding_mask is None else key_padding_mask[:, start:end]
+        chunk_bias = None if bias is None else bias[..., start:end]
         parts.append(partial_attention(q, k[:, :, start:end], v[:, :, start:end], start=start, total=tk,
                                        causal=causal, key_padding_mask=mask, alibi_slopes=alibi_slopes,
-                                       scale=scale))
+                                       scale=scale, bias=chunk_bias))
     if not parts:  # empty cache: every query sees nothing
         return torch.zeros_like(q)
     # reduction tree over the chunks (any bracketing gives the same result: merge_partials is associative)

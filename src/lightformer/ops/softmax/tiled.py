@@ -11,7 +11,11 @@ The result equals ``naive.attention`` (same conventions, see ``ops/softmax/naive
 order of the floating-point operations differ. The forward keeps, per query block, the running row max ``m`` and sum
 ``l`` and an unnormalised output; it saves only ``q, k, v``, the output and the log-sum-exp ``[B, H, Tq]``. The
 backward recomputes each score block from ``q, k`` and the log-sum-exp. No ``[Tq, Tk]`` tensor is ever built: the
-temporaries are a few ``[B·H, block_q, block_k]`` blocks, and masks and the ALiBi bias are made per block.
+temporaries are a few ``[B·H, block_q, block_k]`` blocks, and masks and the ALiBi or T5 bias are made per block.
+
+A learned bucketed relative bias (T5, Raffel et al. 2020, Sec. 2.1: ``rel_bias[bucket(p_k − p_q), h]``) is an
+input of the autograd function: its gradient is ``dS = P ∘ (dP − D)`` summed by bucket, accumulated per block in
+the backward (a scatter-add of the block's ``dS`` by its bucket ids), so it too needs no ``[Tq, Tk]`` tensor.
 
 CPU-specific choices (why, not what):
     * queries are the outer loop, so the output block and its statistics stay in cache while the keys stream by;
@@ -22,6 +26,8 @@ CPU-specific choices (why, not what):
     * ALiBi off the diagonal is split into a column term ``±slope·(p_k − ref)``, added inside the score matmul, and a
       row term ``∓slope·(p_q − ref)`` folded into the row max / log-sum-exp (a per-row constant costs nothing on
       the block); ``ref`` is the block edge nearest the queries, so the rounding of the bias is that of the oracle.
+    * a T5 block whose relative positions all share one bucket (beyond ``max_distance``) adds its per-head bias as
+      that row term too; only blocks near the diagonal gather an ``[H, block_q, block_k]`` bias from the table.
 """
 
 from __future__ import annotations
@@ -31,6 +37,9 @@ import math
 
 import torch
 from torch import Tensor
+
+from .bias import BucketFn
+from .buckets import RelativeBuckets
 
 __all__ = ["tiled_attention", "default_block_size"]
 
@@ -61,10 +70,11 @@ def default_block_size(tq: int, tk: int, batch_heads: int) -> tuple[int, int]:
 
 
 class _Plan:
-    """Everything about one call that the forward and the backward share: block sizes, masks, ALiBi pieces."""
+    """Everything about one call that the forward and the backward share: block sizes, masks, ALiBi and T5 pieces."""
 
     def __init__(self, q: Tensor, k: Tensor, causal: bool, key_padding_mask: Tensor | None,
-                 alibi_slopes: Tensor | None, scale: float, block_size: int | tuple[int, int] | None) -> None:
+                 alibi_slopes: Tensor | None, rel_bias: Tensor | None, rel_bucket: BucketFn | None, scale: float,
+                 block_size: int | tuple[int, int] | None) -> None:
         b, h, tq, d = q.shape
         tk = k.shape[2]
         self.b, self.h, self.tq, self.tk, self.d = b, h, tq, tk, d
@@ -92,9 +102,19 @@ class _Plan:
         if alibi_slopes is not None:
             self.slopes = alibi_slopes.to(device=dev, dtype=sd).repeat(b)
             self.slopes_h = alibi_slopes.to(device=dev, dtype=sd).view(1, h, 1, 1)
+        self.rel = None  # the T5 bucket ids of this call's relative positions
+        self._diag_limit = 4
+        if rel_bias is not None:
+            self.rel = RelativeBuckets(rel_bucket, rel_bias.shape[0], tq, tk, dev)
+            table = rel_bias.detach().to(device=dev, dtype=sd).t()  # [H, num_buckets]
+            self.rel_table = table.contiguous()
+            self.rel_rows = table.repeat(b, 1)  # [B·H, num_buckets]: a one-bucket block's bias as a row term
+            # every diagonal within reach of the buckets' exact range recurs in each query block: keep them all
+            # while the cached [H, bq, bk] biases stay within a few score buffers
+            self._diag_limit = max(4, 4 * _BLOCK_ELEMENTS // (h * self.bq * self.bk))
         # a row that sees no key at all needs NaN-safe statistics
         self.may_empty = key_padding_mask is not None or (causal and tq > tk)
-        self._diag_cache: dict[tuple[int, int, int], tuple[Tensor | None, Tensor | None]] = {}
+        self._diag_cache: dict[tuple[int, int, int], tuple[Tensor | None, ...]] = {}
         self._col_cache: dict[tuple[str, int], Tensor] = {}
 
     def exp_(self, s: Tensor) -> Tensor:
@@ -113,14 +133,19 @@ class _Plan:
 
     def k_blocks(self, qs: int, qe: int):
         """Key blocks a query block needs, with their kind: ``full`` (no mask or bias beyond padding),
-        ``left``/``right`` (ALiBi, all keys before/after all queries) or ``diag`` (needs the dense block bias)."""
+        ``left``/``right`` (ALiBi, all keys before/after all queries), ``const`` (T5, one bucket for the whole
+        block) or ``diag`` (needs the dense block bias)."""
         end = self.tk
         first_pos, last_pos = self.offset + qs, self.offset + qe - 1
         if self.causal:
             end = min(end, last_pos + 1)  # keys after the last query are never seen
         for ks in range(0, max(end, 0), self.bk):
             ke = min(ks + self.bk, end)
-            if self.slopes is None:
+            if self.rel is not None:
+                straddles = self.causal and ke - 1 > first_pos
+                one = None if straddles else self.rel.constant(ks - first_pos, qe - qs, ke - ks)
+                kind = "diag" if one is None else "const"
+            elif self.slopes is None:
                 kind = "diag" if self.causal and ke - 1 > first_pos else "full"
             elif ke - 1 <= first_pos:
                 kind = "left"
@@ -142,10 +167,11 @@ class _Plan:
             self._col_cache[key] = t
         return t
 
-    def _add_diag_bias(self, s: Tensor, qs: int, qe: int, ks: int, ke: int) -> None:
-        """Add the dense bias of a block that straddles the diagonal to ``s [B·H, nq, nk]``: ALiBi as one fused
-        ``s += slope_h · (−|p_q − p_k|)`` and the causal ``-inf`` mask. The ``[nq, nk]`` pieces are cached per
-        diagonal offset (a handful of distinct offsets per call)."""
+    def _diag_pieces(self, qs: int, qe: int, ks: int, ke: int) -> tuple[Tensor | None, ...]:
+        """The dense pieces of a block that needs them: ``(neg_dist [nq, nk], mask [nq, nk], rel [H, nq, nk],
+        rel_ids [nq, nk])``, each ``None`` when unused. ALiBi's ``−|p_q − p_k|``, the causal ``-inf`` mask, and the
+        T5 bias gathered from the table (with the causal mask folded in, so it is one add) and its bucket ids (for
+        the backward's scatter). Cached per diagonal offset: a handful of distinct offsets per call."""
         nq, nk = qe - qs, ke - ks
         key = (nq, nk, self.offset + qs - ks)
         pieces = self._diag_cache.get(key)
@@ -154,23 +180,49 @@ class _Plan:
             pk = torch.arange(ks, ke, device=self.device)
             rel = pk[None, :] - pq[:, None]  # [nq, nk], key minus query
             neg_dist = -rel.abs().to(self.stat_dtype) if self.slopes is not None else None
-            mask = None
+            mask = rel_block = rel_ids = None
             if self.causal:
                 mask = torch.zeros(nq, nk, dtype=self.stat_dtype, device=self.device).masked_fill_(rel > 0, -math.inf)
-            if len(self._diag_cache) >= 4:
+            if self.rel is not None:
+                rel_ids = self.rel.block(ks - self.offset - qs, nq, nk)
+                rel_block = self.rel_table[:, rel_ids]  # [H, nq, nk]
+                if mask is not None:
+                    rel_block.add_(mask)
+                    mask = None
+            if len(self._diag_cache) >= self._diag_limit:
                 self._diag_cache.pop(next(iter(self._diag_cache)))
-            pieces = self._diag_cache[key] = (neg_dist, mask)
-        neg_dist, mask = pieces
-        s4 = s.view(self.b, self.h, nq, nk)
+            pieces = self._diag_cache[key] = (neg_dist, mask, rel_block, rel_ids)
+        return pieces
+
+    def _add_diag_bias(self, s: Tensor, qs: int, qe: int, ks: int, ke: int) -> None:
+        """Add the dense bias of a block that straddles the diagonal (or, under T5, spans several buckets) to
+        ``s [B·H, nq, nk]``: ALiBi as one fused ``s += slope_h · (−|p_q − p_k|)``, the T5 bias, the causal mask."""
+        neg_dist, mask, rel_block, _ = self._diag_pieces(qs, qe, ks, ke)
+        s4 = s.view(self.b, self.h, qe - qs, ke - ks)
         if neg_dist is not None:
             s4.addcmul_(self.slopes_h, neg_dist)
+        if rel_block is not None:
+            s4.add_(rel_block)
         if mask is not None:
             s4.add_(mask)
 
+    def rel_grad_(self, grad: Tensor, ds: Tensor, qs: int, qe: int, ks: int, ke: int, kind: str) -> None:
+        """Accumulate the T5 table's gradient of one block into ``grad [B·H, num_buckets]``: the block's ``dS``
+        ``[B·H, nq, nk]`` (the gradient of the biased scores) summed by bucket — one column for a one-bucket block,
+        a scatter-add by the block's bucket ids otherwise. Masked entries have ``dS = 0`` and add nothing."""
+        nq, nk = qe - qs, ke - ks
+        if kind == "const":
+            one = self.rel.constant(ks - self.offset - qs, nq, nk)
+            grad[:, one].add_(ds.sum((1, 2)))
+        else:
+            ids = self._diag_pieces(qs, qe, ks, ke)[3]
+            grad.index_add_(1, ids.view(-1), ds.view(ds.shape[0], nq * nk))
+
     def scores(self, q3: Tensor, k3: Tensor, qs: int, qe: int, ks: int, ke: int, kind: str, out: Tensor,
                bufs: "_Buffers", minus_row: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        """The biased score block ``S [B·H, nq, nk]`` written into ``out`` (stat dtype), and the ALiBi row term
-        ``r [B·H, nq]`` still to be added to every entry of a row (``None`` if zero).
+        """The biased score block ``S [B·H, nq, nk]`` written into ``out`` (stat dtype), and the row term
+        ``r [B·H, nq | 1]`` (ALiBi's, or a one-bucket T5 block's bias) still to be added to every entry of a row
+        (``None`` if zero).
 
         With ``minus_row [B·H, nq]`` the block is ``S + r − minus_row`` instead (the backward passes the
         log-sum-exp, so that ``exp`` of the block is ``P``), and ``r`` is returned as ``None``.
@@ -184,6 +236,9 @@ class _Plan:
             # left: bias = slope·(p_k − k_last) − slope·(p_q − k_last); right: −slope·(p_k − ks) − slope·(ks − p_q)
             ref = ke - 1 if kind == "left" else ks
             r = self.slopes[:, None] * ((ref - pq) if kind == "left" else (pq - ref))
+        elif kind == "const":
+            one = self.rel.constant(ks - self.offset - qs, nq, nk)
+            r = self.rel_rows[:, one:one + 1]  # [B·H, 1]
         if self.pad is not None:
             p = self.pad[:, :, ks:ke]
             col = p if col is None else col + p
@@ -215,7 +270,8 @@ class _Plan:
         return out, r
 
 
-def _check(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None, alibi_slopes: Tensor | None) -> None:
+def _check(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None, alibi_slopes: Tensor | None,
+           rel_bias: Tensor | None, rel_bucket: BucketFn | None, scale: float) -> None:
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError(f"q, k, v must be [B, H, T, d], got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     if k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[3] != k.shape[3]:
@@ -229,6 +285,16 @@ def _check(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None, ali
                          f"{key_padding_mask.dtype} {list(key_padding_mask.shape)}")
     if alibi_slopes is not None and alibi_slopes.shape != (q.shape[1],):
         raise ValueError(f"alibi_slopes must be [H] = [{q.shape[1]}], got {list(alibi_slopes.shape)}")
+    if (rel_bias is None) != (rel_bucket is None):
+        raise ValueError("rel_bias and rel_bucket come together: the table [num_buckets, H] and its bucket function")
+    if rel_bias is not None:
+        if rel_bias.dim() != 2 or rel_bias.shape[1] != q.shape[1] or not rel_bias.is_floating_point():
+            raise ValueError(f"rel_bias must be a floating [num_buckets, H={q.shape[1]}] table, got "
+                             f"{rel_bias.dtype} {list(rel_bias.shape)}")
+        if alibi_slopes is not None:
+            raise ValueError("alibi_slopes and rel_bias: one relative position bias at a time")
+        if scale == 0.0:  # the table's gradient is recovered from dS·scale
+            raise ValueError("scale must be nonzero with rel_bias")
 
 
 class _Buffers:
@@ -335,9 +401,10 @@ def _forward(plan: _Plan, q3: Tensor, k3: Tensor, v3: Tensor) -> tuple[Tensor, T
     return out, lse
 
 
-def _backward(plan: _Plan, q3: Tensor, k3: Tensor, v3: Tensor, o3: Tensor, lse: Tensor,
-              do3: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """FlashAttention-2 backward (Dao 2023, Alg. 2) with the query blocks outermost; returns dq, dk, dv.
+def _backward(plan: _Plan, q3: Tensor, k3: Tensor, v3: Tensor, o3: Tensor, lse: Tensor, do3: Tensor,
+              rel_grad: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """FlashAttention-2 backward (Dao 2023, Alg. 2) with the query blocks outermost; returns dq, dk, dv and, when
+    ``rel_grad``, the gradient of the T5 table ``[num_buckets, H]`` in the stat dtype (else ``None``).
 
     Per block pair: ``P = exp(S − lse)``, ``dS = P ∘ (dP − D)·scale`` with ``dP − D`` from one matmul whose additive
     input is ``−D``; ``P`` and ``dS`` sit in one ``[2, B·H, nq, nk]`` buffer so that ``dV = Pᵀ dO`` and
@@ -356,6 +423,8 @@ def _backward(plan: _Plan, q3: Tensor, k3: Tensor, v3: Tensor, o3: Tensor, lse: 
     dv, dk = (torch.zeros(k3.shape, dtype=sd, device=dev) for _ in range(2))
     # dP in fp32 even for bf16 inputs: dS = P ∘ (dP − D) cancels, and a bf16-rounded dP would not match D
     do32, v32 = (do3.to(sd), v3.to(sd)) if plan.low else (do3, v3)
+    # per (batch, head) rows, summed over the batch once at the end
+    drel = None if plan.rel is None or not rel_grad else torch.zeros(bh, plan.rel_table.shape[1], dtype=sd, device=dev)
     for qs, qe in plan.q_blocks():
         nq = qe - qs
         rhs = bufs.get("rhs", (2, bh, nq, d), q3.dtype)  # [dO; Q] of this query block
@@ -374,6 +443,8 @@ def _backward(plan: _Plan, q3: Tensor, k3: Tensor, v3: Tensor, o3: Tensor, lse: 
             plan.exp_(p)
             ds = torch.baddbmm(nd_b, do32[:, qs:qe], v32[:, ks:ke].transpose(1, 2), alpha=scale, out=pair[1])
             ds.mul_(p)
+            if drel is not None:
+                plan.rel_grad_(drel, ds, qs, qe, ks, ke, kind)
             if plan.low:
                 pair_low = bufs.get("pair_low", (2, bh, nq, nk), q3.dtype).copy_(pair)
                 ds_mm, pair_mm = pair_low[1], pair_low.view(2 * bh, nq, nk)
@@ -388,15 +459,17 @@ def _backward(plan: _Plan, q3: Tensor, k3: Tensor, v3: Tensor, o3: Tensor, lse: 
             else:
                 dq_acc.baddbmm_(ds_mm, kb)
         dq[:, qs:qe] = dq_acc
-    return dq, dk.to(k3.dtype), dv.to(v3.dtype)
+    if drel is not None:  # ds carried the score scale: the bias enters the scores unscaled
+        drel = drel.view(plan.b, plan.h, -1).sum(0).t().div_(scale)
+    return dq, dk.to(k3.dtype), dv.to(v3.dtype), drel
 
 
 class _TiledAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, causal, key_padding_mask, alibi_slopes, scale, block_size):
+    def forward(ctx, q, k, v, causal, key_padding_mask, alibi_slopes, rel_bias, rel_bucket, scale, block_size):
         b, h, tq, d = q.shape
         tk = k.shape[2]
-        plan = _Plan(q, k, causal, key_padding_mask, alibi_slopes, scale, block_size)
+        plan = _Plan(q, k, causal, key_padding_mask, alibi_slopes, rel_bias, rel_bucket, scale, block_size)
         # views where the layout allows (B = 1 views of a fused QKV projection): batched matmuls take a row stride
         # of H·d as it is, and copies would add 3·T·H·d elements to the peak memory
         q3 = q.reshape(b * h, tq, d)
@@ -409,6 +482,7 @@ class _TiledAttention(torch.autograd.Function):
             out3 = out3.to(q.dtype)
         ctx.plan = plan
         ctx.shapes = (q.shape, k.shape)
+        ctx.rel_dtype = None if rel_bias is None else rel_bias.dtype
         return out3.view(b, h, tq, d)
 
     @staticmethod
@@ -418,12 +492,15 @@ class _TiledAttention(torch.autograd.Function):
         plan = ctx.plan
         do3 = do.to(q3.dtype).reshape(q3.shape)
         with flush_denormals():
-            dq, dk, dv = _backward(plan, q3, k3, v3, out3, lse, do3)
-        return dq.view(qshape), dk.view(kshape), dv.view(kshape), None, None, None, None, None
+            dq, dk, dv, drel = _backward(plan, q3, k3, v3, out3, lse, do3, rel_grad=ctx.needs_input_grad[6])
+        if drel is not None:
+            drel = drel.to(ctx.rel_dtype)
+        return dq.view(qshape), dk.view(kshape), dv.view(kshape), None, None, None, drel, None, None, None
 
 
 def tiled_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, key_padding_mask: Tensor | None = None,
-                    alibi_slopes: Tensor | None = None, scale: float | None = None,
+                    alibi_slopes: Tensor | None = None, rel_bias: Tensor | None = None,
+                    rel_bucket: BucketFn | None = None, scale: float | None = None,
                     block_size: int | tuple[int, int] | None = None) -> Tensor:
     """Exact softmax attention in ``O(T)`` extra memory, forward and backward (FlashAttention / FlashAttention-2).
 
@@ -435,25 +512,34 @@ def tiled_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, ke
         causal: query at position p sees keys at positions <= p.
         key_padding_mask: ``[B, Tk]`` bool, True = real key.
         alibi_slopes: ``[H]``; adds ``−slope_h·|p_q − p_k|`` to the scores (ALiBi, Press et al. 2022); no gradient.
+        rel_bias: ``[num_buckets, H]`` learned table; adds ``rel_bias[rel_bucket(p_k − p_q), h]`` to the scores
+            (T5, Raffel et al. 2020, Sec. 2.1), computed per block; differentiable. Not together with ALiBi.
+        rel_bucket: maps int64 relative positions ``p_k − p_q`` to int64 bucket ids of the same shape, e.g.
+            ``functools.partial(nn.positions.t5_bucket, bidirectional=..., num_buckets=..., max_distance=...)``.
         scale: score scale, default ``1/sqrt(d)``.
         block_size: rows per query block and key block (an int for both, or ``(block_q, block_k)``); default
             ``default_block_size(Tq, Tk, B·H)``.
 
     Returns:
-        ``[B, H, Tq, d]`` in the dtype of ``q``. Differentiable in ``q, k, v``.
+        ``[B, H, Tq, d]`` in the dtype of ``q``. Differentiable in ``q, k, v`` and ``rel_bias`` (its gradient is
+        accumulated in the stat dtype and returned in the table's dtype).
 
     Memory: saves ``q, k, v``, the output (fp32 for bf16/fp16 inputs: the backward's ``D = rowsum(dO ∘ O)`` needs
     the unrounded output) and the log-sum-exp (``[B, H, Tq]``, fp32 or fp64); temporaries are three
-    ``[B·H, block_q, block_k]`` buffers plus ``O((Tq + Tk)·B·H·d)`` accumulators. With bf16/fp16 inputs the matmuls
+    ``[B·H, block_q, block_k]`` buffers plus ``O((Tq + Tk)·B·H·d)`` accumulators (with ``rel_bias``: the bucket ids
+    of the ``Tq + Tk − 1`` relative positions and a few cached ``[H, block_q, block_k]`` bias blocks near the
+    diagonal). With bf16/fp16 inputs the matmuls
     run in that dtype while the running max, sum, log-sum-exp and the output/gradient accumulators are fp32.
 
     Raises:
         ValueError: on inconsistent shapes or dtypes, a mask that is not bool ``[B, Tk]``, slopes that are not
-        ``[H]``, or a non-positive block size.
+        ``[H]``, a table that is not ``[num_buckets, H]`` (or comes without its bucket function, or with ALiBi), a
+        bucket function giving ids outside the table, or a non-positive block size.
 
     Source: Dao et al. 2022, "FlashAttention", Alg. 1 (forward) and Alg. 4 (backward); Dao 2023,
     "FlashAttention-2", Alg. 1 and Alg. 2.
     """
-    _check(q, k, v, key_padding_mask, alibi_slopes)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    return _TiledAttention.apply(q, k, v, causal, key_padding_mask, alibi_slopes, scale, block_size)
+    _check(q, k, v, key_padding_mask, alibi_slopes, rel_bias, rel_bucket, scale)
+    return _TiledAttention.apply(q, k, v, causal, key_padding_mask, alibi_slopes, rel_bias, rel_bucket, scale,
+                                 block_size)
