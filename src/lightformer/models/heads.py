@@ -182,7 +182,7 @@ class CompressionAutoEncoder(nn.Module):
     """
 
     def __init__(self, config: ModelConfig) -> None:
-        from ..nn.norms import make_norm
+        from ..blocks import create_norm
 
         super().__init__()
         if not config.causal:
@@ -191,9 +191,9 @@ class CompressionAutoEncoder(nn.Module):
         self.config = config
         d = config.dim
         self.backbone = Transformer(config)
-        self.decoder = nn.Sequential(make_norm(config.norm, d), nn.Linear(d, d), nn.GELU(),
-                                     make_norm(config.norm, d), nn.Linear(d, d), nn.GELU())
-        self.head = nn.Sequential(make_norm(config.norm, d), nn.Linear(d, config.vocab_size))
+        self.decoder = nn.Sequential(create_norm(config.norm, d, **config.norm_options), nn.Linear(d, d), nn.GELU(),
+                                     create_norm(config.norm, d, **config.norm_options), nn.Linear(d, d), nn.GELU())
+        self.head = nn.Sequential(create_norm(config.norm, d, **config.norm_options), nn.Linear(d, config.vocab_size))
         for module in (*self.decoder, *self.head):
             if isinstance(module, nn.Linear):
                 nn.init.normal_(module.weight, std=0.02)

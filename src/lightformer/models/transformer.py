@@ -1,48 +1,65 @@
-"""The Transformer backbone: embeddings, absolute positions, pre-norm blocks around any registered mixer."""
+"""The Transformer backbone: embeddings, absolute positions, one registered block per layer (each around its own
+mixer and FFN, as the config's schedule says), a final norm, and the model-level connectivity options (ResFormer's
+value residual, DenseFormer's depth-weighted average)."""
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from ..blocks import BLOCKS, FFNS, NORMS, Block
+from ..blocks.base import value_rows
 from ..mixers import MIXERS
-from ..nn.ffn import make_ffn
-from ..nn.norms import make_norm
 from ..nn.positions import RELATIVE, sinusoidal_table
 from ..nn.state import State
 from .config import ModelConfig
+from .spec import LayerSpec
 
 
-class Block(nn.Module):
-    """Pre-norm block: ``x = x + mixer(norm1(x)); x = x + ffn(norm2(x))``."""
+def build_block(spec: LayerSpec, config: ModelConfig) -> Block:
+    """The block of one layer: its mixer (with the model's width, heads, direction, dropout and relative position
+    scheme), its FFN(s) and norms."""
+    relative = config.position if config.position in RELATIVE else "none"
+    mixer = MIXERS.create(spec.mixer, dim=config.dim, num_heads=config.num_heads, causal=config.causal,
+                          dropout=config.dropout, position=relative, **spec.mixer_options)
 
-    def __init__(self, config: ModelConfig) -> None:
+    def make_ffn():
+        return FFNS.create(spec.ffn, dim=config.dim, mult=float(spec.ffn_mult), dropout=config.dropout,
+                           **spec.ffn_options)
+
+    def make_norm(width: int | None = None):
+        return NORMS.create(spec.norm, dim=config.dim if width is None else width, **spec.norm_options)
+
+    block_config = BLOCKS.make_config(spec.block, dim=config.dim, **spec.block_options)
+    return BLOCKS.get(spec.block)(block_config, mixer=mixer, make_ffn=make_ffn, make_norm=make_norm,
+                                  num_layers=config.num_layers)
+
+
+class DepthWeightedAverage(nn.Module):
+    """DenseFormer's DWA after block i (Pagliardini et al. 2024, Eq. 2): ``Σ_{j=0..i+1} α_{i,j} · X_j`` over the
+    embeddings ``X_0`` and the outputs ``X_1..X_{i+1}`` of blocks 0..i; ``α`` starts at the identity (1 on the
+    newest, 0 elsewhere), so an untrained DenseFormer is the plain Transformer."""
+
+    def __init__(self, index: int) -> None:
         super().__init__()
-        relative = config.position if config.position in RELATIVE else "none"
-        self.norm1 = make_norm(config.norm, config.dim)
-        self.mixer = MIXERS.create(config.mixer, dim=config.dim, num_heads=config.num_heads, causal=config.causal,
-                                   dropout=config.dropout, position=relative, **config.mixer_options)
-        self.norm2 = make_norm(config.norm, config.dim)
-        self.ffn = make_ffn(config.ffn, config.dim, config.ffn_hidden, config.dropout)
+        self.weights = nn.Parameter(torch.zeros(index + 2))
+        self.reset_parameters()
 
-    def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
-        x = x + self.mixer(self.norm1(x), key_padding_mask=key_padding_mask)
-        return x + self.ffn(self.norm2(x))
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            self.weights.zero_()
+            self.weights[-1] = 1.0
 
-    def prefill(self, x: Tensor, state: Any) -> tuple[Tensor, Any]:
-        """``forward`` of ``x [B, T, D]`` continuing from the mixer's ``state``; returns the new state too."""
-        y, state = self.mixer(self.norm1(x), state=state, return_state=True)
-        x = x + y
-        return x + self.ffn(self.norm2(x)), state
-
-    def step(self, x_t: Tensor, state: Any) -> tuple[Tensor, Any]:
-        y, state = self.mixer.step(self.norm1(x_t), state)
-        x_t = x_t + y
-        return x_t + self.ffn(self.norm2(x_t)), state
+    def forward(self, history: list[Tensor]) -> Tensor:
+        w = self.weights.to(history[-1].dtype)
+        out = w[0] * history[0]
+        for j in range(1, len(history)):
+            out = out + w[j] * history[j]
+        return out
 
 
 @dataclass(frozen=True)
@@ -68,7 +85,8 @@ class Transformer(nn.Module):
 
     Raises:
         ValueError: ids of wrong rank or dtype, ids outside the vocabulary, T above ``max_len`` with absolute
-            positions, a padding mask of wrong shape/dtype, or a mixer that cannot take the position scheme.
+            positions, a padding mask of wrong shape/dtype, a mixer that cannot take the position scheme, or
+            ``value_residual`` with a mixer that has no fused QKV projection.
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -80,16 +98,51 @@ class Transformer(nn.Module):
         elif config.position == "sinusoidal":
             self.register_buffer("pos_table", sinusoidal_table(config.max_len, config.dim), persistent=False)
         self.drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
-        self.norm = make_norm(config.norm, config.dim)
+        self.blocks = nn.ModuleList(build_block(spec, config) for spec in config.layer_specs())
+        self.norm = NORMS.create(config.norm, dim=config.dim, **config.norm_options) \
+            if type(self.blocks[-1]).final_norm else nn.Identity()
+        if config.depth_weighted_average:
+            self.dwa = nn.ModuleList(DepthWeightedAverage(i) for i in range(config.num_layers))
+        self._first_values: Tensor | None = None
+        if config.value_residual:
+            self._hook_value_residual()
+        self._tie_relative_bias()
         self.reset_parameters()
+
+    def _hook_value_residual(self) -> None:
+        for i, block in enumerate(self.blocks):
+            if value_rows(block.mixer) is None:
+                raise ValueError(f"value_residual needs a fused QKV projection in every layer; layer {i}'s mixer "
+                                 f"{type(block.mixer).registry_name!r} has none")
+            # partial of a bound method: copy.deepcopy of the model re-binds it to the copy
+            block.mixer.qkv.register_forward_hook(functools.partial(self._value_residual, i))
+
+    def _value_residual(self, layer: int, module: nn.Module, args: tuple, out: Tensor) -> Tensor:
+        rows = value_rows(self.blocks[layer].mixer)
+        if layer == 0:
+            self._first_values = out[..., rows]
+            return out
+        if self._first_values is None or self._first_values.shape != out[..., rows].shape:
+            raise RuntimeError("value_residual: layer 0 must run before the other layers on the same tokens")
+        values = 0.5 * out[..., rows] + 0.5 * self._first_values
+        return torch.cat([out[..., :rows.start], values], dim=-1)
+
+    def _tie_relative_bias(self) -> None:
+        """T5 shares one relative-bias table across layers (Raffel et al. 2020, Sec. 2.1): tie every layer's
+        ``rel_bias`` to the first one's, when the layers' tables have the same shape."""
+        tables = [b.mixer.rel_bias for b in self.blocks if isinstance(getattr(b.mixer, "rel_bias", None), nn.Parameter)]
+        for block in self.blocks:
+            table = getattr(block.mixer, "rel_bias", None)
+            if isinstance(table, nn.Parameter) and table is not tables[0] and table.shape == tables[0].shape:
+                block.mixer.rel_bias = tables[0]
 
     def reset_parameters(self) -> None:
         """GPT-2 initialisation (Radford et al. 2019, Sec. 2.3): N(0, 0.02) for linear and embedding weights,
-        zero biases, and the projections that write into the residual stream (each mixer's
-        ``residual_projections`` and the FFN's ``fc2``) scaled by 1/sqrt(2·num_layers); then each mixer's own
-        ``init_weights(num_layers)``, which sets what its paper prescribes (and the generic pass must not
-        decide), e.g. Mamba's dt bias."""
+        zero biases, and the parameters that write into the residual stream (each block's
+        ``residual_parameters()``: the mixer's ``residual_projections`` and the FFNs' ``fc2``) scaled by
+        1/sqrt(2·num_layers); then what each paper prescribes and the generic pass must not decide, in this order:
+        each mixer's ``init_weights(num_layers)`` (e.g. Mamba's dt bias), each FFN's, each block's (DeepNorm's and
+        Sub-LN's gains), DenseFormer's identity weights."""
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(module.weight, mean=0.0, std=0.02)
@@ -98,12 +151,18 @@ class Transformer(nn.Module):
         layers = self.config.num_layers
         residual_std = 0.02 / math.sqrt(2 * layers)
         for block in self.blocks:
-            residual = {f"mixer.{name}" for name in block.mixer.residual_projections} | {"ffn.fc2.weight"}
+            residual = block.residual_parameters()
             for name, param in block.named_parameters():
                 if name in residual:
                     nn.init.normal_(param, mean=0.0, std=residual_std)
         for block in self.blocks:
             block.mixer.init_weights(layers)
+        for block in self.blocks:
+            for _, ffn in block.ffns():
+                ffn.init_weights(layers)
+            block.init_weights(layers)
+        for dwa in getattr(self, "dwa", ()):
+            dwa.reset_parameters()
 
     def _check_ids(self, idx: Tensor) -> None:
         if idx.dtype not in (torch.int64, torch.int32):
@@ -121,6 +180,19 @@ class Transformer(nn.Module):
         if cfg.position == "learned":
             return self.pos_embed(torch.arange(start, start + length, device=device))
         return self.pos_table[start:start + length]
+
+    def _run(self, x: Tensor, layer_fn) -> Tensor:
+        """The stack on ``x``: ``layer_fn(i, block, x)`` per layer, with DenseFormer's averages when enabled."""
+        history = [x] if self.config.depth_weighted_average else None
+        try:
+            for i, block in enumerate(self.blocks):
+                x = layer_fn(i, block, x)
+                if history is not None:
+                    history.append(x)
+                    x = self.dwa[i](history)
+        finally:
+            self._first_values = None  # do not keep layer 0's values (and their graph) past this call
+        return self.norm(x)
 
     def forward(self, idx: Tensor, *, key_padding_mask: Tensor | None = None) -> Tensor:
         if idx.dim() != 2:
@@ -140,13 +212,11 @@ class Transformer(nn.Module):
         if pos is not None:
             x = x + pos
         x = self.drop(x)
-        for block in self.blocks:
-            x = block(x, key_padding_mask)
-        return self.norm(x)
+        return self._run(x, lambda i, block, h: block(h, key_padding_mask))
 
     def init_state(self, batch_size: int, *, device: torch.device | str = "cpu",
                    dtype: torch.dtype = torch.float32) -> DecodeState:
-        """Empty decoding state; requires a causal model whose mixer has ``capabilities.decode``."""
+        """Empty decoding state; requires a causal model whose mixers all have ``capabilities.decode``."""
         return DecodeState(0, tuple(b.mixer.init_state(batch_size, device=device, dtype=dtype) for b in self.blocks))
 
     def prefill(self, idx: Tensor, state: DecodeState | None = None) -> tuple[Tensor, DecodeState]:
@@ -161,16 +231,27 @@ class Transformer(nn.Module):
         self._check_ids(idx)
         if state is None:
             state = self.init_state(idx.shape[0], device=idx.device, dtype=self.embed.weight.dtype)
+        if self.config.value_residual and not all(type(b.mixer).capabilities.prefill for b in self.blocks):
+            # a mixer that prefills by stepping internally would see only layer 0's last values: run the whole
+            # stack one token at a time instead, which is the same computation in the same order
+            rows = []
+            for t in range(idx.shape[1]):
+                h, state = self.step(idx[:, t], state)
+                rows.append(h)
+            return torch.stack(rows, dim=1), state
         x = self.embed(idx)
         pos = self._positions(state.length, idx.shape[1], idx.device)
         if pos is not None:
             x = x + pos
         x = self.drop(x)
-        layers = []
-        for block, layer_state in zip(self.blocks, state.layers):
-            x, layer_state = block.prefill(x, layer_state)
-            layers.append(layer_state)
-        return self.norm(x), DecodeState(state.length + idx.shape[1], tuple(layers))
+        layers = list(state.layers)
+
+        def layer(i: int, block: Block, h: Tensor) -> Tensor:
+            h, layers[i] = block.prefill(h, state.layers[i])
+            return h
+
+        hidden = self._run(x, layer)
+        return hidden, DecodeState(state.length + idx.shape[1], tuple(layers))
 
     def step(self, idx_t: Tensor, state: DecodeState) -> tuple[Tensor, DecodeState]:
         """One token per sequence: ``idx_t [B]`` -> hidden ``[B, D]``; equals the last row of ``forward``. Returns a
@@ -182,8 +263,11 @@ class Transformer(nn.Module):
         pos = self._positions(state.length, 1, idx_t.device)
         if pos is not None:
             x = x + pos[0]
-        layers = []
-        for block, layer_state in zip(self.blocks, state.layers):
-            x, layer_state = block.step(x, layer_state)
-            layers.append(layer_state)
-        return self.norm(x), DecodeState(state.length + 1, tuple(layers))
+        layers = list(state.layers)
+
+        def layer(i: int, block: Block, h: Tensor) -> Tensor:
+            h, layers[i] = block.step(h, state.layers[i])
+            return h
+
+        hidden = self._run(x, layer)
+        return hidden, DecodeState(state.length + 1, tuple(layers))

@@ -1,11 +1,10 @@
-"""Normalisation layers: LayerNorm (Ba et al. 2016) and RMSNorm (Zhang & Sennrich 2019, Eq. 4)."""
+"""RMSNorm (Zhang & Sennrich 2019, Eq. 4), used inside mixers and registered as the ``rmsnorm`` norm
+(``blocks/norms/``)."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-
-NORMS = ("layernorm", "rmsnorm")
 
 
 class RMSNorm(nn.Module):
@@ -22,11 +21,3 @@ class RMSNorm(nn.Module):
         y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return (y * self.weight.to(xf.dtype)).to(x.dtype)
 
-
-def make_norm(kind: str, dim: int) -> nn.Module:
-    """``"layernorm"`` -> ``nn.LayerNorm(dim)``, ``"rmsnorm"`` -> ``RMSNorm(dim)``; ValueError naming ``norm``."""
-    if kind == "layernorm":
-        return nn.LayerNorm(dim)
-    if kind == "rmsnorm":
-        return RMSNorm(dim)
-    raise ValueError(f"norm must be one of {NORMS}, got {kind!r}")

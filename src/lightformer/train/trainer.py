@@ -14,6 +14,7 @@ from typing import Any, Callable
 import torch
 from tqdm.auto import tqdm
 
+from ..blocks import collect_aux_loss, collect_aux_stats
 from ..tasks.base import Task, batch_to
 from ..tasks.text import Corpus
 from . import checkpoint
@@ -114,6 +115,7 @@ class Trainer:
         self.scored = 0
         self.elapsed = 0.0
         self.history: list[dict[str, float]] = []
+        self._aux: dict[str, float] = {}
         self.log = log or tqdm.write
 
     @property
@@ -198,8 +200,10 @@ class Trainer:
             batch = self.train_batch(self.step)
             with self.autocast():
                 out = self.task.loss(self.model, batch)
+                aux = collect_aux_loss(self.model)  # e.g. MoE load balancing, set by the forward just run
             self.optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
+            (out.loss if aux is None else out.loss + aux).backward()
+            self._accumulate_aux(aux)
             if tc.grad_clip:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip, foreach=True)
             self.optimizer.step()
@@ -230,9 +234,24 @@ class Trainer:
         p = self.progress()
         return max(0.0, self.elapsed * (1 - p) / p) if p > 0 else float("nan")
 
+    def _accumulate_aux(self, aux: torch.Tensor | None) -> None:
+        """Sum the auxiliary loss and the blocks' statistics (e.g. ``moe_dropped`` tokens) since the last record."""
+        stats = collect_aux_stats(self.model)
+        if aux is not None:
+            stats["aux_loss"] = float(aux.detach())
+        if stats:
+            stats["aux_steps"] = 1.0
+        for key, value in stats.items():
+            self._aux[key] = self._aux.get(key, 0.0) + value
+
     def _record(self, train_loss: float) -> dict[str, float]:
         metrics = self.evaluate("val")
+        aux, self._aux = self._aux, {}
+        steps = aux.pop("aux_steps", 0.0)
+        if "aux_loss" in aux:
+            aux["aux_loss"] /= steps  # mean per step; counts (dropped tokens) stay totals over the interval
         row = {"step": self.step, "tokens": self.tokens, "seconds": round(self.elapsed, 3), "train_loss": train_loss,
+               **{f"train_{k}": v for k, v in aux.items()},
                **{f"val_{k}": v for k, v in metrics.items() if k != "count"}}
         self.history.append(row)
         shown = ", ".join(f"val {k} {v:.4f}" for k, v in metrics.items() if k != "count")

@@ -1,0 +1,3 @@
+"""The registered norms (``NORMS``): one file per variant."""
+
+from . import layernorm, rmsnorm, scalenorm  # noqa: F401  (registration)
