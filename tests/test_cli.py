@@ -27,6 +27,25 @@ def test_list_shows_every_mixer_with_capabilities(capsys):
     assert "sliding_window" in out and "tiled_softmax" not in out
 
 
+def test_blocks_lists_blocks_ffns_norms_and_schedule_presets(capsys):
+    code, out, _ = run(capsys, "blocks", "--json")
+    rows = {(r["kind"], r["name"]): r for r in json.loads(out)}
+    assert code == 0
+    assert {("block", "pre_norm"), ("block", "deepnorm"), ("ffn", "swiglu"), ("ffn", "moe"), ("norm", "scalenorm"),
+            ("schedule", "masformer")} <= set(rows)
+    assert rows[("ffn", "moe")]["options"]["num_experts"] == 8
+    assert rows[("schedule", "masformer")]["options"] == {"num_layers=8": "sliding_window; softmax@0,1"}
+    code, out, _ = run(capsys, "blocks", "*glu")
+    assert "swiglu" in out and "deepnorm" not in out
+
+
+def test_train_with_a_schedule_and_block_from_dotted_overrides(capsys):
+    code, out, err = run(capsys, "train", "--preset", "tiny", "--max-steps", "3", "--json", "--no-progress",
+                         "--model.schedule=linear; softmax@0", "--model.block=sandwich", "--model.ffn=swiglu")
+    assert code == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["steps"] == 3
+
+
 def test_train_eval_sample_round_trip(capsys, tmp_path):
     code, out, err = run(capsys, "train", "--preset", "tiny", "--max-steps", "12", "--out", str(tmp_path),
                          "--model.mixer=sliding_window", "--model.mixer_options.window=8", "--json", "--no-progress")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import fnmatch
 import json
 import sys
 from typing import Any
@@ -41,6 +42,30 @@ def cmd_list(args: argparse.Namespace) -> int:
     for r in rows:
         print(f"{r['name']:<16} {yes[r['exact']]:<6} {yes[r['causal']]:<7} {yes[r['non_causal']]:<6} "
               f"{yes[r['padding_mask']]:<5} {yes[r['decode']]:<7} {','.join(r['positions']):<16} {r['complexity']}")
+    return 0
+
+
+def cmd_blocks(args: argparse.Namespace) -> int:
+    """Registered blocks, FFNs and norms with their options, and the schedule presets."""
+    from .blocks import BLOCKS, FFNS, NORMS
+    from .models.schedule import SCHEDULE_PRESETS
+
+    rows = []
+    for kind, registry in (("block", BLOCKS), ("ffn", FFNS), ("norm", NORMS)):
+        for name in registry.names(args.pattern):
+            cls = registry.get(name)
+            doc = (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
+            rows.append({"kind": kind, "name": name, "doc": doc,
+                         "options": {k: v for k, v in registry.options(name).items() if k not in ("dim", "mult", "dropout")}})
+    for name, (expand, what) in SCHEDULE_PRESETS.items():
+        if args.pattern is None or fnmatch.fnmatchcase(name, args.pattern):
+            rows.append({"kind": "schedule", "name": name, "doc": what, "options": {"num_layers=8": expand(8)}})
+    if args.json:
+        print(json.dumps(rows, default=str))
+        return 0
+    for r in rows:
+        opts = ", ".join(f"{k}={v!r}" for k, v in r["options"].items())
+        print(f"{r['kind']:<9} {r['name']:<15} {opts}")
     return 0
 
 
@@ -200,6 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pattern", nargs="?", default=None, help="shell-style filter, e.g. '*softmax*'")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("blocks", help="registered blocks, FFNs, norms (with their options) and schedule presets")
+    p.add_argument("pattern", nargs="?", default=None, help="shell-style filter, e.g. '*glu'")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_blocks)
 
     p = sub.add_parser("tasks", help="registered tasks and their options; `tasks show NAME` prints examples")
     p.add_argument("action", nargs="?", choices=["list", "show"], default="list")
