@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from ..tasks.base import direction
-from .grid import LIGHTFORMER
+from .grid import LIGHTFORMER, MODES
 from .results import bench_records, capacity_records, quality_records
 
 #: Capacity measured at a length more than this factor away from the request is flagged.
@@ -197,7 +197,8 @@ def advise(records: Iterable[dict[str, Any]], *, seq_len: int, max_memory_mib: f
         if v is not None and v < 0:
             raise ValueError(f"{what} must be non-negative, got {v}")
     records = list(records)
-    bench = [r for r in bench_records(records) if r.get("impl") == LIGHTFORMER]
+    # whole-model records (model modes) are stacks, not mixer candidates
+    bench = [r for r in bench_records(records) if r.get("impl") == LIGHTFORMER and r.get("mode") in MODES]
     quality = quality_records(records)
     capacity = [r for r in capacity_records(records) if r.get("task") == task and r.get("status") == "ok"] \
         if task else []

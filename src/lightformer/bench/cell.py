@@ -22,6 +22,10 @@ Prints one line ``LIGHTFORMER_RECORD {json}`` (the schema of ``lightformer.bench
    and ``time_ms`` is per token, ``state_mib`` the context's ``State.nbytes()``). ``time_ms`` = median run; ``mem_mib`` = (the high-water mark after the timed runs − the baseline of step 3) / 1024,
    i.e. the peak RSS growth caused by the module, its inputs, activations, gradients and any workspace.
 
+Model modes (``model-fwd``, ``model-fwd+bwd``) run the same steps on a whole backbone: the gate is step 2 for every
+distinct mixer of the architecture, the module a ``num_layers``-layer ``Transformer`` on embeddings
+(``lightformer.bench.model_cell``).
+
 ``MemoryError`` or a RuntimeError about allocation -> ``oom``; a ValueError from building at the full shape ->
 ``unsupported``; anything else -> ``error`` with the exception text.
 
@@ -44,7 +48,7 @@ from typing import Any, Callable
 
 from .defaults import resolve_options
 from .flops import DECODE_STEPS, cell_flops
-from .grid import LIGHTFORMER, Cell
+from .grid import LIGHTFORMER, Cell, is_model_mode, run_mode
 from .machine import machine_info
 from .plan import capability_reason, load_plugins
 from .results import base_record
@@ -166,9 +170,14 @@ def oracle_gate(cell: Cell) -> dict[str, Any]:
 
 def build(cell: Cell) -> tuple[Any, int | None]:
     """The module of ``cell`` (train mode off) and the declared ``time_exponent`` of the mixer it implements
-    (``None`` for a peer of an unregistered mixer)."""
+    (``None`` for a peer of an unregistered mixer; the stack's worst layer for a model cell)."""
     from lightformer import MIXERS, create_mixer
     from .peers import get_peer
+
+    if is_model_mode(cell.mode):
+        from .model_cell import architecture_caps, build_model
+
+        return build_model(cell), architecture_caps(cell.mixer, cell.num_layers).time_exponent
 
     if cell.impl == LIGHTFORMER:
         m = create_mixer(cell.mixer, dim=cell.dim, num_heads=cell.heads, causal=cell.causal,
@@ -207,14 +216,15 @@ def _runner(cell: Cell, module: Any, x: Any) -> Callable[[int | None], Any]:
             return torch.autocast("cpu", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    if cell.mode == "fwd":
+    mode = run_mode(cell.mode)
+    if mode == "fwd":
         module.eval()
 
         def run(steps: int | None = None) -> Any:
             with torch.no_grad(), precision():
                 return module(x)
         return run
-    if cell.mode == "fwd+bwd":
+    if mode == "fwd+bwd":
         module.train()
         x.requires_grad_(True)
         grad = torch.randn(x.shape, dtype=x.dtype)
@@ -313,7 +323,12 @@ def _measure(cell: Cell, rec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     if cell.impl == LIGHTFORMER:
-        gate = oracle_gate(cell)
+        if is_model_mode(cell.mode):
+            from .model_cell import model_gate
+
+            gate = model_gate(cell)
+        else:
+            gate = oracle_gate(cell)
         rec["gate"] = {k: v for k, v in gate.items() if k != "reason"}
         if gate["passed"] is False:
             rec.update(status="gate_failed", reason=gate["reason"])
@@ -369,8 +384,13 @@ def _measure(cell: Cell, rec: dict[str, Any]) -> dict[str, Any]:
         times, tokens = [t / DECODE_STEPS for t in times], 1
         rec.update(decode_steps=DECODE_STEPS, state_mib=run.state_bytes / 2 ** 20)
     time_ms = statistics.median(times)
-    flops, family = cell_flops(effective_options(cell), cell.seq_len, cell.batch, cell.dim, cell.heads,
-                               cell.causal, cell.mode, time_exponent, own_flops(cell))
+    if is_model_mode(cell.mode):
+        from .model_cell import model_flops
+
+        flops, family = model_flops(cell, module.model.config.ffn_hidden)
+    else:
+        flops, family = cell_flops(effective_options(cell), cell.seq_len, cell.batch, cell.dim, cell.heads,
+                                   cell.causal, cell.mode, time_exponent, own_flops(cell))
     rec.update(time_ms=time_ms, times_ms=times, mem_mib=(after_kib - before_kib) / 1024.0, flops=flops,
                flops_family=family, gflops=flops / (time_ms * 1e-3) / 1e9,
                tokens_per_s=cell.batch * tokens / (time_ms * 1e-3))

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .grid import DTYPES, MODES, Grid, parse_option
+from .grid import DTYPES, MODEL_MODES, MODES, Grid, parse_option
 from .units import parse_size_mib
 
 DEFAULT_RESULTS = "results/bench.jsonl"
@@ -41,13 +41,18 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
                                           "re-runs unless --force.")
     g = p.add_argument_group("grid (flags override --grid)")
     g.add_argument("--grid", help="TOML grid file (see lightformer.bench.grid)")
-    g.add_argument("--mixers", type=_csv(str), help="comma-separated mixer names (default: every registered)")
+    g.add_argument("--mixers", type=_csv(str), help="comma-separated mixer names (default: every registered); in "
+                                                     "the model modes architectures: mixers or schedule presets "
+                                                     "(masformer, mamba_hybrid)")
     g.add_argument("--seq-lens", type=_csv(int), help="sequence lengths T in tokens, e.g. 512,1024")
     g.add_argument("--batch", type=_csv(int), help="batch sizes (default 1)")
     g.add_argument("--dim", type=int, help="model width D (default 512)")
     g.add_argument("--heads", type=int, help="attention heads H (default 8)")
     g.add_argument("--dtype", type=_csv(str), help=f"dtypes among {','.join(DTYPES)} (default fp32)")
-    g.add_argument("--modes", type=_csv(str), help=f"modes among {','.join(MODES)} (default fwd+bwd)")
+    g.add_argument("--modes", type=_csv(str), help=f"modes among {','.join(MODES + MODEL_MODES)} (default "
+                                                   "fwd+bwd); model-* time a whole model of --layers layers "
+                                                   "against the all-softmax one")
+    g.add_argument("--layers", type=int, help="layers of the model-mode cells (default 4)")
     g.add_argument("--causal", action="store_true", default=None, help="causal cells (default non-causal)")
     g.add_argument("--option", action="append", default=[], metavar="MIXER.KEY=VALUE",
                    help="mixer option override, repeatable, e.g. sliding_window.window=256")
@@ -75,7 +80,7 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
 _GRID_FLAGS = {"mixers": "mixers", "seq_lens": "seq_lens", "batch": "batches", "dim": "dim", "heads": "heads",
                "dtype": "dtypes", "modes": "modes", "peers": "peers", "threads": "threads", "warmup": "warmup",
                "repeats": "repeats", "timeout": "timeout_s", "max_memory": "max_memory_mib",
-               "gate_len": "gate_len", "gate_tol": "gate_tol"}
+               "gate_len": "gate_len", "gate_tol": "gate_tol", "layers": "num_layers"}
 
 
 def grid_from_args(args: argparse.Namespace) -> Grid:

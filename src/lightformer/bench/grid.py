@@ -2,7 +2,8 @@
 
 A ``Grid`` expands into ``Cell`` s; each cell is measured in its own subprocess (``lightformer.bench.cell``). A
 cell's identity (``Cell.key``) is (impl, mixer, options, seq_len, batch, dim, heads, dtype, mode, causal, threads);
-the JSON-lines results are resumed by that key. A grid comes from CLI flags and/or a TOML file, e.g.::
+the JSON-lines results are resumed by that key (and ``num_layers`` for whole-model cells). A grid comes from CLI
+flags and/or a TOML file, e.g.::
 
     mixers = ["softmax", "sliding_window"]     # omitted = every registered mixer
     seq_lens = [512, 1024]
@@ -10,12 +11,16 @@ the JSON-lines results are resumed by that key. A grid comes from CLI flags and/
     dim = 512
     heads = 8
     dtypes = ["fp32", "bf16"]
-    modes = ["fwd+bwd"]                        # fwd | fwd+bwd | decode
+    modes = ["fwd+bwd"]                        # fwd | fwd+bwd | decode | model-fwd | model-fwd+bwd
     causal = [true]
     peers = "all"                              # "all" | "none" | ["sdpa", "local_attention"]
     threads = 2
     [options.sliding_window]
     window = 128
+
+Model modes (``model-fwd``, ``model-fwd+bwd``) measure a whole backbone instead of one mixer: each name of
+``mixers`` is then an architecture (a mixer, stacked in every layer, or a schedule preset such as ``masformer``),
+built with ``num_layers`` layers (``layers = 4`` in a grid file, ``--layers``); see ``lightformer.bench.model_cell``.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ except ModuleNotFoundError:  # Python 3.10
 #: precision, as in training); the others cast the module and the input to that dtype.
 DTYPES = ("fp32", "bf16", "fp16", "fp64", "amp-bf16")
 MODES = ("fwd", "fwd+bwd", "decode")
+#: Whole-model modes: forward / forward+backward of a ``num_layers``-layer backbone of one architecture.
+MODEL_MODES = ("model-fwd", "model-fwd+bwd")
 #: ``impl`` of a cell that runs a lightformer mixer (peers use their own name).
 LIGHTFORMER = "lightformer"
 
@@ -45,6 +52,16 @@ def default_threads() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+
+
+def is_model_mode(mode: str) -> bool:
+    """Whether ``mode`` measures a whole model (``model-fwd``, ``model-fwd+bwd``)."""
+    return mode in MODEL_MODES
+
+
+def run_mode(mode: str) -> str:
+    """What one timed run does: ``fwd``, ``fwd+bwd`` or ``decode`` (``model-fwd+bwd`` -> ``fwd+bwd``)."""
+    return mode[len("model-"):] if is_model_mode(mode) else mode
 
 
 def parse_value(text: str) -> Any:
@@ -74,17 +91,21 @@ class Cell:
 
     Attributes:
         impl: ``"lightformer"`` for a registered mixer, else a peer name (``"sdpa"``, ``"local_attention"`` ...).
-        mixer: the lightformer mixer measured, or the one a peer is the baseline for.
-        options: mixer options (the ``"T"`` sentinel is resolved in the subprocess).
+        mixer: the lightformer mixer measured, or the one a peer is the baseline for; in a model mode the
+            architecture (a mixer or a schedule preset).
+        options: mixer options (the ``"T"`` sentinel is resolved in the subprocess); in a model mode one table per
+            distinct mixer of the architecture, ``{"sliding_window": {"window": 256}, "softmax": {}}``.
         seq_len: T, tokens per sequence (for ``decode``: the context prefilled before the timed tokens).
         batch, dim, heads: B, D (model width), H.
-        dtype: ``fp32 | bf16 | fp16 | fp64 | amp-bf16`` (see ``DTYPES``); mode: ``fwd | fwd+bwd | decode``; causal: causal masking.
+        dtype: ``fp32 | bf16 | fp16 | fp64 | amp-bf16`` (see ``DTYPES``); mode: ``fwd | fwd+bwd | decode`` or a
+            model mode ``model-fwd | model-fwd+bwd``; causal: causal masking.
         threads: torch intra-op threads.
         warmup, repeats: untimed and timed runs (time = median of the timed runs).
         timeout_s: wall-clock limit of the subprocess (s). max_memory_mib: address-space headroom (MiB) given to
             the subprocess after its imports, ``None`` = unlimited.
         gate_len: T of the correctness gate (capped at ``seq_len``); gate_tol: max abs error allowed in float64.
         plugins: modules the subprocess imports first (they may register mixers).
+        num_layers: layers of the model in a model mode; ``None`` for mixer cells.
     """
 
     impl: str
@@ -105,6 +126,7 @@ class Cell:
     gate_len: int = 64
     gate_tol: float = 1e-6
     plugins: tuple[str, ...] = ()
+    num_layers: int | None = None
 
     @property
     def key(self) -> str:
@@ -125,7 +147,9 @@ class Cell:
         return cls(**data)
 
 
-KEY_FIELDS = ("impl", "mixer", "options", "seq_len", "batch", "dim", "heads", "dtype", "mode", "causal", "threads")
+#: ``num_layers`` is ``None`` in mixer cells and in records written before model cells existed, so their keys agree
+KEY_FIELDS = ("impl", "mixer", "options", "seq_len", "batch", "dim", "heads", "dtype", "mode", "causal", "threads",
+              "num_layers")
 
 
 def cell_key(record: dict[str, Any]) -> str:
@@ -137,7 +161,8 @@ def cell_key(record: dict[str, Any]) -> str:
 class Grid:
     """What to measure. ``mixers=None`` means every registered mixer; ``peers`` is ``"all"`` (every peer whose
     baseline mixer is in the grid, SDPA always), ``"none"``, or a list of peer names. ``options`` maps a mixer
-    name to option overrides on top of ``defaults.BENCH_DEFAULTS``. Other fields as in ``Cell``.
+    name to option overrides on top of ``defaults.BENCH_DEFAULTS``. ``num_layers``: layers of the model-mode
+    cells. Other fields as in ``Cell``.
 
     Raises (``validate``): ValueError on an unknown dtype/mode or a non-positive size.
     """
@@ -160,17 +185,18 @@ class Grid:
     gate_len: int = 64
     gate_tol: float = 1e-6
     plugins: list[str] = field(default_factory=list)
+    num_layers: int = 4
 
     def validate(self) -> "Grid":
         for d in self.dtypes:
             if d not in DTYPES:
                 raise ValueError(f"dtype {d!r} unknown; choose from {', '.join(DTYPES)}")
         for m in self.modes:
-            if m not in MODES:
-                raise ValueError(f"mode {m!r} unknown; choose from {', '.join(MODES)}")
+            if m not in MODES + MODEL_MODES:
+                raise ValueError(f"mode {m!r} unknown; choose from {', '.join(MODES + MODEL_MODES)}")
         for name, values in (("seq_lens", self.seq_lens), ("batches", self.batches),
                              ("dim", [self.dim]), ("heads", [self.heads]), ("threads", [self.threads]),
-                             ("repeats", [self.repeats])):
+                             ("repeats", [self.repeats]), ("num_layers (--layers)", [self.num_layers])):
             if not values or any(not isinstance(v, int) or v <= 0 for v in values):
                 raise ValueError(f"{name} must be positive ints, got {values!r}")
         if self.warmup < 0:
@@ -190,7 +216,7 @@ class Grid:
     def from_dict(cls, data: dict[str, Any]) -> "Grid":
         aliases = {"seq_len": "seq_lens", "batch": "batches", "dtype": "dtypes", "mode": "modes",
                    "mixer": "mixers", "timeout": "timeout_s", "max_memory": "max_memory_mib",
-                   "plugin": "plugins"}
+                   "plugin": "plugins", "layers": "num_layers"}
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs: dict[str, Any] = {}
         for key, value in data.items():
@@ -212,4 +238,4 @@ class Grid:
                     heads=self.heads, dtype=dtype, mode=mode, causal=causal, threads=self.threads,
                     warmup=self.warmup, repeats=self.repeats, timeout_s=self.timeout_s,
                     max_memory_mib=self.max_memory_mib, gate_len=self.gate_len, gate_tol=self.gate_tol,
-                    plugins=tuple(self.plugins))
+                    plugins=tuple(self.plugins), num_layers=self.num_layers if is_model_mode(mode) else None)

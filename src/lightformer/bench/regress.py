@@ -1,7 +1,8 @@
 """``lightformer bench --compare-to baseline.jsonl``: per-cell time ratios current / baseline, for regressions.
 
-Cells are matched by key (impl, mixer, options, T, batch, dim, heads, dtype, mode, causal, threads); only cells
-with status ``ok`` in both files are compared. A ratio above ``threshold`` is a regression.
+Cells are matched by key (impl, mixer, options, T, batch, dim, heads, dtype, mode, causal, threads, and
+num_layers for whole-model cells); only cells with status ``ok`` in both files are compared. A ratio above
+``threshold`` is a regression.
 """
 
 from __future__ import annotations

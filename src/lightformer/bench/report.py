@@ -2,8 +2,9 @@
 
 Files written into ``out_dir`` (``name`` defaults to ``"bench"``):
 
-    <name>.md               machine line, then one table per group (see ``lightformer.bench.table``)
-    <name>_<group>_time.png     time (ms) vs T, log-log, one line per implementation
+    <name>.md               machine line, then one table per group (see ``lightformer.bench.table``): the mixer
+                            groups, then a "Whole models" section with the groups of the model modes
+    <name>_<group>_time.png     time (ms) vs T, log-log, one line per implementation (or architecture)
     <name>_<group>_memory.png   peak RSS growth (MiB) vs T, log-log
     <name>.html             the same tables and every PNG inlined as base64 data URIs (no external files)
 """
@@ -21,6 +22,21 @@ from .table import Table, build_tables, machine_line
 LEGEND = ("Cells: median time (ms) / peak RSS growth (MiB); ×r = time ratio to the baseline measured in the same "
           "run at the same shape (< 1 = faster). Crossover: smallest measured T from which the implementation "
           "stays faster than SDPA.")
+MODEL_SECTION = "Whole models"
+MODEL_LEGEND = ("Each row is a whole backbone (`lightformer bench --modes model-fwd+bwd`): the architecture's mixer "
+                "in each layer (runs as n×mixer), its options and the position scheme; pre-norm blocks, GELU MLP "
+                "(4·D), forward(+backward) of random embeddings [B, T, D]. Cells: median time (ms) / peak RSS growth "
+                "(MiB) and the time and memory ratios to the all-softmax model measured in the same run. "
+                "Crossover: smallest measured T from which the architecture stays faster than all-softmax.")
+
+
+def _sections(tables: list[Table]) -> list[tuple[Table, bool]]:
+    """Each table with whether the "Whole models" heading goes before it (the first model table)."""
+    out, seen = [], False
+    for t in tables:
+        out.append((t, t.model and not seen))
+        seen = seen or t.model
+    return out
 
 
 def _plot(table: Table, path: Path, metric: int, ylabel: str) -> bool:
@@ -59,7 +75,9 @@ def _plot(table: Table, path: Path, metric: int, ylabel: str) -> bool:
 def markdown(records: list[dict[str, Any]], tables: list[Table], images: dict[str, list[str]] | None = None) -> str:
     """The Markdown report text; ``images`` maps a table stem to PNG file names to link under it."""
     lines = [machine_line(records), "", "# lightformer bench", "", LEGEND, ""]
-    for t in tables:
+    for t, section in _sections(tables):
+        if section:
+            lines += [f"# {MODEL_SECTION}", "", MODEL_LEGEND, ""]
         lines += [f"## {t.title}", "", "| " + " | ".join(t.header) + " |",
                   "|" + "|".join("---" for _ in t.header) + "|"]
         lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in t.rows]
@@ -80,7 +98,9 @@ def html_page(records: list[dict[str, Any]], tables: list[Table], pngs: dict[str
              "font-size:13px}th{background:#dde6f0}tr:nth-child(even){background:#f4f4f4}"
              "img{max-width:48%;margin:4px;border:1px solid #ccc}</style></head><body>",
              f"<p><b>{e(machine_line(records))}</b></p>", "<h1>lightformer bench</h1>", f"<p>{e(LEGEND)}</p>"]
-    for t in tables:
+    for t, section in _sections(tables):
+        if section:
+            parts.append(f"<h1>{e(MODEL_SECTION)}</h1><p>{e(MODEL_LEGEND)}</p>")
         parts.append(f"<h2>{e(t.title)}</h2><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in t.header) + "</tr>")
         for row in t.rows:
             parts.append("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>")

@@ -3,17 +3,19 @@
 Schema (``kind == "bench"``; every key is always present, ``None`` where not applicable)::
 
     kind          "bench"
-    schema        1
+    schema        2               (1: before the model keys below; read them with ``.get``)
     status        "ok" | "gate_failed" | "timeout" | "oom" | "unsupported" | "unavailable" | "error"
     reason        str | None      why the status is not "ok" (error text, capability, pip hint)
     impl          "lightformer" or a peer name ("sdpa", "local_attention", ...)
     label         row name in reports: the mixer for lightformer, the peer name otherwise
-    mixer         the lightformer mixer measured (for a peer: the one it is the baseline for)
-    options       dict            mixer options as given (the "T" sentinel unresolved)
+    mixer         the lightformer mixer measured (for a peer: the one it is the baseline for; in a model mode the
+                  architecture: a mixer or a schedule preset)
+    options       dict            mixer options as given (the "T" sentinel unresolved); in a model mode
+                                  {mixer: options} for each distinct mixer of the architecture
     seq_len       int             T, tokens per sequence (decode: tokens decoded)
     batch, dim, heads  int        B, D, H
     dtype         "fp32" | "bf16" | "fp16" | "fp64"
-    mode          "fwd" | "fwd+bwd" | "decode"
+    mode          "fwd" | "fwd+bwd" | "decode" | "model-fwd" | "model-fwd+bwd" (a whole model)
     causal        bool
     threads       int             torch intra-op threads actually used (requested ones if never started)
     time_ms       float | None    median wall time of one run (ms): forward, forward+backward, or T decode steps
@@ -25,7 +27,14 @@ Schema (``kind == "bench"``; every key is always present, ``None`` where not app
                                   landmarks | linear
     gflops        float | None    flops / time (GFLOP/s)
     tokens_per_s  float | None    batch · seq_len / time (tokens/s)
-    gate          dict | None     {"kind": "oracle" | "finite", "seq_len", "max_abs_err", "tol", "passed"}
+    gate          dict | None     {"kind": "oracle" | "finite", "seq_len", "max_abs_err", "tol", "passed"};
+                                  a model cell's also has "mixers": {mixer: that mixer's oracle gate}
+    architecture  str | None      model modes (``lightformer.bench.model_cell``), else None: the architecture,
+    num_layers    int | None        its layers,
+    layer_mixers  list | None       the mixer of each layer,
+    position      str | None        "rope", or "none" when a mixer of the stack does not accept RoPE,
+    position_note str | None        which mixers those are,
+    schedule      str | None        the explicit schedule built (every layer's mixer and options, "T" resolved)
     warmup, repeats  int
     cpu, torch, python, git_commit, timestamp   str    machine line (timestamp ISO 8601 UTC)
     elapsed_s     float | None    wall time of the subprocess (s)
@@ -44,6 +53,8 @@ from typing import Any, Iterable
 
 from .grid import Cell, cell_key
 
+BENCH_SCHEMA = 2
+
 STATUSES = ("ok", "gate_failed", "timeout", "oom", "unsupported", "unavailable", "error")
 #: Statuses that are retried on resume (they may succeed next time without --force).
 RETRIED = ("error", "unavailable")
@@ -52,10 +63,12 @@ RETRIED = ("error", "unavailable")
 def base_record(cell: Cell, machine: dict[str, str], *, status: str, reason: str | None = None,
                 threads: int | None = None) -> dict[str, Any]:
     """A record for ``cell`` with every schema key, no measurements."""
+    from .model_cell import record_fields
+
     if status not in STATUSES:
         raise ValueError(f"status {status!r} not in {STATUSES}")
     return {
-        "kind": "bench", "schema": 1, "status": status, "reason": reason,
+        "kind": "bench", "schema": BENCH_SCHEMA, "status": status, "reason": reason,
         "impl": cell.impl, "label": cell.label, "mixer": cell.mixer, "options": dict(cell.options),
         "seq_len": cell.seq_len, "batch": cell.batch, "dim": cell.dim, "heads": cell.heads, "dtype": cell.dtype,
         "mode": cell.mode, "causal": cell.causal, "threads": threads if threads is not None else cell.threads,
@@ -63,7 +76,7 @@ def base_record(cell: Cell, machine: dict[str, str], *, status: str, reason: str
         "gflops": None, "tokens_per_s": None, "gate": None, "warmup": cell.warmup, "repeats": cell.repeats,
         "cpu": machine.get("cpu", "unknown"), "torch": machine.get("torch", "unknown"),
         "python": machine.get("python", "unknown"), "git_commit": machine.get("git_commit", "unknown"),
-        "timestamp": machine.get("timestamp", ""), "elapsed_s": None,
+        "timestamp": machine.get("timestamp", ""), "elapsed_s": None, **record_fields(cell),
     }
 
 

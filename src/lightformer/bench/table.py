@@ -8,6 +8,11 @@ against SDPA: the smallest measured T from which the implementation is faster th
 both were measured (``none`` if it is not faster at the largest such T). Decode groups have no SDPA row (no peer
 decodes), so their baseline is lightformer's ``softmax`` with its KV cache: the ratio reads ``×r softmax`` and the
 crossover is the context from which a mixer's per-token latency beats the KV cache's.
+
+Whole-model groups (modes ``model-fwd``, ``model-fwd+bwd``; one group per number of layers too) have one row per
+architecture, named with its layers' mixers, options and position scheme; their baseline is the all-softmax model
+of the same run (``model_cell.MODEL_BASELINE``): a cell reads ``time ms / mem MiB · ×r time · ×m mem vs
+all-softmax``, and the crossover is the T from which the architecture is faster than the all-softmax stack.
 """
 
 from __future__ import annotations
@@ -16,20 +21,54 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from .grid import LIGHTFORMER
+from .grid import LIGHTFORMER, is_model_mode, run_mode
+from .model_cell import MODEL_BASELINE
 from .peers import PEERS, SDPA
 from .results import bench_records
 
-GROUP_FIELDS = ("mode", "dtype", "causal", "batch", "dim", "heads", "threads")
+GROUP_FIELDS = ("mode", "dtype", "causal", "batch", "dim", "heads", "threads", "num_layers")
 #: the baseline of decode groups: softmax attention decoding from its KV cache
 DECODE_BASELINE = "softmax"
 
 
 def is_baseline(r: dict[str, Any]) -> bool:
-    """SDPA, or in a decode group lightformer's softmax (KV cache), whatever its options."""
+    """SDPA; in a decode group lightformer's softmax (KV cache), in a model group the all-softmax model, whatever
+    its options."""
     if r["mode"] == "decode":
         return r["impl"] == LIGHTFORMER and r["mixer"] == DECODE_BASELINE
+    if is_model_mode(r["mode"]):
+        return r["impl"] == LIGHTFORMER and r["mixer"] == MODEL_BASELINE
     return r["impl"] == SDPA
+
+
+def baseline_name(mode: str) -> str:
+    """How a group of ``mode`` names its baseline in ratios and the crossover column."""
+    if mode == "decode":
+        return f"{DECODE_BASELINE} (KV cache)"
+    return "all-softmax" if is_model_mode(mode) else "SDPA"
+
+
+def _layers_text(mixers: list[str]) -> str:
+    """``["softmax", "sliding_window", "sliding_window"]`` -> ``softmax + 2×sliding_window`` (runs of a mixer)."""
+    runs: list[list[Any]] = []
+    for m in mixers:
+        if runs and runs[-1][0] == m:
+            runs[-1][1] += 1
+        else:
+            runs.append([m, 1])
+    return " + ".join(m if n == 1 else f"{n}×{m}" for m, n in runs)
+
+
+def model_row_name(r: dict[str, Any]) -> str:
+    """``masformer: softmax + 3×sliding_window [sliding_window.window=256] · position rope``."""
+    opts = [f"{m}.{k}={v}" for m, table in sorted((r.get("options") or {}).items())
+            for k, v in sorted((table or {}).items())]
+    name = r["mixer"]
+    if r.get("layer_mixers"):
+        name += ": " + _layers_text(r["layer_mixers"])
+    if opts:
+        name += f" [{', '.join(opts)}]"
+    return name + (f" · position {r['position']}" if r.get("position") else "")
 
 
 def row_id(r: dict[str, Any]) -> tuple[str, str, str]:
@@ -37,7 +76,10 @@ def row_id(r: dict[str, Any]) -> tuple[str, str, str]:
 
 
 def row_name(r: dict[str, Any]) -> str:
-    """``softmax``, ``sliding_window [window=256]``, ``local_attention (peer of sliding_window) [window=256]``."""
+    """``softmax``, ``sliding_window [window=256]``, ``local_attention (peer of sliding_window) [window=256]``;
+    model rows see ``model_row_name``."""
+    if is_model_mode(r["mode"]):
+        return model_row_name(r)
     opts = r.get("options") or {}
     suffix = f" [{', '.join(f'{k}={v}' for k, v in sorted(opts.items()))}]" if opts else ""
     if r["impl"] == LIGHTFORMER:
@@ -49,14 +91,16 @@ def row_name(r: dict[str, Any]) -> str:
 
 def group_title(key: tuple) -> str:
     g = dict(zip(GROUP_FIELDS, key))
-    return (f"{g['mode']} · {g['dtype']} · {'causal' if g['causal'] else 'non-causal'} · "
+    mode = f"whole model, {g['num_layers']} layers, {run_mode(g['mode'])}" if is_model_mode(g["mode"]) else g["mode"]
+    return (f"{mode} · {g['dtype']} · {'causal' if g['causal'] else 'non-causal'} · "
             f"B={g['batch']} D={g['dim']} H={g['heads']} · {g['threads']} threads")
 
 
 def group_stem(key: tuple) -> str:
     g = dict(zip(GROUP_FIELDS, key))
+    layers = f"_l{g['num_layers']}" if g.get("num_layers") is not None else ""
     return (f"{g['mode'].replace('+', '-')}_{g['dtype']}_{'causal' if g['causal'] else 'noncausal'}"
-            f"_b{g['batch']}_d{g['dim']}_h{g['heads']}_t{g['threads']}")
+            f"_b{g['batch']}_d{g['dim']}_h{g['heads']}_t{g['threads']}{layers}")
 
 
 def crossover(times: dict[int, float], sdpa: dict[int, float]) -> int | None:
@@ -82,14 +126,19 @@ class Table:
     rows: list[list[str]] = field(default_factory=list)
     series: dict[str, dict[int, tuple[float, float]]] = field(default_factory=dict)
 
+    @property
+    def model(self) -> bool:
+        """Whether the rows are whole models (a model mode) rather than mixers."""
+        return is_model_mode(dict(zip(GROUP_FIELDS, self.key))["mode"])
 
-def _peer_time(by_shape: dict, r: dict[str, Any], peer: str) -> float | None:
-    """The time of ``peer`` at r's shape (``SDPA`` = the group's baseline, see ``is_baseline``)."""
+
+def _peer_time(by_shape: dict, r: dict[str, Any], peer: str, metric: str = "time_ms") -> float | None:
+    """The time (or ``metric``) of ``peer`` at r's shape (``SDPA`` = the group's baseline, see ``is_baseline``)."""
     for other in by_shape.get((r["seq_len"],), []):
         if other["status"] != "ok":
             continue
         if peer == SDPA and is_baseline(other):
-            return other["time_ms"]
+            return other[metric]
         if peer != SDPA and other["impl"] == peer and other["mixer"] == r["mixer"] and \
                 other.get("options") == r.get("options"):
             return other["time_ms"]
@@ -102,7 +151,8 @@ def build_tables(records: Iterable[dict[str, Any]]) -> list[Table]:
     for r in bench_records(records):
         groups.setdefault(tuple(r.get(f) for f in GROUP_FIELDS), []).append(r)
     tables = []
-    for key in sorted(groups, key=lambda k: tuple(str(v) for v in k)):
+    # mixer groups first, then the whole-model ones (the report's second section)
+    for key in sorted(groups, key=lambda k: (is_model_mode(k[0]), tuple(str(v) for v in k))):
         recs = groups[key]
         lens = sorted({r["seq_len"] for r in recs})
         by_shape: dict[tuple, list[dict[str, Any]]] = {}
@@ -111,13 +161,13 @@ def build_tables(records: Iterable[dict[str, Any]]) -> list[Table]:
         rows: dict[tuple, dict[int, dict[str, Any]]] = {}
         for r in recs:
             rows.setdefault(row_id(r), {})[r["seq_len"]] = r
-        decode = key[GROUP_FIELDS.index("mode")] == "decode"
-        base_name = f"{DECODE_BASELINE} (KV cache)" if decode else "SDPA"
+        mode = key[GROUP_FIELDS.index("mode")]
         table = Table(key, group_title(key), group_stem(key),
-                      ["implementation", *[f"T={t}" for t in lens], f"crossover vs {base_name}"])
+                      ["architecture" if is_model_mode(mode) else "implementation", *[f"T={t}" for t in lens],
+                       f"crossover vs {baseline_name(mode)}"])
 
         def baseline_row(rid: tuple) -> bool:
-            return (rid[0] == LIGHTFORMER and rid[1] == DECODE_BASELINE) if decode else rid[0] == SDPA
+            return is_baseline({"impl": rid[0], "mixer": rid[1], "mode": mode})
 
         # the baseline first, then lightformer mixers, each followed by its peers
         order = sorted(rows, key=lambda rid: (not baseline_row(rid), rid[1], rid[0] != LIGHTFORMER, rid[0], rid[2]))
@@ -162,11 +212,16 @@ def _cell_text(r: dict[str, Any], by_shape: dict) -> str:
     if r.get("repeats") is not None and r["repeats"] < 3:  # fewer than the default three timed runs: say so
         text += f" ({r['repeats']} run{'s' if r['repeats'] > 1 else ''})"
     ratios = []
-    if not is_baseline(r):
+    if is_model_mode(r["mode"]):
+        s, m = _peer_time(by_shape, r, SDPA), _peer_time(by_shape, r, SDPA, "mem_mib")
+        if s and not is_baseline(r):
+            mem = f" · ×{r['mem_mib'] / m:.2f} mem" if m and r["mem_mib"] is not None else ""
+            ratios.append(f"×{r['time_ms'] / s:.2f} time{mem} vs all-softmax")
+    elif not is_baseline(r):
         s = _peer_time(by_shape, r, SDPA)
         if s:
             ratios.append(f"×{r['time_ms'] / s:.2f} {'softmax' if r['mode'] == 'decode' else 'SDPA'}")
-    if r["impl"] == LIGHTFORMER:
+    if r["impl"] == LIGHTFORMER and not is_model_mode(r["mode"]):
         for peer in PEERS:
             if peer != SDPA and PEERS[peer].mixer == r["mixer"]:
                 p = _peer_time(by_shape, r, peer)
