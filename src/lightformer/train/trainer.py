@@ -39,6 +39,7 @@ class TrainResult:
         steps: optimizer steps; tokens: input tokens processed; scored: scored units trained on (tokens whose
             target is not ignored, or examples); seconds: training wall time including evaluations.
         task: the task's registry name; tokenizer: ``"byte" | "char"`` for ``lm``, else ``None``.
+        diverged_at: the step whose training loss was NaN or infinite, where the run stopped; ``None`` if none was.
     """
 
     metrics: dict[str, float]
@@ -51,6 +52,7 @@ class TrainResult:
     tokenizer: str | None = None
     history: list[dict[str, float]] = field(default_factory=list)
     checkpoint: str | None = None
+    diverged_at: int | None = None
 
     @property
     def val_loss(self) -> float | None:
@@ -186,12 +188,17 @@ class Trainer:
     # -- loop -----------------------------------------------------------------------------------------------------
     def fit(self, *, progress_bar: bool = True, until_step: int | None = None) -> TrainResult:
         """Train until the step/time budget is spent (or, if given, until ``until_step``, leaving the schedule as
-        the full run's — as if the run were interrupted there), evaluate, checkpoint, and return the result."""
+        the full run's — as if the run were interrupted there), evaluate, checkpoint, and return the result.
+
+        A training loss that is NaN or infinite stops the run at that step (its weights are no longer numbers, so
+        the rest of the budget would train nothing): the result's ``diverged_at`` names the step and the history's
+        last row holds the non-finite loss; no checkpoint is written over the last finite one."""
         tc = self.config.train
         self.model.train()
         bar = tqdm(total=tc.max_steps, initial=self.step, disable=not progress_bar, unit="step", dynamic_ncols=True)
         train_loss = float("nan")
         last: dict[str, float] | None = None
+        diverged_at = None
         start = time.perf_counter() - self.elapsed
         while self.progress() < 1.0 and (until_step is None or self.step < until_step):
             lr = lr_at(tc, self.step, self.progress())
@@ -215,6 +222,10 @@ class Trainer:
             bar.update(1)
             bar.set_postfix(loss=f"{train_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{self.tokens / self.elapsed:,.0f}",
                             left=f"{self._time_left():.0f}s")
+            if not math.isfinite(train_loss):
+                diverged_at = self.step
+                self.log(f"step {self.step}: training loss {train_loss}: diverged, stopping")
+                break
             if self.step % tc.eval_interval == 0:
                 last = self._record(train_loss)  # evaluation time counts against the budget
             if tc.checkpoint_interval and self.step % tc.checkpoint_interval == 0:
@@ -223,12 +234,12 @@ class Trainer:
         if last is None or self.history[-1]["step"] != self.step:
             last = self._record(train_loss)
         self.elapsed = time.perf_counter() - start
-        path = self.save()
+        path = self.save() if diverged_at is None else None  # keep the last finite checkpoint
         metrics = {f"val_{k}": v for k, v in last.items() if k != "count"}
         return TrainResult(metrics=metrics, train_loss=train_loss, steps=self.step, tokens=self.tokens,
                            scored=self.scored, seconds=self.elapsed, task=self.task.name,
                            tokenizer=self.corpus.tokenizer.kind if self.task.kind == "lm" else None,
-                           history=self.history, checkpoint=path)
+                           history=self.history, checkpoint=path, diverged_at=diverged_at)
 
     def _time_left(self) -> float:
         p = self.progress()
