@@ -1,10 +1,14 @@
 """``lightformer advise``: which mixer fits a sequence length, a memory and a latency budget, measured.
 
 Candidates are the lightformer mixers (``impl == "lightformer"``) seen in the bench records plus every registered
-mixer, each distinct (mixer, options) separately. For each one:
+mixer, each distinct (mixer, options) separately, plus every schedule preset (``masformer``, ``mamba_hybrid``) that
+a bench, quality or capacity record names: an architecture is named as a whole, as ``ModelConfig.architecture``
+names it. For each one:
 
-1. Capabilities (registry): ``causal`` requested -> ``capabilities.causal``; ``decode`` requested ->
-   ``capabilities.decode``. Unregistered mixers are judged by their records alone.
+1. Capabilities (registry; for a preset ``architecture_capabilities``, the meet of its layers' mixers):
+   ``causal`` requested -> ``capabilities.causal``; ``decode`` requested -> ``capabilities.decode``. Unregistered
+   names are judged by their records alone. A preset that fits is ``unmeasured`` unless a record of the requested
+   mode names it: cost is measured per mixer layer, and a preset has only whole-model cells.
 2. Measurement: the records of ``mode`` / ``dtype`` / ``causal`` (and batch/dim/heads when given) at the nearest
    measured T >= ``seq_len``; if several match (e.g. different batch), the slowest is used (conservative). A
    non-ok status there (oom, timeout, gate_failed ...) rejects the mixer. With no record at T >= ``seq_len`` the
@@ -111,12 +115,19 @@ def _name(mixer: str, options: dict[str, Any], several: bool) -> str:
     return f"{mixer} [{', '.join(f'{k}={v}' for k, v in sorted(options.items()))}]"
 
 
+def _capabilities(name: str) -> Any:
+    """The declared capabilities of a mixer or a schedule preset; ``None`` for an unregistered name."""
+    from ..models.architecture import architecture_capabilities, is_architecture
+
+    return architecture_capabilities(name) if is_architecture(name) else None
+
+
 def _scaling(mixer: str, seq_len: int, measured_len: int) -> float:
-    """Time/memory growth from ``measured_len`` to ``seq_len``: the mixer's declared ``Capabilities.time_scale``;
-    an unregistered mixer is assumed quadratic (the worst)."""
-    from lightformer import MIXERS
-    if mixer in MIXERS:
-        return MIXERS.get(mixer).capabilities.time_scale(seq_len, measured_len)
+    """Time/memory growth from ``measured_len`` to ``seq_len``: the architecture's declared
+    ``Capabilities.time_scale``; an unregistered mixer is assumed quadratic (the worst)."""
+    caps = _capabilities(mixer)
+    if caps is not None:
+        return caps.time_scale(seq_len, measured_len)
     return (seq_len / measured_len) ** 2
 
 
@@ -191,6 +202,8 @@ def advise(records: Iterable[dict[str, Any]], *, seq_len: int, max_memory_mib: f
     """
     from lightformer import MIXERS
 
+    from ..models.schedule import SCHEDULE_PRESETS
+
     if seq_len <= 0:
         raise ValueError(f"seq_len must be positive, got {seq_len}")
     for what, v in (("max_memory_mib", max_memory_mib), ("max_latency_ms", max_latency_ms)):
@@ -205,7 +218,8 @@ def advise(records: Iterable[dict[str, Any]], *, seq_len: int, max_memory_mib: f
     keys: dict[tuple[str, str], dict[str, Any]] = {}
     for r in bench:
         keys.setdefault((r["mixer"], json.dumps(r.get("options") or {}, sort_keys=True)), r.get("options") or {})
-    for m in MIXERS.names():
+    named = {r.get("mixer") for r in records if r.get("kind") in ("bench", "quality", "capacity")}
+    for m in [*MIXERS.names(), *(p for p in SCHEDULE_PRESETS if p in named)]:
         if not any(k[0] == m for k in keys):
             keys[(m, "{}")] = {}
     advice = Advice(seq_len, max_memory_mib, max_latency_ms, causal, decode, mode, dtype, task)
@@ -213,7 +227,7 @@ def advise(records: Iterable[dict[str, Any]], *, seq_len: int, max_memory_mib: f
     for (mixer, okey), options in sorted(keys.items()):
         several = sum(1 for k in keys if k[0] == mixer) > 1
         c = Candidate(mixer, options, _name(mixer, options, several))
-        caps = MIXERS.get(mixer).capabilities if mixer in MIXERS else None
+        caps = _capabilities(mixer)
         if causal and caps is not None and not caps.causal:
             c.reason = "not causal (capabilities.causal=False)"
         elif not causal and caps is not None and not caps.non_causal:
@@ -228,6 +242,9 @@ def advise(records: Iterable[dict[str, Any]], *, seq_len: int, max_memory_mib: f
                 and (batch is None or r["batch"] == batch) and (dim is None or r["dim"] == dim)
                 and (heads is None or r["heads"] == heads)]
         _judge(c, recs, seq_len)
+        if not recs and mixer in SCHEDULE_PRESETS:
+            c.reason = ("unmeasured: a schedule preset has no single-layer bench cell, and its whole-model cells "
+                        "(bench --modes model-fwd+bwd) are not ranked against single mixer layers")
         if not c.reason and max_memory_mib is not None and c.mem_mib > max_memory_mib:
             c.reason = f"over memory ({c.mem_mib:.4g} MiB > {max_memory_mib:g} MiB at T={c.measured_len}" + \
                 (", extrapolated)" if c.extrapolated else ")")

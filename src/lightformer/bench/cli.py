@@ -203,8 +203,11 @@ def run_advise(args: argparse.Namespace) -> int:
         files = [f for f in args.results.split(",") if f]
         result = advise([r for f in files for r in load_records(f)], **kwargs)
         if args.measure:
-            missing = [c.mixer for c in result.rejected if c.reason.startswith("unmeasured")] + \
-                [c.mixer for c in result.picks if c.extrapolated]
+            from lightformer import MIXERS
+
+            # a bench cell is one mixer layer: schedule presets are not measured here
+            missing = [m for m in [c.mixer for c in result.rejected if c.reason.startswith("unmeasured")] +
+                       [c.mixer for c in result.picks if c.extrapolated] if m in MIXERS]
             if missing:
                 from .runner import run_sweep
                 grid = Grid(mixers=sorted(set(missing)), seq_lens=[args.seq_len], batches=[args.batch or 1],
@@ -272,8 +275,9 @@ def add_suite_parser(subparsers: Any) -> argparse.ArgumentParser:
                                           "(kind: capacity) are appended to --out and measured cells are skipped "
                                           "on re-runs unless --force. See lightformer.bench.suite.")
     p.add_argument("--tasks", type=_csv(str), required=True, help="comma-separated tasks (`lightformer tasks`)")
-    p.add_argument("--mixers", type=_csv(str), help="comma-separated mixers (default: every mixer that can run "
-                                                     "each task's direction)")
+    p.add_argument("--mixers", type=_csv(str), help="comma-separated mixers and schedule presets (masformer, "
+                                                     "mamba_hybrid) (default: every mixer that can run each task's "
+                                                     "direction)")
     p.add_argument("--budget", default=None, help="training time per learning rate, e.g. 90s, 5m")
     p.add_argument("--max-steps", type=int, help="step cap per learning rate (with or instead of --budget)")
     p.add_argument("--seeds", type=_csv(int), default=[0, 1], help="run seeds (default 0,1)")
@@ -283,7 +287,12 @@ def add_suite_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--option", action="append", default=[], metavar="MIXER.KEY=VALUE",
                    help="mixer option override, repeatable, e.g. sliding_window.window=64")
     p.add_argument("--model", action="append", default=[], metavar="KEY=VALUE",
-                   help="model field for every task, repeatable, e.g. dim=128")
+                   help="model field for every task, repeatable, e.g. dim=128, block=deepnorm, ffn=swiglu, "
+                        "value_residual=true, schedule='softmax@0', or one option of a table: "
+                        "ffn_options.num_experts=4")
+    p.add_argument("--label", default="", help="name of this run's variant (e.g. the --model changes), stored in "
+                                               "every record and part of the cell key: one leaderboard row per "
+                                               "(architecture, label)")
     p.add_argument("--eval-n", type=int, help="validation/test examples (default: each task's recipe)")
     p.add_argument("--threads", type=int, help="torch threads per cell (default: all cores)")
     p.add_argument("--timeout", type=float, help="seconds per cell (default 1.5 x the cell's budget + 10 min)")
@@ -295,6 +304,34 @@ def add_suite_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print every record of the sweep as one JSON line each")
     p.set_defaults(func=run_suite_cmd)
     return p
+
+
+#: ``ModelConfig`` fields that are option tables, settable one key at a time (``ffn_options.num_experts=4``).
+OPTION_TABLES = ("block_options", "ffn_options", "norm_options")
+
+
+def parse_model_overrides(texts: list[str]) -> dict[str, Any]:
+    """``["dim=128", "block=deepnorm", "ffn_options.num_experts=4"]`` -> ``{"dim": 128, "block": "deepnorm",
+    "ffn_options": {"num_experts": 4}}``. Values are JSON where they parse (``128``, ``true``, ``{"k": 1}``), else
+    strings; ``TABLE.KEY=VALUE`` sets one key of an option table (a whole table is ``TABLE={"k": 1}``).
+
+    Raises:
+        ValueError: not ``KEY=VALUE``, or a dotted key whose first part is not an option table."""
+    model: dict[str, Any] = {}
+    for text in texts:
+        key, sep, value = text.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"--model {text!r}: expected KEY=VALUE, e.g. dim=128")
+        value = parse_option(f"m.{key}={value}")[2]
+        table, dot, option = key.partition(".")
+        if not dot:
+            model[key] = value
+        elif table in OPTION_TABLES and option:
+            model.setdefault(table, {})[option] = value
+        else:
+            raise ValueError(f"--model {text!r}: a dotted key sets one option of {', '.join(OPTION_TABLES)}")
+    return model
 
 
 def run_suite_cmd(args: argparse.Namespace) -> int:
@@ -314,12 +351,7 @@ def run_suite_cmd(args: argparse.Namespace) -> int:
         for text in args.option:
             mixer, key, value = parse_option(text)
             mixer_options.setdefault(mixer, {})[key] = value
-        model = {}
-        for text in args.model:
-            key, sep, value = text.partition("=")
-            if not sep:
-                raise ValueError(f"--model {text!r}: expected KEY=VALUE, e.g. dim=128")
-            model[key.strip()] = parse_option(f"m.{key.strip()}={value}")[2]
+        model = parse_model_overrides(args.model)
         try:
             budget = parse_duration(args.budget)
         except ValueError as exc:
@@ -327,7 +359,8 @@ def run_suite_cmd(args: argparse.Namespace) -> int:
         cells = build_cells(args.tasks, args.mixers, args.seeds, budget_s=budget,
                             max_steps=args.max_steps, lrs=args.lrs, task_options=task_options,
                             model_overrides=model, mixer_options=mixer_options, eval_n=args.eval_n,
-                            threads=args.threads, timeout_s=args.timeout, max_memory_mib=args.max_memory)
+                            threads=args.threads, timeout_s=args.timeout, max_memory_mib=args.max_memory,
+                            label=args.label)
         records = run_suite(cells, args.out, force=args.force, progress=not args.no_progress,
                             log=lambda s: print(s, file=sys.stderr))
         counts: dict[str, int] = {}

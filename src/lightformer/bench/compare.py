@@ -12,6 +12,10 @@ quality and recall against speed and memory, with ties and the Pareto front mark
 - Recall: Zoology's MQAR (``tasks/mqar.py``) at ``recall_len`` (default: the largest length the recall budget
   allows, ``recall_length``), with K = T/16 pairs over a 64-token vocabulary, in the suite's probe model.
 - Speed/memory: a ``bench`` grid over the same mixers and options (plus torch SDPA), one mixer layer at D=512.
+- An architecture may be a schedule preset (``masformer``, ``mamba_hybrid``): it is trained and probed as a whole
+  model (``ModelConfig(schedule=<preset>)``, its base mixer taking the options below), named as a whole in the table
+  (``ModelConfig.architecture``), and judged causal by ``architecture_capabilities``; a bench cell times one mixer
+  layer, so a preset has no speed or memory column here.
   ``compare`` writes ``kind: "quality"`` and ``kind: "capacity"`` records into the same JSON-lines file as the bench
   records, so ``advise`` (and ``advise --task mqar``) can combine them.
 """
@@ -24,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from ..mixers import MIXERS
+from ..models.architecture import architecture_capabilities, base_mixer, model_fields
 from ..models.config import ModelConfig
 from ..tasks.text import Corpus
 from ..train.config import RunConfig, TrainConfig
@@ -68,7 +74,15 @@ RECALL_SECONDS_AT_64 = 20.0
 
 
 def mixer_options(mixer: str) -> dict[str, Any]:
-    return dict(COMPARE_OPTIONS.get(mixer, {}))
+    """Compare's options of ``mixer``; for a schedule preset, those of its base mixer (``base_mixer``)."""
+    return dict(COMPARE_OPTIONS.get(mixer, COMPARE_OPTIONS.get(base_mixer(mixer), {})))
+
+
+def model_config(mixer: str, **fields: Any) -> ModelConfig:
+    """The ``ModelConfig`` of architecture ``mixer`` (a mixer or a schedule preset) with ``fields`` and compare's
+    options."""
+    return ModelConfig(**fields, **{**model_fields(mixer), "mixer": base_mixer(mixer)},
+                       mixer_options=mixer_options(mixer))
 
 
 def recall_length(budget_s: float, max_len: int) -> int:
@@ -102,14 +116,15 @@ def train_lm(mixer: str, corpus: Corpus, *, budget_s: float, seed: int,
 
     options = mixer_options(mixer)
     position = best_position(mixer)
-    model = ModelConfig(**COMPARE_MODEL, position=position, mixer=mixer, mixer_options=options)
+    model = model_config(mixer, **COMPARE_MODEL, position=position)
     train = TrainConfig(**COMPARE_TRAIN, data=corpus.name, tokenizer=corpus.tokenizer.kind, max_time=budget_s,
                         seed=seed)
     trainer = Trainer(RunConfig(model, train), corpus=corpus, log=log)
     result = trainer.fit(progress_bar=True)
     history = [{k: h[k] for k in ("step", "seconds", "val_loss", "val_bpc")} for h in result.history]
-    return quality_record(mixer=mixer, options=options, position=position, seed=seed, metrics=result.metrics,
-                          steps=result.steps, tokens=result.tokens, seconds=result.seconds, budget_s=budget_s,
+    return quality_record(mixer=trainer.config.model.architecture, options=options, position=position, seed=seed,
+                          metrics=result.metrics, steps=result.steps, tokens=result.tokens, seconds=result.seconds,
+                          budget_s=budget_s,
                           data=corpus.name, data_sha256=corpus.sha256, tokenizer=corpus.tokenizer.kind,
                           model=dataclasses.asdict(trainer.config.model), history=history, machine=machine_info())
 
@@ -219,7 +234,6 @@ def run_compare(mixers: list[str], *, data: str = "stdlib", tokenizer: str | Non
     Raises:
         ValueError: an unknown or non-causal mixer (the LM is causal), no seeds, or a non-positive budget.
     """
-    from .. import MIXERS
     from .report import write_report
 
     seeds = [0, 1] if seeds is None else list(seeds)
@@ -228,7 +242,7 @@ def run_compare(mixers: list[str], *, data: str = "stdlib", tokenizer: str | Non
     if not seeds:
         raise ValueError("seeds: give at least one seed (two or more to see the spread)")
     for m in mixers:
-        if not MIXERS.get(m).capabilities.causal:
+        if not architecture_capabilities(m).causal:
             raise ValueError(f"mixers: {m!r} cannot be causal, and compare trains a causal language model")
     seq_lens = seq_lens or [1024, 4096]
     report_len = report_len or (4096 if 4096 in seq_lens else seq_lens[-1])
@@ -264,11 +278,13 @@ def run_compare(mixers: list[str], *, data: str = "stdlib", tokenizer: str | Non
             append_record(results, rec)
             shown = f"{100 * rec['value']:.1f}%" if rec["status"] == "ok" else f"{rec['status']} {rec['reason']}"
             log(f"  {m} seed {seed}: recall {shown}")
-    grid = Grid(mixers=list(mixers), seq_lens=seq_lens, causal=[True], modes=["fwd+bwd"], peers=["sdpa"],
-                options={m: mixer_options(m) for m in mixers}, repeats=repeats, timeout_s=timeout_s,
-                **({"threads": threads} if threads else {})).validate()
-    log(f"bench: {len(mixers)} mixers + sdpa at T={seq_lens} (fwd+bwd, causal, fp32, D=512, H=8)")
-    run_sweep(grid, results)
+    benched = [m for m in mixers if m in MIXERS]  # a bench cell is one mixer layer, not a schedule
+    if benched:
+        grid = Grid(mixers=benched, seq_lens=seq_lens, causal=[True], modes=["fwd+bwd"], peers=["sdpa"],
+                    options={m: mixer_options(m) for m in benched}, repeats=repeats, timeout_s=timeout_s,
+                    **({"threads": threads} if threads else {})).validate()
+        log(f"bench: {len(benched)} mixers + sdpa at T={seq_lens} (fwd+bwd, causal, fp32, D=512, H=8)")
+        run_sweep(grid, results)
     records = load_records(results)
     rows = summary_rows(records, list(mixers), report_len, budget_s=budget_s, data_sha256=corpus.sha256,
                         recall_len=recall_len if recall_budget_s else None)
@@ -293,7 +309,9 @@ def run_compare(mixers: list[str], *, data: str = "stdlib", tokenizer: str | Non
             f"value tied with the best (means within 2·sqrt(spread² + spread²), twice the standard error of the "
             f"difference for two seeds).{recall_text} Speed and memory: fwd+bwd of one "
             f"mixer layer (D=512, H=8, B=1, fp32, causal), median of {repeats} runs, peak RSS growth, in a fresh "
-            "process per cell.\n\n")
+            "process per cell" + (f"; the schedule presets ({', '.join(m for m in mixers if m not in MIXERS)}) are "
+                                  "whole models and have no single-layer bench cell" if len(benched) < len(mixers)
+                                  else "") + ".\n\n")
     md = out / "compare.md"
     md.write_text(head + table + "\n\n![quality vs speed](compare_front.png)\n\n![learning curves]"
                   "(compare_curves.png)\n\nFull speed/memory tables: "

@@ -1,16 +1,21 @@
 """The capacity leaderboard of ``lightformer suite`` / ``lightformer report``: task × mixer, mean ± spread over
 seeds, the best per task marked, the mean over tasks; Markdown, PNG (each task's metric against the mixer's state
-size, e.g. MQAR accuracy against state, Zoology's Figure 3 axes) and one self-contained HTML page.
+size, e.g. MQAR accuracy against state, Zoology's Figure 3 axes; and the learning curves: the validation metric
+against the training step of every run, one panel per task) and one self-contained HTML page.
 
-A value is the test metric of the cell's best learning rate (chosen on validation). ``spread`` is half the range
+A row is an architecture (a mixer or a schedule preset such as ``masformer``), or ``architecture [label]`` for the
+records of a labelled run (``suite --label``), so block, FFN or norm variants of one architecture are rows side by
+side. A value is the test metric of the cell's best learning rate (chosen on validation). ``spread`` is half the range
 over seeds (max − min) / 2; a mixer that ``verdict.tied`` cannot tell from the best one is marked as tied with it
-(``≈``), since a ranking inside the seed noise is not a verdict.
+(``≈``), since a ranking inside the seed noise is not a verdict. A run whose training loss became NaN or infinite
+is shown as ``diverged (step N)``, never as a value, and its curve ends in a cross at that step.
 """
 
 from __future__ import annotations
 
 import base64
 import html
+import json
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -24,8 +29,18 @@ from .verdict import tied
 
 
 @dataclass
+class Curve:
+    """One run's learning curve: (step, validation value) points (finite ones), and where it diverged."""
+
+    seed: int
+    lr: float
+    points: list[tuple[int, float]]
+    diverged_at: int | None = None
+
+
+@dataclass
 class Entry:
-    """One (task, mixer): values over seeds and what they were measured with."""
+    """One (task, architecture, label): values over seeds and what they were measured with."""
 
     task: str
     mixer: str
@@ -37,6 +52,14 @@ class Entry:
     seconds: list[float] = field(default_factory=list)
     steps: list[int] = field(default_factory=list)
     lrs: list[float] = field(default_factory=list)
+    label: str | None = None
+    diverged: list[int] = field(default_factory=list)
+    curves: list[Curve] = field(default_factory=list)
+
+    @property
+    def row(self) -> str:
+        """The row's name: the architecture, with the run's label in brackets when it has one."""
+        return f"{self.mixer} [{self.label}]" if self.label else self.mixer
 
     @property
     def mean(self) -> float | None:
@@ -47,16 +70,46 @@ class Entry:
         return (max(self.values) - min(self.values)) / 2 if len(self.values) > 1 else 0.0
 
 
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _curves(r: dict[str, Any], metric: str) -> list[Curve]:
+    """The learning curve of the chosen learning rate, or of every one when none was chosen (a diverged cell)."""
+    grid = r.get("lr_grid") or []
+    chosen = [g for g in grid if g.get("lr") == r.get("lr")] if r.get("lr") is not None else grid
+    out = []
+    for g in chosen:
+        hist = g.get("history") or []
+        points = [(int(h["step"]), float(h[f"val_{metric}"])) for h in hist if _finite(h.get(f"val_{metric}"))]
+        # a record written before divergence was detected: its first non-finite row
+        bad = [int(h["step"]) for h in hist
+               if not (_finite(h.get(f"val_{metric}", 0.0)) and _finite(h.get("train_loss", 0.0)))]
+        diverged = g.get("diverged_at") if g.get("diverged_at") is not None else (bad[0] if bad else None)
+        if points or diverged is not None:
+            out.append(Curve(int(r.get("seed") or 0), float(g.get("lr") or 0.0), points, diverged))
+    return out
+
+
 def entries(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Entry]]:
-    """``{task: {mixer: Entry}}`` from the latest capacity record of every cell."""
+    """``{task: {row: Entry}}`` from the latest capacity record of every cell (rows: ``Entry.row``)."""
     out: dict[str, dict[str, Entry]] = {}
     for r in capacity_records(records):
-        task, mixer = r["task"], r["mixer"]
-        e = out.setdefault(task, {}).get(mixer)
+        task, mixer, label = r["task"], r["mixer"], r.get("label") or None
+        probe = Entry(task, mixer, "", label=label)
+        e = out.setdefault(task, {}).get(probe.row)
         if e is None:
-            e = out[task][mixer] = Entry(task, mixer, r.get("metric") or "")
-        e.statuses.append(r["status"])
-        if r["status"] == "ok" and r.get("value") is not None and math.isfinite(r["value"]):
+            e = out[task][probe.row] = Entry(task, mixer, r.get("metric") or "", label=label)
+        status = r["status"]
+        if status == "ok" and r.get("value") is not None and not _finite(r["value"]):
+            status = "diverged"  # an old record's non-finite value
+        e.statuses.append(status)
+        if status == "diverged":
+            e.diverged.append(int(r.get("diverged_at") or r.get("steps") or 0))
+        if r.get("metric"):
+            e.metric = e.metric or r["metric"]
+            e.curves += _curves(r, r["metric"])
+        if status == "ok" and r.get("value") is not None:
             e.metric = r["metric"]
             e.values.append(float(r["value"]))
             e.state_size, e.params = r.get("state_size"), r.get("params")
@@ -73,20 +126,24 @@ def best_and_ties(row: dict[str, Entry]) -> tuple[str | None, set[str]]:
         return None, set()
     sign = 1 if direction(measured[0].metric) == "min" else -1
     best = min(measured, key=lambda e: sign * e.mean)
-    ties = {e.mixer for e in measured if e is not best and tied((best.mean, best.spread), (e.mean, e.spread))}
-    return best.mixer, ties
+    ties = {e.row for e in measured if e is not best and tied((best.mean, best.spread), (e.mean, e.spread))}
+    return best.row, ties
 
 
 def _fmt(e: Entry | None) -> str:
     if e is None:
         return "—"
     if not e.values:
-        return ", ".join(sorted(set(e.statuses))) or "—"
+        return ", ".join(f"diverged (step {min(e.diverged)})" if s == "diverged" and e.diverged else s
+                         for s in sorted(set(e.statuses))) or "—"
     scale = 100.0 if e.metric == "accuracy" else 1.0
     text = f"{e.mean * scale:.1f}" if scale == 100.0 else f"{e.mean:.3f}"
     if len(e.values) > 1:
         text += f" ± {e.spread * scale:.1f}" if scale == 100.0 else f" ± {e.spread:.3f}"
-    return text + (f" ({len(e.values)}/{len(e.statuses)} seeds)" if len(e.values) < len(e.statuses) else "")
+    if len(e.values) == len(e.statuses):
+        return text
+    diverged = f", {len(e.diverged)} diverged" if e.diverged else ""
+    return text + f" ({len(e.values)}/{len(e.statuses)} seeds{diverged})"
 
 
 def header_lines(records: list[dict[str, Any]]) -> list[str]:
@@ -114,6 +171,32 @@ def header_lines(records: list[dict[str, Any]]) -> list[str]:
                      f"{m.get('num_heads')} heads ({size}); batch {tr.get('batch_size')}; budget {budget} per "
                      f"learning rate, lr ∈ {{{', '.join(f'{x:g}' for x in r['lrs'])}}} chosen on validation "
                      f"({r['eval_n']} examples); seeds {seeds}")
+        lines += _variant_lines([x for x in caps if x["task"] == task])
+    return lines
+
+
+def _variant_lines(caps: list[dict[str, Any]]) -> list[str]:
+    """Per label of a task's records, the model fields its runs share and the other labels do not (what the label
+    changed; ``position`` and ``max_len``, which the recipe sets per architecture, left out), and per schedule
+    preset its layers."""
+    lines = []
+    by_label: dict[str | None, list[dict[str, Any]]] = {}
+    for r in caps:
+        by_label.setdefault(r.get("label") or None, []).append(r)
+    if len(by_label) > 1 or None not in by_label:
+        common = {lab: set.intersection(*({(k, json.dumps(v, sort_keys=True)) for k, v in r["model"].items()
+                                           if k not in ("position", "max_len")} for r in recs))
+                  for lab, recs in by_label.items()}
+        for lab, items in sorted(common.items(), key=lambda kv: (kv[0] is not None, kv[0] or "")):
+            own = sorted(items - set.intersection(*common.values()))
+            changed = ", ".join(f"{k}={v if not isinstance(json.loads(v), str) else json.loads(v)}"
+                                for k, v in own) or "the recipe's model"
+            lines.append(f"  - {f'label **{lab}**' if lab else 'no label'}: {changed}")
+    schedules = {}
+    for r in caps:
+        if r.get("schedule") and len(set(r["schedule"])) > 1:
+            schedules.setdefault(r["mixer"], r["schedule"])
+    lines += [f"  - {name}: layers {' · '.join(layers)}" for name, layers in sorted(schedules.items())]
     return lines
 
 
@@ -152,9 +235,9 @@ def lra_table(table: dict[str, dict[str, Entry]]) -> list[str]:
         return []
     lines = ["| mixer | LRA model | " + " | ".join(f"{t}: ours / LRA (%)" for t in tasks) + " |",
              "|---|---|" + "---|" * len(tasks)]
-    mixers = sorted({m for t in tasks for m in table[t]})
-    for m in mixers:
-        ref = paper_row(m)
+    rows = {m: e.mixer for t in tasks for m, e in table[t].items()}
+    for m in sorted(rows):
+        ref = paper_row(rows[m])
         cells = []
         for t in tasks:
             ours = _fmt(table[t].get(m))
@@ -164,17 +247,17 @@ def lra_table(table: dict[str, dict[str, Entry]]) -> list[str]:
 
 
 def mean_accuracy(table: dict[str, dict[str, Entry]]) -> dict[str, float]:
-    """Per mixer, the mean test accuracy over the accuracy tasks it was measured on (LRA's "Avg" column)."""
+    """Per row, the mean test accuracy over the accuracy tasks it was measured on (LRA's "Avg" column)."""
     out: dict[str, list[float]] = {}
     for row in table.values():
         for e in row.values():
             if e.values and e.metric == "accuracy":
-                out.setdefault(e.mixer, []).append(e.mean)
+                out.setdefault(e.row, []).append(e.mean)
     return {m: statistics.fmean(v) for m, v in out.items()}
 
 
 def mean_ranks(table: dict[str, dict[str, Entry]]) -> dict[str, float]:
-    """Per mixer, the mean over tasks of its rank (1 = best) among the mixers measured on that task."""
+    """Per row, the mean over tasks of its rank (1 = best) among the rows measured on that task."""
     ranks: dict[str, list[float]] = {}
     for row in table.values():
         measured = [e for e in row.values() if e.values]
@@ -182,7 +265,7 @@ def mean_ranks(table: dict[str, dict[str, Entry]]) -> dict[str, float]:
             continue
         sign = 1 if direction(measured[0].metric) == "min" else -1
         for i, e in enumerate(sorted(measured, key=lambda e: sign * e.mean), 1):
-            ranks.setdefault(e.mixer, []).append(float(i))
+            ranks.setdefault(e.row, []).append(float(i))
     return {m: statistics.fmean(r) for m, r in ranks.items()}
 
 
@@ -198,15 +281,69 @@ def plot_state(table: dict[str, dict[str, Entry]], task: str, path: Path) -> boo
     if not pts:
         return False
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=100)
-    for i, e in enumerate(sorted(pts, key=lambda e: e.mixer)):
+    for i, e in enumerate(sorted(pts, key=lambda e: e.row)):
         ax.errorbar(e.state_size, e.mean, yerr=e.spread, fmt="o", color=plt.get_cmap("tab20").colors[i % 20],
-                    capsize=3, label=e.mixer)
-        ax.annotate(e.mixer, (e.state_size, e.mean), textcoords="offset points", xytext=(5, 3), fontsize=7)
+                    capsize=3, label=e.row)
+        ax.annotate(e.row, (e.state_size, e.mean), textcoords="offset points", xytext=(5, 3), fontsize=7)
     ax.set_xscale("log")
     ax.set_xlabel("state size per layer and sequence (floats, log)")
     ax.set_ylabel(f"test {pts[0].metric}")
     ax.set_title(f"{task}: {pts[0].metric} against the state a mixer keeps", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def plot_curves(table: dict[str, dict[str, Entry]], path: Path) -> bool:
+    """The validation metric against the training step of every run (the chosen learning rate's; every learning
+    rate's for a cell that diverged at all of them), one panel per task, one colour per row. A run that diverged
+    ends in a cross at the bottom of its panel at the step where its loss became NaN or infinite. False when no
+    record has a learning curve."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = [t for t in sorted(table) if any(e.curves for e in table[t].values())]
+    if not tasks:
+        return False
+    cols = min(2, len(tasks))
+    rows = math.ceil(len(tasks) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(7.0 * cols, 4.2 * rows), dpi=100, squeeze=False)
+    for ax, task in zip(axes.flat, tasks):
+        entries_ = sorted((e for e in table[task].values() if e.curves), key=lambda e: e.row)
+        colors = plt.get_cmap("tab10" if len(entries_) <= 10 else "tab20").colors
+        for i, e in enumerate(entries_):
+            color = colors[i % len(colors)]
+            drawn = False
+            diverged: dict[int, list[float]] = {}
+            for c in e.curves:
+                # the evaluation at the diverged step measured a model of NaN weights: not a point of the curve
+                points = [p for p in c.points if c.diverged_at is None or p[0] < c.diverged_at]
+                if points:
+                    ax.plot([p[0] for p in points], [p[1] for p in points], color=color, marker=".", lw=1,
+                            alpha=0.9, label=None if drawn else e.row)
+                    drawn = True
+                if c.diverged_at is not None:
+                    diverged.setdefault(c.diverged_at, []).append(c.lr)
+            for step, lrs in sorted(diverged.items()):
+                ax.plot([step], [0.03], marker="x", markersize=9, mew=2, color=color, clip_on=False,
+                        transform=ax.get_xaxis_transform(), label=None if drawn else e.row)
+                drawn = True
+                ax.annotate(f"{e.row} diverged @ {step} (lr {', '.join(f'{lr:g}' for lr in sorted(set(lrs)))})",
+                            (step, 0.03), xycoords=ax.get_xaxis_transform(), textcoords="offset points",
+                            xytext=(4, 6 + 10 * i), fontsize=7, color=color)
+        metric = entries_[0].metric if entries_ else ""
+        ax.set_xlabel("training step")
+        ax.set_ylabel(f"validation {metric}")
+        ax.set_title(f"{task}: validation {metric} during training (chosen lr; every lr of a diverged cell)",
+                     fontsize=10)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(tasks):]:
+        ax.axis("off")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -227,7 +364,8 @@ def _html_table(md_lines: list[str]) -> list[str]:
 
 def write_leaderboard(records: Iterable[dict[str, Any]], out_dir: str | Path, *, name: str = "capacity",
                       preamble: str = "") -> dict[str, Path]:
-    """Write ``<name>.md``, ``<name>_<task>_state.png`` and ``<name>.html`` into ``out_dir``; returns the paths."""
+    """Write ``<name>.md``, ``<name>_<task>_state.png``, ``<name>_curves.png`` (when a record has a learning
+    curve) and ``<name>.html`` into ``out_dir``; returns the paths."""
     records = list(records)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -236,12 +374,16 @@ def write_leaderboard(records: Iterable[dict[str, Any]], out_dir: str | Path, *,
               "range over seeds. ★ best per task; ≈ tied with the best (the difference is inside the seed spread, "
               "so it is not a verdict). Mean accuracy: over the accuracy tasks the mixer was measured on (LRA's "
               "Avg). Mean rank: the mixer's rank averaged over the tasks it was measured on. "
-              "A status (oom, timeout, unsupported, error) replaces a value where the cell did not finish.")
+              "A status (oom, timeout, unsupported, error, diverged at a step) replaces a value where the cell did "
+              "not finish. A row is a mixer or a schedule preset, with the run's label in brackets when it has one.")
     pngs = []
     for task in sorted(table):
         p = out / f"{name}_{task}_state.png"
         if plot_state(table, task, p):
             pngs.append(p)
+    curves = out / f"{name}_curves.png"
+    if plot_curves(table, curves):
+        pngs.append(curves)
     lines = ["# lightformer capacity", "", *([preamble, ""] if preamble else []), *header_lines(records), "",
              legend, "", *markdown_table(table), ""]
     lra = lra_table(table)

@@ -1,8 +1,10 @@
 """The capacity suite's recipes: per task, the CPU-sized task settings, the model every mixer is trained in, the
 training options, the learning-rate grid and the evaluation size; per mixer, options sized for the task's length.
 
-Every mixer of a sweep gets the same recipe for a task: only the mixer (and its length-sized options) differs.
-Each mixer gets the best position scheme it accepts: RoPE where it can, learned absolute positions otherwise
+Every mixer of a sweep gets the same recipe for a task: only the mixer (and its length-sized options) differs. A
+schedule preset (``masformer``, ``mamba_hybrid``) is an architecture beside the mixers: its options are sized for
+its base mixer (the sliding window of ``masformer``'s sliding layers) and its position scheme is one every layer
+accepts. Each mixer gets the best position scheme it accepts: RoPE where it can, learned absolute positions otherwise
 (RoPE gains the exact baseline 0.79 bits/byte on the stdlib LM at compare's budget; learned positions are what the
 others accept). The numbers below are the documented CPU settings of ``docs/capacity.md``.
 """
@@ -14,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..mixers import MIXERS
+from ..models.architecture import architecture_capabilities, base_mixer
 
 
 @dataclass(frozen=True)
@@ -79,15 +82,19 @@ def recipe(task: str) -> Recipe:
 
 
 def best_position(mixer: str) -> str:
-    """``"rope"`` when the mixer accepts it, else ``"learned"`` (added to the embeddings by the model)."""
-    return "rope" if "rope" in MIXERS.get(mixer).capabilities.positions else "learned"
+    """``"rope"`` when the mixer (every layer of a schedule preset) accepts it, else ``"learned"`` (added to the
+    embeddings by the model)."""
+    return "rope" if "rope" in architecture_capabilities(mixer).positions else "learned"
 
 
 def sized_options(mixer: str, seq_len: int, dim: int) -> dict[str, Any]:
     """Options of ``mixer`` sized for sequences of ``seq_len`` tokens at width ``dim``: local windows of T/4 (at
     most 256, so a window never covers the whole sequence), a quarter-length low-rank projection (at most 256),
     feature maps of 64, LSH buckets of 32 below T=1024 (else 64), BigBird blocks of 16 below T=1024 (else 64),
-    and ``max_len = T`` where the mixer's parameters are sized by it. Options the mixer lacks are left out."""
+    and ``max_len = T`` where the mixer's parameters are sized by it. Options the mixer lacks are left out. For a
+    schedule preset: the options of its base mixer (``models.architecture.base_mixer``), which its base layers
+    take through ``ModelConfig.mixer_options``."""
+    mixer = base_mixer(mixer)
     window = max(8, min(256, seq_len // 4))
     options: dict[str, Any] = {
         "window": window, "proj_len": max(8, min(256, seq_len // 4)), "num_features": 64,

@@ -5,6 +5,7 @@ Schema (``kind == "bench"``; every key is always present, ``None`` where not app
     kind          "bench"
     schema        2               (1: before the model keys below; read them with ``.get``)
     status        "ok" | "gate_failed" | "timeout" | "oom" | "unsupported" | "unavailable" | "error"
+                  ("diverged": capacity records only, a training loss that became NaN or infinite)
     reason        str | None      why the status is not "ok" (error text, capability, pip hint)
     impl          "lightformer" or a peer name ("sdpa", "local_attention", ...)
     label         row name in reports: the mixer for lightformer, the peer name otherwise
@@ -55,7 +56,7 @@ from .grid import Cell, cell_key
 
 BENCH_SCHEMA = 2
 
-STATUSES = ("ok", "gate_failed", "timeout", "oom", "unsupported", "unavailable", "error")
+STATUSES = ("ok", "gate_failed", "timeout", "oom", "unsupported", "unavailable", "error", "diverged")
 #: Statuses that are retried on resume (they may succeed next time without --force).
 RETRIED = ("error", "unavailable")
 
@@ -100,23 +101,35 @@ def quality_record(*, mixer: str, options: dict[str, Any], position: str, seed: 
 def capacity_record(cell: Any, machine: dict[str, str], *, status: str, reason: str | None = None) -> dict[str, Any]:
     """A ``kind: "capacity"`` record of a ``CapacityCell`` with every schema key, no measurement yet.
 
-    Schema: the cell's identifying fields (``task``, ``task_options``, ``mixer``, ``mixer_options``, ``model``,
-    ``train``, ``lrs``, ``seed``, ``eval_n``), ``status`` (as bench records), ``reason``, ``metric`` (the task's
-    primary metric), ``value`` (its test value), ``val_value``, ``metrics`` (every test metric), ``lr`` (the chosen
-    one), ``lr_grid`` (per lr: validation value, steps, seconds, learning curve), ``steps``, ``seconds`` (of the
-    chosen run), ``total_seconds`` (the whole cell), ``tokens``, ``scored``, ``seq_len``, ``params`` (model size),
-    ``state_size`` (floats per layer and sequence, ``lightformer.bench.state_size``), and the machine line.
+    Schema: the cell's identifying fields (``task``, ``task_options``, ``mixer`` (the architecture: a mixer or a
+    schedule preset), ``mixer_options``, ``model``, ``train``, ``lrs``, ``seed``, ``eval_n``, and ``label`` when
+    set), ``label`` (``None`` when not set), ``schedule`` (the mixer of each layer, e.g. ``["softmax",
+    "sliding_window"]`` for ``masformer`` at two layers; ``None`` when the model cannot be configured), ``status``
+    (as bench records, or ``diverged``), ``reason``, ``metric`` (the task's primary metric), ``value`` (its test
+    value), ``val_value``, ``metrics`` (every test metric), ``lr`` (the chosen one), ``lr_grid`` (per lr:
+    validation value, steps, seconds, ``diverged_at`` (the step whose loss was NaN/inf, or ``None``), learning
+    curve), ``diverged_at`` (status ``diverged``: the earliest such step), ``steps``, ``seconds`` (of the chosen
+    run), ``total_seconds`` (the whole cell), ``tokens``, ``scored``, ``seq_len``, ``params`` (model size),
+    ``state_size`` (floats per layer and sequence, the mean over the layers, ``lightformer.bench.state_size``),
+    ``state_size_total`` (over every layer), ``state_size_reason`` (why they are ``None``), and the machine line.
     """
     if status not in STATUSES:
         raise ValueError(f"status {status!r} not in {STATUSES}")
     return {"kind": "capacity", "schema": CAPACITY_SCHEMA, "status": status, "reason": reason,
             "task": cell.task, "task_options": dict(cell.task_options), "mixer": cell.mixer,
+            "label": getattr(cell, "label", "") or None, "schedule": _layer_mixers(cell),
             "mixer_options": dict(cell.mixer_options), "model": dict(cell.model), "train": dict(cell.train),
             "lrs": list(cell.lrs), "seed": cell.seed, "eval_n": cell.eval_n, "metric": None, "value": None,
             "val_value": None, "metrics": {}, "lr": None, "lr_grid": [], "steps": None, "seconds": None,
             "total_seconds": None, "tokens": None, "scored": None, "seq_len": None, "params": None,
-            "state_size": None, "threads": cell.threads,
+            "state_size": None, "state_size_total": None, "state_size_reason": None, "diverged_at": None,
+            "threads": cell.threads,
             **{k: machine.get(k, "unknown") for k in ("cpu", "torch", "python", "git_commit", "timestamp")}}
+
+
+def _layer_mixers(cell: Any) -> list[str] | None:
+    layer_mixers = getattr(cell, "layer_mixers", None)
+    return layer_mixers() if layer_mixers is not None else None
 
 
 def capacity_records(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -15,6 +15,10 @@ others are counted by family:
 - ``hyena``: the input history its long filters read, ``T · D`` (Zoology's count for Hyena and long convolutions);
 - otherwise ``None``.
 
+A model's state (``model_state_size``) is the sum over its layers, each counted with its own mixer and options, so a
+schedule (``masformer``: a KV cache in its exact layers, a window in the others) is accounted for layer by layer; a
+layer that has no count makes the whole ``None``, with the reason.
+
 Measured values agree with Zoology's formulas: softmax ``2·T·D``, sliding window ``2·min(w, T)·D``, linear attention
 ``H·(m·d_head + m)`` (plus SLAB's convolution window ``(K−1)·D`` for ``linear_relu``); ``aft_simple`` holds three
 ``[D]`` sums (numerator, denominator and their running max), ``3·D``.
@@ -22,7 +26,7 @@ Measured values agree with Zoology's formulas: softmax ``2·T·D``, sliding wind
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 
@@ -54,6 +58,22 @@ def state_size(mixer: str, options: dict[str, Any], *, dim: int, num_heads: int,
     if MIXERS.get(mixer).capabilities.time_exponent == 2 or mixer in ATTENTION_WITHOUT_DECODE:
         return 2 * seq_len * kv_heads * head_dim
     return None
+
+
+def model_state_size(layers: Iterable[tuple[str, dict[str, Any]]], *, dim: int, num_heads: int,
+                     seq_len: int) -> tuple[int | None, str | None]:
+    """Floats of decoding state per sequence after ``seq_len`` tokens summed over ``layers`` (each a mixer and its
+    options), and ``None`` or why the sum is ``None`` (a layer whose mixer has no finite state and no count)."""
+    total = 0
+    counted: dict[str, int | None] = {}
+    for i, (mixer, options) in enumerate(layers):
+        key = f"{mixer} {sorted(options.items())}"
+        if key not in counted:
+            counted[key] = state_size(mixer, options, dim=dim, num_heads=num_heads, seq_len=seq_len)
+        if counted[key] is None:
+            return None, f"layer {i} ({mixer}) has no finite decoding state and no family count"
+        total += counted[key]
+    return total, None
 
 
 def decoding_state_size(mixer: str, options: dict[str, Any], *, dim: int, num_heads: int,

@@ -1,7 +1,9 @@
 """``lightformer suite``: capacity — what each mixer costs in accuracy on each task, same model, data, seeds and
 budget for every mixer.
 
-The sweep is tasks × mixers × seeds; each (task, mixer, seed) is a ``CapacityCell`` run in its own subprocess
+The sweep is tasks × architectures × seeds; an architecture is a registered mixer (in every layer) or a schedule
+preset (``masformer``, ``mamba_hybrid``; ``models/architecture.py``), named in ``--mixers`` alike. Each (task,
+architecture, seed) is a ``CapacityCell`` run in its own subprocess
 (``python -m lightformer.bench.capacity``): it trains the task's recipe (``bench/recipes.py``) once per learning
 rate of the grid, keeps the best on validation and reports the test metric. Records (``kind: "capacity"``) are
 appended to a JSON-lines file as soon as each cell is done; re-running skips measured cells unless ``force``; a
@@ -9,7 +11,12 @@ cell that fails, runs out of memory or times out is recorded with that status an
 
 Mixers by task: a causal task (probe, LM) takes every registered mixer that can be causal; a classification task
 (LRA) takes every mixer, bidirectional where it can be and causal where it is causal-only (``tasks.base.
-encoder_causal``); a mixer that cannot take the task is recorded as ``unsupported``.
+encoder_causal``); a mixer that cannot take the task is recorded as ``unsupported``. A schedule is judged by the
+mixers of its layers at the recipe's depth (every one must be causal for a causal task). Presets run when named.
+
+A ``label`` (``suite --label``) names a variant of the whole sweep (``--model block=deepnorm --label deepnorm``):
+it is stored in every record and is part of the cell key, so the same cells with another label are measured
+again, and the leaderboard shows one row per (architecture, label).
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ import os
 from typing import Any, Callable
 
 from ..mixers import MIXERS
+from ..models.architecture import architecture_capabilities, base_mixer, is_architecture, meet
+from ..models.config import ModelConfig
 from ..tasks import TASKS
 from .capacity import CapacityCell, capacity_key
 from .machine import machine_info
@@ -48,25 +57,42 @@ def build_cells(tasks: list[str], mixers: list[str] | None, seeds: list[int], *,
                 task_options: dict[str, dict[str, Any]] | None = None,
                 model_overrides: dict[str, Any] | None = None, mixer_options: dict[str, dict[str, Any]] | None = None,
                 eval_n: int | None = None, threads: int | None = None, timeout_s: float | None = None,
-                max_memory_mib: float | None = None) -> list[CapacityCell]:
+                max_memory_mib: float | None = None, label: str = "") -> list[CapacityCell]:
     """The cells of a sweep (task-major, then mixer, then seed).
 
     Args:
         budget_s: training time per learning rate (s); max_steps: step cap per learning rate (either or both).
         lrs: the learning-rate grid (default: each recipe's).
+        mixers: registered mixers and schedule presets (default: ``default_mixers``, the registered mixers).
         task_options / mixer_options: per task / per mixer option overrides (win over the recipe and the
-            length-sized options).
-        model_overrides: ``ModelConfig`` fields applied to every task's model (e.g. ``{"dim": 128}``).
+            length-sized options); a preset takes those of its base mixer, then its own
+            (``mixer_options["masformer"]``).
+        model_overrides: ``ModelConfig`` fields applied to every task's model (e.g. ``{"dim": 128}``,
+            ``{"block": "deepnorm"}``, ``{"ffn": "moe", "ffn_options": {"num_experts": 4}}``); not ``mixer`` or
+            ``mixer_options`` (those are ``mixers`` and ``mixer_options``).
         timeout_s: per cell (default: 1.5 × the grid's time budget + 10 minutes for data and evaluation;
             ``STEP_ONLY_TIMEOUT_S`` when only ``max_steps`` is given).
 
+        label: the variant's name, stored in every record and part of every cell's key (``""``: none).
+
     Raises:
-        ValueError: an unknown task or mixer, no budget, or a non-positive one.
+        ValueError: an unknown task, mixer, preset or model field, no budget or a non-positive one, a model
+            override of ``mixer``/``mixer_options``, or a ``schedule`` override together with a preset.
     """
     if budget_s is None and max_steps is None:
         raise ValueError("budget: give a time budget (--budget) and/or --max-steps")
     if budget_s is not None and budget_s <= 0:
         raise ValueError(f"budget must be positive, got {budget_s}")
+    model_overrides = dict(model_overrides or {})
+    valid = ModelConfig.__dataclass_fields__
+    unknown = sorted(set(model_overrides) - set(valid))
+    if unknown:
+        raise ValueError(f"model field(s) {unknown} unknown; valid fields: {sorted(valid)}")
+    if {"mixer", "mixer_options"} & set(model_overrides):
+        raise ValueError("model overrides may not set mixer or mixer_options: name architectures with mixers "
+                         "(--mixers) and their options with mixer_options (--option MIXER.KEY=VALUE)")
+    if not isinstance(label, str):
+        raise ValueError(f"label must be a string, got {label!r}")
     cells = []
     for task in tasks:
         TASKS.get(task)
@@ -81,9 +107,16 @@ def build_cells(tasks: list[str], mixers: list[str] | None, seeds: list[int], *,
         if max_steps is not None:
             train["max_steps"] = max_steps
         for mixer in mixers or default_mixers(task):
-            MIXERS.get(mixer)
-            model = {**model_for(rec, mixer, seq_len), **(model_overrides or {})}
-            m_opts = {**sized_options(mixer, seq_len, model.get("dim", 64)), **(mixer_options or {}).get(mixer, {})}
+            if not is_architecture(mixer):
+                MIXERS.get(mixer)  # raises, listing the registered mixers
+            preset = mixer not in MIXERS
+            if preset and "schedule" in model_overrides:
+                raise ValueError(f"a schedule model override ({model_overrides['schedule']!r}) and the schedule "
+                                 f"preset {mixer!r} both set the layers; give one of them")
+            model = {**model_for(rec, mixer, seq_len), **model_overrides}
+            own = (mixer_options or {}).get(mixer, {})
+            base = (mixer_options or {}).get(base_mixer(mixer), {}) if preset else {}
+            m_opts = {**sized_options(mixer, seq_len, model.get("dim", 64)), **base, **own}
             # a time budget bounds a cell; a step budget alone does not, so its cells get STEP_ONLY_TIMEOUT_S
             per_cell = 1.5 * budget_s * len(grid) + 600.0 if budget_s is not None else STEP_ONLY_TIMEOUT_S
             for seed in seeds:
@@ -91,7 +124,7 @@ def build_cells(tasks: list[str], mixers: list[str] | None, seeds: list[int], *,
                                           model=model, train=train, lrs=grid, seed=seed,
                                           eval_n=eval_n or rec.eval_n, threads=threads or _all_cores(),
                                           timeout_s=timeout_s or per_cell,
-                                          max_memory_mib=max_memory_mib))
+                                          max_memory_mib=max_memory_mib, label=label.strip()))
     return cells
 
 
@@ -103,10 +136,17 @@ def _all_cores() -> int:
 
 
 def unsupported_reason(cell: CapacityCell) -> str | None:
-    """Why a mixer cannot take a task, from its declared capabilities (no subprocess needed)."""
-    caps = MIXERS.get(cell.mixer).capabilities
+    """Why an architecture cannot take a task, from its declared capabilities (no subprocess needed): the meet of
+    the capabilities of its layers' mixers at the cell's depth (``architecture_capabilities`` when the model
+    cannot be configured here; the subprocess then records why)."""
+    layers = cell.layer_mixers()
+    caps = meet(MIXERS.get(m).capabilities for m in dict.fromkeys(layers)) if layers \
+        else architecture_capabilities(cell.mixer)
     if causal_task(cell.task) and not caps.causal:
-        return f"{cell.mixer} cannot be causal and task {cell.task} is causal"
+        several = layers and len(set(layers)) > 1
+        which = [m for m in dict.fromkeys(layers) if not MIXERS.get(m).capabilities.causal] if several else []
+        return f"{cell.mixer} cannot be causal" + (f" (its {', '.join(which)} layers)" if which else "") + \
+            f" and task {cell.task} is causal"
     return None
 
 
@@ -138,7 +178,8 @@ def run_suite(cells: list[CapacityCell], out_path: str | os.PathLike[str], *, fo
     records = []
     bar = tqdm(cells, desc="suite", unit="cell", disable=not progress, dynamic_ncols=True)
     for cell in bar:
-        bar.set_postfix_str(f"{cell.task}/{cell.mixer}/seed {cell.seed}", refresh=True)
+        name = f"{cell.mixer} [{cell.label}]" if cell.label else cell.mixer
+        bar.set_postfix_str(f"{cell.task}/{name}/seed {cell.seed}", refresh=True)
         if cell.key in done:
             records.append(done[cell.key])
             continue
@@ -147,7 +188,7 @@ def run_suite(cells: list[CapacityCell], out_path: str | os.PathLike[str], *, fo
         records.append(rec)
         if log is not None:
             shown = f"{rec['metric']} {rec['value']:.4f}" if rec.get("status") == "ok" else rec["status"]
-            log(f"{cell.task} / {cell.mixer} / seed {cell.seed}: {shown}"
+            log(f"{cell.task} / {name} / seed {cell.seed}: {shown}"
                 + (f" (lr {rec['lr']:g}, {rec['steps']} steps)" if rec.get("status") == "ok" else
                    f" ({(rec.get('reason') or '')[:200]})"))
     bar.close()

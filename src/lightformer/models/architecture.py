@@ -41,6 +41,26 @@ def architecture_mixers(name: str, num_layers: int = 4) -> tuple[str, ...]:
     return tuple(seen)
 
 
+def base_mixer(name: str) -> str:
+    """The mixer of a preset's base clause, the one every layer has unless an override changes it (the most used in
+    a repeated group, the first among equals): ``sliding_window`` for ``masformer``, ``mamba2`` for
+    ``mamba_hybrid``; ``name`` itself for a mixer. Layers that name it inherit ``ModelConfig.mixer_options`` when it
+    is also ``ModelConfig.mixer`` (``models/schedule.py``), so options sized for it (a sliding window) reach those
+    layers at any depth; the preset's other mixers keep their defaults.
+
+    Raises:
+        ValueError: ``name`` is neither a mixer nor a schedule preset."""
+    if name in MIXERS:
+        return name
+    used = architecture_mixers(name)  # raises for an unknown name
+    for clause in parse_schedule(expand_preset(name, 4)):
+        if clause.layers is None:
+            names = [part.name for spec in clause.specs for part in spec if part.name in MIXERS]
+            if names:
+                return max(dict.fromkeys(names), key=names.count)
+    return used[0]
+
+
 def meet(capabilities: Iterable[Capabilities]) -> Capabilities:
     """The capabilities a stack of layers with these mixers' capabilities has (see the module docstring)."""
     caps = list(capabilities)

@@ -276,12 +276,13 @@ class SequenceTask(Task):
 
 
 def encoder_causal(model: ModelConfig) -> bool:
-    """The direction of a classification encoder: bidirectional, as LRA trains it, unless the model's mixer is
-    causal-only (the state-space and recurrent mixers), which then encodes causally: mean pooling over the real
-    tokens of a causal stack reads every token, and each position has seen its whole prefix."""
+    """The direction of a classification encoder: bidirectional, as LRA trains it, unless a layer's mixer is
+    causal-only (the state-space and recurrent mixers, e.g. the mamba2 layers of a ``mamba_hybrid`` schedule), which
+    then makes the whole stack encode causally: mean pooling over the real tokens of a causal stack reads every
+    token, and each position has seen its whole prefix."""
     from ..mixers import MIXERS
 
-    return not MIXERS.get(model.mixer).capabilities.non_causal
+    return not all(MIXERS.get(m).capabilities.non_causal for m in model.mixers)
 
 
 class ClassificationTask(Task):
