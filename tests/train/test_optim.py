@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 from types import SimpleNamespace
 
 import pytest
@@ -87,3 +88,18 @@ def test_unknown_optimizer_is_named():
         build_optimizer(nn.Linear(2, 2), SimpleNamespace(optimizer="sgd"))
     with pytest.raises(ValueError, match="optimizer='muon' needs a model with nn.Linear layers"):
         build_optimizer(nn.Linear(2, 2), dataclasses.replace(tiny().train, optimizer="muon"))
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_muon_warns_where_its_bf16_newton_schulz_is_emulated(monkeypatch, native):
+    from lightformer.train import optim
+
+    monkeypatch.setattr(optim, "native_bf16", lambda device: native)
+    model = torch.nn.Sequential()
+    model.blocks = nn.ModuleList([nn.Linear(4, 4)])
+    tc = _trainer(optimizer="muon").config.train
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        optim.build_optimizer(model, tc)
+    emulated = [w for w in caught if "Newton-Schulz iteration in bf16" in str(w.message)]
+    assert len(emulated) == (0 if native else 1)
