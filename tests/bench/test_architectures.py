@@ -325,3 +325,14 @@ def test_advise_judges_a_preset_by_its_layers():
     a = advise(records[:1], seq_len=64)
     assert not {"masformer", "mamba_hybrid"} & {c.mixer for c in a.picks + a.rejected}
     assert "masformer: unmeasured" in advise(records, seq_len=64).format()
+
+
+def test_suite_eval_every_sets_the_validation_interval_and_the_key():
+    from lightformer.bench.suite import build_cells
+
+    plain, = build_cells(["mqar"], ["softmax"], [0], budget_s=None, max_steps=10)
+    curve, = build_cells(["mqar"], ["softmax"], [0], budget_s=None, max_steps=10, eval_every=5)
+    assert curve.train["eval_interval"] == 5 and "eval_interval" not in plain.train
+    assert curve.key != plain.key
+    with pytest.raises(ValueError, match="eval_every must be a positive"):
+        build_cells(["mqar"], ["softmax"], [0], budget_s=None, max_steps=10, eval_every=0)

@@ -294,6 +294,8 @@ def add_suite_parser(subparsers: Any) -> argparse.ArgumentParser:
                                                "every record and part of the cell key: one leaderboard row per "
                                                "(architecture, label)")
     p.add_argument("--eval-n", type=int, help="validation/test examples (default: each task's recipe)")
+    p.add_argument("--eval-every", type=int, help="validate every N steps, so the report's learning curves have "
+                                                  "points (default: once, at the end)")
     p.add_argument("--threads", type=int, help="torch threads per cell (default: all cores)")
     p.add_argument("--timeout", type=float, help="seconds per cell (default 1.5 x the cell's budget + 10 min)")
     p.add_argument("--max-memory", type=_size, help="address-space cap per cell, e.g. 8GiB (status oom)")
@@ -360,7 +362,7 @@ def run_suite_cmd(args: argparse.Namespace) -> int:
                             max_steps=args.max_steps, lrs=args.lrs, task_options=task_options,
                             model_overrides=model, mixer_options=mixer_options, eval_n=args.eval_n,
                             threads=args.threads, timeout_s=args.timeout, max_memory_mib=args.max_memory,
-                            label=args.label)
+                            label=args.label, eval_every=args.eval_every)
         records = run_suite(cells, args.out, force=args.force, progress=not args.no_progress,
                             log=lambda s: print(s, file=sys.stderr))
         counts: dict[str, int] = {}

@@ -57,7 +57,8 @@ def build_cells(tasks: list[str], mixers: list[str] | None, seeds: list[int], *,
                 task_options: dict[str, dict[str, Any]] | None = None,
                 model_overrides: dict[str, Any] | None = None, mixer_options: dict[str, dict[str, Any]] | None = None,
                 eval_n: int | None = None, threads: int | None = None, timeout_s: float | None = None,
-                max_memory_mib: float | None = None, label: str = "") -> list[CapacityCell]:
+                max_memory_mib: float | None = None, label: str = "",
+                eval_every: int | None = None) -> list[CapacityCell]:
     """The cells of a sweep (task-major, then mixer, then seed).
 
     Args:
@@ -67,6 +68,7 @@ def build_cells(tasks: list[str], mixers: list[str] | None, seeds: list[int], *,
         task_options / mixer_options: per task / per mixer option overrides (win over the recipe and the
             length-sized options); a preset takes those of its base mixer, then its own
             (``mixer_options["masformer"]``).
+        eval_every: validate every this many steps, for learning curves (default: once, at the end).
         model_overrides: ``ModelConfig`` fields applied to every task's model (e.g. ``{"dim": 128}``,
             ``{"block": "deepnorm"}``, ``{"ffn": "moe", "ffn_options": {"num_experts": 4}}``); not ``mixer`` or
             ``mixer_options`` (those are ``mixers`` and ``mixer_options``).
@@ -106,6 +108,10 @@ def build_cells(tasks: list[str], mixers: list[str] | None, seeds: list[int], *,
             train["max_time"] = budget_s
         if max_steps is not None:
             train["max_steps"] = max_steps
+        if eval_every is not None:  # a learning curve: validation every eval_every steps (part of the cell key)
+            if eval_every <= 0:
+                raise ValueError(f"eval_every must be a positive number of steps, got {eval_every!r}")
+            train["eval_interval"] = eval_every
         for mixer in mixers or default_mixers(task):
             if not is_architecture(mixer):
                 MIXERS.get(mixer)  # raises, listing the registered mixers
