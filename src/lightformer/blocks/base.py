@@ -202,10 +202,12 @@ class Block(nn.Module):
 
 def value_rows(mixer: nn.Module) -> slice | None:
     """Rows of a fused ``qkv`` projection (``AttentionMixer``: ``[q; k; v]``) that produce the values, or None
-    when the mixer has no fused QKV projection."""
+    when the mixer has no fused QKV projection. The projection may be any layer with ``out_features`` (an
+    ``nn.Linear``, or its factorised replacement from ``lightformer compress``)."""
     qkv = getattr(mixer, "qkv", None)
     cfg = getattr(mixer, "config", None)
-    if not isinstance(qkv, nn.Linear) or not hasattr(cfg, "kv_heads"):
+    if not isinstance(qkv, nn.Module) or not isinstance(getattr(qkv, "out_features", None), int) \
+            or not hasattr(cfg, "kv_heads"):
         return None
     v = cfg.kv_heads * cfg.head_dim
     return slice(qkv.out_features - v, qkv.out_features)
