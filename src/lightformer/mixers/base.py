@@ -164,6 +164,21 @@ class Capabilities:
 MIXERS: Registry[type["Mixer"]] = Registry("mixer")
 
 
+def plain_linear(module: nn.Module, *, allow_hooks: bool = False) -> bool:
+    """Whether calling ``module`` is exactly ``F.linear(x, module.weight, module.bias)``: an ``nn.Linear`` itself
+    (not a subclass), with a plain float ``nn.Parameter`` weight (not a quantised tensor subclass) and no forward
+    hooks (a pruning mask, Sub-LN's inner norm, the value residual).
+
+    A mixer may read such a layer's weight for an algebraic shortcut (Linformer's (E X) W_kᵀ); for any other
+    layer (quantised, factorised by ``compress``, hooked) it must call the module, or the replacement is bypassed.
+    ``allow_hooks=True`` is for a caller that has already called the layer in this forward (so a pre-hook such as
+    a pruning mask has set ``weight``) and reads only rows no forward hook changes (the value residual changes the
+    value rows of a fused ``qkv``).
+    """
+    return (type(module) is nn.Linear and type(module.weight) is nn.Parameter
+            and (allow_hooks or not (module._forward_hooks or module._forward_pre_hooks)))
+
+
 class Mixer(nn.Module):
     """Base class of every token mixer. Subclasses set ``config_class`` and ``capabilities`` and implement
     ``_forward`` (and ``_init_state``/``_step`` when ``capabilities.decode``)."""

@@ -19,7 +19,9 @@ parameter names ``qkv``/``out`` as ``softmax``; grouped-query heads via ``num_kv
 Complexity: O(T·proj_len·d) time and memory per head (the attention runs through SDPA, see
 ``ops/lowrank/linformer.py``); parameters 2·proj_len·max_len (per kv head when ``share_heads=False``). With
 ``share_heads=True`` the forward projects X along the sequence before the key/value maps, (E X) W_k = E (X W_k)
-(exact algebra, fewer flops); the oracle computes K = X W_k first.
+(exact algebra, fewer flops); the oracle computes K = X W_k first. That shortcut reads ``qkv.weight``, so it is
+taken only when ``qkv`` is a plain ``nn.Linear`` (``mixers.base.plain_linear``); a quantised or factorised ``qkv``
+(``lightformer compress``) or one with hooks is called like any other layer.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from torch import Tensor, nn
 from ..ops.lowrank import linformer as fast
 from ..ops.lowrank import naive
 from .attention import QKVConfig, AttentionMixer
-from .base import MIXERS, Capabilities
+from .base import MIXERS, Capabilities, plain_linear
 
 
 @dataclass(frozen=True)
@@ -101,9 +103,10 @@ class Linformer(AttentionMixer):
     def _forward(self, x: Tensor, key_padding_mask: Tensor | None) -> Tensor:
         cfg = self.config
         e, f = self._projections()
-        if cfg.share_heads:
+        if cfg.share_heads and plain_linear(self.qkv):
             # one E/F for all heads: project the inputs along the sequence first, (E X) W_k = E (X W_k), so the
-            # key/value maps run on proj_len rows instead of T (same parameters as the fused qkv projection)
+            # key/value maps run on proj_len rows instead of T (same parameters as the fused qkv projection).
+            # Only for a plain nn.Linear: a quantised, factorised or hooked qkv must be called, not read.
             h, hkv, d = cfg.num_heads, cfg.kv_heads, cfg.head_dim
             w_q, w_k, w_v = self.qkv.weight.split([h * d, hkv * d, hkv * d])
             b_q, b_k, b_v = (None,) * 3 if self.qkv.bias is None else self.qkv.bias.split([h * d, hkv * d, hkv * d])

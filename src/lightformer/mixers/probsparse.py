@@ -30,7 +30,7 @@ from torch import Tensor
 
 from ..ops.probsparse import naive, sparse
 from .attention import RotaryConfig, AttentionMixer, repeat_kv
-from .base import MIXERS, Capabilities
+from .base import MIXERS, Capabilities, plain_linear
 
 
 @dataclass(frozen=True)
@@ -79,15 +79,19 @@ class ProbSparseAttention(AttentionMixer):
         """q, k for the selection. Under CPU autocast the projections are bf16, whose rounding (~0.4%) is enough to
         swap near-tied queries in and out of the active set; the selection then uses float32 projections of x, so
         autocast changes the outputs only by rounding, never by a different choice of queries (costs one float32
-        projection of q, k under autocast only)."""
+        projection of q, k under autocast only; of the whole ``qkv`` layer when it is quantised or factorised)."""
         if not (torch.is_autocast_enabled("cpu") and q.dtype in (torch.bfloat16, torch.float16)):
             return q, k
         cfg = self.config
         n_qk = (cfg.num_heads + cfg.kv_heads) * cfg.head_dim
         with torch.autocast("cpu", enabled=False), torch.no_grad():
-            bias = None if self.qkv.bias is None else self.qkv.bias[:n_qk].float()
-            qk = rearrange(F.linear(x.float(), self.qkv.weight[:n_qk].float(), bias), "b t (n d) -> b n t d",
-                           d=cfg.head_dim)
+            # the q, k rows of the weight when it is a plain one (qkv ran in project(); no hook changes q, k)
+            if plain_linear(self.qkv, allow_hooks=True):
+                bias = None if self.qkv.bias is None else self.qkv.bias[:n_qk].float()
+                qk = F.linear(x.float(), self.qkv.weight[:n_qk].float(), bias)
+            else:  # quantised or factorised (lightformer compress): only calling the layer computes it
+                qk = self.qkv(x.float())[..., :n_qk].float()
+            qk = rearrange(qk, "b t (n d) -> b n t d", d=cfg.head_dim)
             q32, k32 = qk.split([cfg.num_heads, cfg.kv_heads], dim=1)
             if self.rotary is not None:
                 positions = torch.arange(x.shape[1], device=x.device)
