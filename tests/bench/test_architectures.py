@@ -298,10 +298,9 @@ def test_compare_trains_a_preset_as_one_architecture(tmp_path):
     text = out["markdown"].read_text()
     assert "| masformer | window=64 | rope |" in text
     assert "the schedule presets (masformer) are whole models and have no single-layer bench cell" in text
-    # advise takes the preset as a candidate, named as a whole; its cost is per whole model only
+    # advise takes the preset as a candidate, named as a whole; without its layer mixers' cells it is unmeasured
     a = advise(records, seq_len=64, causal=True, task="mqar")
-    assert {c.mixer: c.reason for c in a.rejected}["masformer"].startswith(
-        "unmeasured: a schedule preset has no single-layer bench cell")
+    assert {c.mixer: c.reason for c in a.rejected}["masformer"].startswith("layer mixer softmax: unmeasured")
     with pytest.raises(ValueError, match="neither a registered mixer nor a schedule preset"):
         run_compare(["hybrid_of_nothing"], out_dir=str(tmp_path))
 
@@ -314,17 +313,26 @@ def test_advise_judges_a_preset_by_its_layers():
 
     records = [cap("softmax", 0.9), cap("masformer", 0.95), cap("mamba_hybrid", 0.5)]
     causal = {c.mixer: c.reason for c in advise(records, seq_len=64, causal=True, task="mqar").rejected}
-    assert causal["masformer"].startswith("unmeasured: a schedule preset") and \
-        causal["mamba_hybrid"].startswith("unmeasured: a schedule preset")
+    # no bench cell of its layer mixers: unmeasured, naming the first layer mixer without one
+    assert causal["masformer"].startswith("layer mixer softmax: unmeasured") and \
+        causal["mamba_hybrid"].startswith("layer mixer mamba2: unmeasured")
     # non-causal: mamba_hybrid's mamba2 layers are causal-only; masformer's layers are not, so it is only unmeasured
     both = {c.mixer: c.reason for c in advise(records, seq_len=64, causal=False).rejected}
     assert both["mamba_hybrid"] == "causal-only (capabilities.non_causal=False)"
-    assert both["masformer"].startswith("unmeasured: a schedule preset")
+    assert both["masformer"].startswith("layer mixer softmax: unmeasured")
     assert not architecture_capabilities("mamba_hybrid").non_causal and architecture_capabilities("masformer").causal
     # a preset no record names is no candidate
     a = advise(records[:1], seq_len=64)
     assert not {"masformer", "mamba_hybrid"} & {c.mixer for c in a.picks + a.rejected}
-    assert "masformer: unmeasured" in advise(records, seq_len=64).format()
+    assert "masformer: layer mixer softmax: unmeasured" in advise(records, seq_len=64).format()
+    # with its layer mixers' own cells, a preset costs the mean over its 4 layers: (1 softmax + 3 sliding_window) / 4
+    from tests.bench.test_advise import rec
+
+    bench = [rec("softmax", 64, 100.0, 40.0, causal=True), rec("sliding_window", 64, 20.0, 8.0, causal=True)]
+    picks = {c.mixer: c for c in advise(records + bench, seq_len=64, causal=True, task="mqar").picks}
+    mas = picks["masformer"]
+    assert (mas.time_ms, mas.mem_mib) == pytest.approx(((100 + 3 * 20) / 4, (40 + 3 * 8) / 4))
+    assert mas.quality == pytest.approx(0.95) and "1×softmax + 3×sliding_window" in mas.cost_note
 
 
 def test_suite_eval_every_sets_the_validation_interval_and_the_key():

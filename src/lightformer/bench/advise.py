@@ -7,8 +7,9 @@ names it. For each one:
 
 1. Capabilities (registry; for a preset ``architecture_capabilities``, the meet of its layers' mixers):
    ``causal`` requested -> ``capabilities.causal``; ``decode`` requested -> ``capabilities.decode``. Unregistered
-   names are judged by their records alone. A preset that fits is ``unmeasured`` unless a record of the requested
-   mode names it: cost is measured per mixer layer, and a preset has only whole-model cells.
+   names are judged by their records alone. Cost is measured per mixer layer; a preset without a record of its own
+   costs the mean over its layers (at ``SCHEDULE_DEPTH`` layers) of its layer mixers' costs, so a hybrid ranks
+   on the same per-layer scale as a single mixer (and is unmeasured if one of its layer mixers is).
 2. Measurement: the records of ``mode`` / ``dtype`` / ``causal`` (and batch/dim/heads when given) at the nearest
    measured T >= ``seq_len``; if several match (e.g. different batch), the slowest is used (conservative). A
    non-ok status there (oom, timeout, gate_failed ...) rejects the mixer. With no record at T >= ``seq_len`` the
@@ -55,6 +56,7 @@ class Candidate:
     quality: float | None = None
     quality_metric: str = "val_bpc"
     quality_note: str = ""
+    cost_note: str = ""
     pareto: bool = False
     reason: str = ""
 
@@ -101,7 +103,7 @@ class Advice:
                 where += f" (nearest measured T >= {self.seq_len})"
             quality = (f"{c.quality_metric} {c.quality:.3g}{c.quality_note}" if c.quality is not None
                        else "no quality measured")
-            lines.append(f"  {i}. {c.name}: {c.time_ms:.4g} ms, {c.mem_mib:.4g} MiB {where} ({self.mode}, "
+            lines.append(f"  {i}. {c.name}: {c.time_ms:.4g} ms, {c.mem_mib:.4g} MiB{c.cost_note} {where} ({self.mode}, "
                          f"{self.dtype}), {quality}; {'Pareto-optimal' if c.pareto else 'dominated'}")
         if self.rejected:
             lines.append("Rejected:")
@@ -158,6 +160,37 @@ def _judge(c: Candidate, recs: list[dict[str, Any]], seq_len: int) -> None:
     scale = _scaling(c.mixer, seq_len, t)
     c.time_ms, c.mem_mib = worst["time_ms"] * scale, worst["mem_mib"] * scale
     c.measured_len, c.extrapolated = t, True
+
+
+#: depth at which a schedule preset's per-layer cost is estimated (the capacity recipes' and the model bench's)
+SCHEDULE_DEPTH = 4
+
+
+def _judge_schedule(c: Candidate, bench: list[dict[str, Any]], seq_len: int, matches) -> None:
+    """A schedule preset's cost per layer from its layers' own mixer cells: the mean over its layers (at
+    ``SCHEDULE_DEPTH`` layers) of each layer mixer's judged time and memory at ``seq_len``, so that it ranks on the
+    same per-layer scale as a single mixer. A layer mixer without a usable record makes the preset unmeasured (or
+    rejected), naming that mixer."""
+    from ..models.architecture import model_fields
+    from ..models.config import ModelConfig
+
+    layers = ModelConfig(num_layers=SCHEDULE_DEPTH, **model_fields(c.mixer)).mixers
+    times, mems, extrapolated, measured = [], [], False, []
+    for name in layers:
+        part = Candidate(name, {}, name)
+        _judge(part, [r for r in bench if r["mixer"] == name and not r.get("options") and matches(r)], seq_len)
+        if part.reason:
+            c.reason = f"layer mixer {name}: {part.reason}"
+            return
+        times.append(part.time_ms)
+        mems.append(part.mem_mib)
+        extrapolated |= part.extrapolated
+        measured.append(part.measured_len)
+    c.time_ms, c.mem_mib = sum(times) / len(times), sum(mems) / len(mems)
+    c.measured_len, c.extrapolated = max(measured), extrapolated
+    counts = {n: layers.count(n) for n in dict.fromkeys(layers)}
+    c.cost_note = " per layer: the mean of " + " + ".join(f"{k}×{n}" for n, k in counts.items()) + \
+        f" of {SCHEDULE_DEPTH} layers, from their own cells"
 
 
 def _capacity_quality(c: Candidate, capacity: list[dict[str, Any]], task: str, seq_len: int) -> None:
@@ -241,10 +274,12 @@ def advise(records: Iterable[dict[str, Any]], *, seq_len: int, max_memory_mib: f
                 okey and r["mode"] == mode and r["dtype"] == dtype and bool(r["causal"]) == bool(causal)
                 and (batch is None or r["batch"] == batch) and (dim is None or r["dim"] == dim)
                 and (heads is None or r["heads"] == heads)]
-        _judge(c, recs, seq_len)
         if not recs and mixer in SCHEDULE_PRESETS:
-            c.reason = ("unmeasured: a schedule preset has no single-layer bench cell, and its whole-model cells "
-                        "(bench --modes model-fwd+bwd) are not ranked against single mixer layers")
+            _judge_schedule(c, bench, seq_len, lambda r: r["mode"] == mode and r["dtype"] == dtype
+                            and bool(r["causal"]) == bool(causal) and (batch is None or r["batch"] == batch)
+                            and (dim is None or r["dim"] == dim) and (heads is None or r["heads"] == heads))
+        else:
+            _judge(c, recs, seq_len)
         if not c.reason and max_memory_mib is not None and c.mem_mib > max_memory_mib:
             c.reason = f"over memory ({c.mem_mib:.4g} MiB > {max_memory_mib:g} MiB at T={c.measured_len}" + \
                 (", extrapolated)" if c.extrapolated else ")")
