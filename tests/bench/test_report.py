@@ -111,6 +111,29 @@ def test_report_cli(tmp_path, capsys):
     assert args.func(args) == 0 and (tmp_path / "b" / "bench.html").exists()
 
 
+def test_report_of_bench_and_capacity_records_keeps_both(tmp_path):
+    """One results file with both kinds (e.g. docs/results/blocks.jsonl): the bench report and the leaderboard are
+    one Markdown document, neither overwrites the other."""
+    import json
+
+    from lightformer.bench.cli import add_report_parser
+
+    cap = {"kind": "capacity", "task": "lm", "mixer": "softmax", "label": "deepnorm", "seed": 0, "status": "ok",
+           "metric": "bpc", "value": 3.0, "model": {"block": "deepnorm"}, "train": {}, "task_options": {},
+           "mixer_options": {}, "lrs": [0.01], "params": 10, "state_size": None, "seq_len": 64,
+           "eval_n": 8, "lr_grid": [{"lr": 0.01, "val": 3.0, "history": [{"step": 10, "val_bpc": 3.1}, {"step": 20, "val_bpc": 3.0}]}]}
+    res = tmp_path / "r.jsonl"
+    res.write_text("\n".join(json.dumps(r) for r in [*RECORDS, cap]) + "\n")
+    parser = argparse.ArgumentParser()
+    add_report_parser(parser.add_subparsers())
+    args = parser.parse_args(["report", str(res), "--out-dir", str(tmp_path), "--name", "blocks"])
+    assert args.func(args) == 0
+    text = (tmp_path / "blocks.md").read_text()
+    assert "sliding_window" in text  # the bench tables
+    assert "## Training runs" in text and "softmax [deepnorm]" in text  # and the leaderboard
+    assert (tmp_path / "blocks_capacity.html").exists()
+
+
 def test_html_renders_in_chromium(tmp_path):
     if not CHROMIUM.exists():
         pytest.skip("chromium not installed at /usr/bin/chromium")

@@ -153,15 +153,23 @@ def run_report(args: argparse.Namespace) -> int:
         print(f"error: {args.results}: no such file", file=sys.stderr)
         return 2
     records = load_records(args.results)
-    if any(r.get("kind") == "bench" for r in records) or not records:
+    bench = any(r.get("kind") == "bench" for r in records) or not records
+    capacity = any(r.get("kind") == "capacity" for r in records)
+    if bench:
         paths = write_report(records, args.out_dir, name=args.name)
         print("\n".join(f"{k}: {v}" for k, v in paths.items() if k in ("markdown", "html")))
-    if any(r.get("kind") == "capacity" for r in records):
+    if capacity:
         from .leaderboard import write_leaderboard
 
-        name = "capacity" if args.name == "bench" else args.name
-        paths = write_leaderboard(records, args.out_dir, name=name)
-        print("\n".join(f"{k}: {v}" for k, v in paths.items() if k in ("markdown", "html")))
+        # one file of both kinds: the leaderboard goes beside the bench report and its Markdown is appended to it,
+        # so neither overwrites the other
+        name = ("capacity" if args.name == "bench" else args.name) if not bench else f"{args.name}_capacity"
+        board = write_leaderboard(records, args.out_dir, name=name)
+        print("\n".join(f"{k}: {v}" for k, v in board.items() if k in ("markdown", "html")))
+        if bench:
+            text = board["markdown"].read_text().split("\n", 1)[1]  # without its title
+            with open(paths["markdown"], "a", encoding="utf-8") as f:
+                f.write(f"\n## Training runs (`suite` records; also {board['html'].name})\n{text}")
     return 0
 
 
