@@ -147,6 +147,7 @@ def test_missing_peer_package_is_unavailable(tiny_grid, monkeypatch):
 def test_peak_rss_reset_survives_a_thread_exit():
     """After a larger earlier peak (and a thread exit, which on some kernels folds the peak into ru_maxrss), the
     reset high-water mark must still show the growth of a later, smaller allocation, not 0."""
+    import mmap
     import threading
 
     from lightformer.bench.cell import _peak_rss_kib, _reset_peak_rss
@@ -160,10 +161,13 @@ def test_peak_rss_reset_survives_a_thread_exit():
     if not _reset_peak_rss():
         pytest.skip("clear_refs not writable here")
     before = _peak_rss_kib()
-    small = bytearray(64 * 2**20)
-    small[:: 4096] = b"y" * len(range(0, len(small), 4096))
+    # a fresh anonymous mapping: its pages are new to the process whatever the allocator kept from earlier tests
+    # (a bytearray could reuse heap pages that are already resident and not grow the RSS at all)
+    small = mmap.mmap(-1, 64 * 2**20)
+    for offset in range(0, len(small), 4096):
+        small[offset] = 1
     grown_mib = (_peak_rss_kib() - before) / 1024
-    del small
+    small.close()
     assert 56 <= grown_mib <= 80
 
 
