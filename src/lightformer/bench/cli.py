@@ -65,6 +65,14 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--gate-len", type=int, help="T of the correctness gate (default 64)")
     g.add_argument("--gate-tol", type=float, help="max abs error of forward vs float64 oracle (default 1e-6)")
     g.add_argument("--plugin", action="append", default=[], help="module to import first (registers mixers)")
+    c = p.add_argument_group("trained checkpoints (instead of a grid)")
+    c.add_argument("--checkpoints", type=_csv(str), metavar="BASE,DIR,...",
+                   help="measure these checkpoints (training or `lightformer compress` output) against the first: "
+                        "model size, forward ms at --seq-lens (one T, default 256) and --batch (default 8), decode "
+                        "ms per token after T tokens, validation loss; --modes among eval,fwd,decode (default all); "
+                        "report with `lightformer report OUT --name compression`")
+    c.add_argument("--labels", type=_csv(str), metavar="NAME,...",
+                   help="row names of --checkpoints (default: each run directory's name)")
     p.add_argument("--out", default=DEFAULT_RESULTS, help=f"results JSON-lines file (default {DEFAULT_RESULTS})")
     p.add_argument("--force", action="store_true", help="re-measure cells already in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -111,6 +119,10 @@ def run_bench(args: argparse.Namespace) -> int:
     from .runner import run_sweep
 
     try:
+        if getattr(args, "checkpoints", None):
+            return _run_checkpoints(args)
+        if getattr(args, "labels", None):
+            raise ValueError("--labels names the rows of --checkpoints; give --checkpoints too")
         if args.report:
             paths = write_report(load_records(args.report), args.out_dir)
             print("\n".join(f"{k}: {v}" for k, v in paths.items() if k in ("markdown", "html")))
@@ -134,6 +146,42 @@ def run_bench(args: argparse.Namespace) -> int:
         return 2
 
 
+#: grid flags that mean nothing for trained checkpoints (their model fixes mixer, width, heads, dtype ...)
+_NOT_FOR_CHECKPOINTS = ("grid", "mixers", "dim", "heads", "dtype", "layers", "causal", "peers", "gate_len",
+                        "gate_tol", "max_memory", "compare_to", "report")
+
+
+def _run_checkpoints(args: argparse.Namespace) -> int:
+    """``bench --checkpoints``: one subprocess per (checkpoint, mode); see ``lightformer.bench.checkpoint_cell``."""
+    from .checkpoint_cell import CHECKPOINT_MODES, checkpoint_cells, run_checkpoints
+    from .grid import default_threads
+
+    given = [f for f in _NOT_FOR_CHECKPOINTS if getattr(args, f, None) not in (None, False, [])]
+    if given or args.option or args.plugin:
+        names = [f"--{f.replace('_', '-')}" for f in given] + (["--option"] if args.option else []) + \
+            (["--plugin"] if args.plugin else [])
+        raise ValueError(f"{', '.join(names)} cannot be used with --checkpoints: a checkpoint's model fixes its "
+                         "architecture; give --seq-lens, --batch, --modes, --threads, --warmup, --repeats, --timeout")
+    seq_lens, batches = args.seq_lens or [256], args.batch or [8]
+    if len(seq_lens) != 1 or len(batches) != 1:
+        raise ValueError(f"--checkpoints measures one shape: give one --seq-lens and one --batch, got {seq_lens} "
+                         f"and {batches}")
+    modes = args.modes or list(CHECKPOINT_MODES)
+    bad = [m for m in modes if m not in CHECKPOINT_MODES]
+    if bad:
+        raise ValueError(f"--modes {','.join(bad)}: with --checkpoints choose among {','.join(CHECKPOINT_MODES)}")
+    optional = {k: v for k, v in (("warmup", args.warmup), ("repeats", args.repeats), ("timeout_s", args.timeout))
+                if v is not None}
+    cells = checkpoint_cells(args.checkpoints, modes=modes, seq_len=seq_lens[0], batch=batches[0],
+                             threads=args.threads or default_threads(), labels=args.labels, **optional)
+    records = run_checkpoints(cells, args.out, force=args.force, progress=not args.no_progress)
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    print(f"{len(records)} cells -> {args.out}: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    return 0
+
+
 def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
     """``lightformer report RESULTS [--out-dir DIR]``: Markdown + PNG + HTML."""
     p = subparsers.add_parser("report", help="Markdown/PNG/HTML report of bench results and/or the capacity "
@@ -153,8 +201,16 @@ def run_report(args: argparse.Namespace) -> int:
         print(f"error: {args.results}: no such file", file=sys.stderr)
         return 2
     records = load_records(args.results)
+    checkpoints = any(r.get("kind") == "checkpoint" for r in records)
     bench = any(r.get("kind") == "bench" for r in records) or not records
     capacity = any(r.get("kind") == "capacity" for r in records)
+    if checkpoints:
+        from .compression_report import write_compression_report
+
+        name = ("compression" if args.name == "bench" else args.name) if not (bench or capacity) else \
+            f"{args.name}_compression"
+        paths = write_compression_report(records, args.out_dir, name=name)
+        print("\n".join(f"{k}: {v}" for k, v in paths.items() if k in ("markdown", "html")))
     if bench:
         paths = write_report(records, args.out_dir, name=args.name)
         print("\n".join(f"{k}: {v}" for k, v in paths.items() if k in ("markdown", "html")))

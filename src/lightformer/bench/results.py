@@ -41,8 +41,10 @@ Schema (``kind == "bench"``; every key is always present, ``None`` where not app
     elapsed_s     float | None    wall time of the subprocess (s)
 
 Records of the other kinds share the file and are kept by ``load_records``; each kind has one builder here and a
-schema version: ``quality`` (``compare``'s LM quality per mixer, ``quality_record``) and ``capacity``
-(``lightformer suite``'s task metric per (task, mixer, seed), ``capacity_record``; fields listed there).
+schema version: ``quality`` (``compare``'s LM quality per mixer, ``quality_record``), ``capacity``
+(``lightformer suite``'s task metric per (task, mixer, seed), ``capacity_record``; fields listed there) and
+``checkpoint`` (``bench --checkpoints``: a trained or compressed checkpoint's size, speed and validation loss,
+``lightformer.bench.checkpoint_cell.checkpoint_record``).
 """
 
 from __future__ import annotations

@@ -230,9 +230,10 @@ def _cell_text(r: dict[str, Any], by_shape: dict) -> str:
     return text + (" · " + " · ".join(ratios) if ratios else "")
 
 
-def machine_line(records: Iterable[dict[str, Any]]) -> str:
-    """``CPU · threads · torch · git commit · date`` over the bench records (distinct values joined by ``,``)."""
-    recs = [r for r in records if r.get("kind") == "bench"]
+def machine_line(records: Iterable[dict[str, Any]], kinds: tuple[str, ...] = ("bench",)) -> str:
+    """``CPU · threads · torch · git commit · date`` over the records of ``kinds`` (distinct values joined by
+    ``,``)."""
+    recs = [r for r in records if r.get("kind") in kinds]
 
     def values(field_: str) -> str:
         vals = sorted({str(r.get(field_)) for r in recs if r.get(field_) is not None})

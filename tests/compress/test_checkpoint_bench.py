@@ -1,0 +1,131 @@
+"""``lightformer bench --checkpoints``: trained checkpoints measured in subprocesses against the first one, and the
+compression report built from their records (sizes, ratios, loss deltas and Pareto fronts with real numbers)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lightformer.bench.checkpoint_cell import CheckpointCell, checkpoint_cells, measure
+from lightformer.bench.compression_report import build_groups, pareto, rows, write_compression_report
+from lightformer.cli import main
+from lightformer.compress import compress_checkpoint
+from lightformer.train.checkpoint import load_trained
+from lightformer.train.evaluate import evaluate
+
+
+def test_pareto_front_by_hand():
+    assert pareto([(1, 2), (2, 1), (2, 2)]) == [True, True, False]
+    assert pareto([(1, 1), (1, 1)]) == [True, True]  # equal points do not dominate each other
+    assert pareto([(3, 3), (1, 1), (2, 0.5)]) == [False, True, True]
+
+
+def test_cells_name_runs_and_refuse_bad_input(trained, tmp_path):
+    cells = checkpoint_cells([str(trained)], modes=["fwd"], seq_len=16, batch=2, threads=1)
+    assert [(c.label, c.mode, c.baseline) for c in cells] == [(trained.name, "fwd", str(trained))]
+    with pytest.raises(ValueError, match="checkpoints"):
+        checkpoint_cells([])
+    with pytest.raises(FileNotFoundError):
+        checkpoint_cells([str(tmp_path / "missing")])
+    with pytest.raises(ValueError, match="labels"):
+        checkpoint_cells([str(trained), str(trained)])  # two rows named alike
+    with pytest.raises(ValueError, match="mode"):
+        CheckpointCell(checkpoint=str(trained), label="a", baseline=str(trained), mode="fwd+bwd")
+    with pytest.raises(ValueError, match="seq_len"):
+        CheckpointCell(checkpoint=str(trained), label="a", baseline=str(trained), mode="fwd", seq_len=0)
+
+
+def test_measure_in_process_matches_the_checkpoint(trained):
+    model, task, run_config, _ = load_trained(trained)
+    tc = run_config.train
+    want = evaluate(model, task, "val", n=tc.eval_iters * tc.batch_size, batch_size=tc.batch_size)
+    cell = CheckpointCell(checkpoint=str(trained), label="fp32", baseline=str(trained), mode="eval")
+    rec = measure(cell)
+    assert rec["status"] == "ok" and rec["kind"] == "checkpoint" and rec["is_baseline"]
+    assert rec["metrics"]["loss"] == pytest.approx(want["loss"], rel=1e-6)
+    n = sum(p.numel() for p in model.parameters())
+    assert rec["num_params"] == n
+    # fp32 tensors: the state dict's bytes are 4 per value (the tied head counted once), plus nothing else
+    assert rec["model_mib"] * 2**20 == pytest.approx(4 * n, rel=1e-3)
+    assert 0 < rec["blocks_mib"] < rec["model_mib"]
+    dec = measure(CheckpointCell(checkpoint=str(trained), label="fp32", baseline=str(trained), mode="decode",
+                                 seq_len=8, batch=1, repeats=1, warmup=0))
+    assert dec["status"] == "ok" and dec["time_ms"] > 0 and dec["decode_steps"] > 0
+
+
+def test_bench_checkpoints_cli_and_report(trained, tmp_path):
+    pytest.importorskip("torchao", reason="int8 needs the compress extra (torchao)")
+    svd = compress_checkpoint(trained, "svd", {"energy": 0.7}, tmp_path / "svd70")
+    out = tmp_path / "compression.jsonl"
+    code = main(["bench", "--checkpoints", f"{trained},{tmp_path / 'svd70'}", "--labels", "fp32,svd70",
+                 "--seq-lens", "16", "--batch", "2", "--threads", "1", "--repeats", "1", "--out", str(out),
+                 "--no-progress"])
+    assert code == 0
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted((r["label"], r["mode"], r["status"]) for r in recs) == sorted(
+        (label, mode, "ok") for label in ("fp32", "svd70") for mode in ("eval", "fwd", "decode"))
+    by = {(r["label"], r["mode"]): r for r in recs}
+    assert by[("svd70", "eval")]["method"] == "svd" and by[("fp32", "eval")]["method"] is None
+    assert by[("svd70", "eval")]["metrics"]["loss"] == pytest.approx(svd.metrics_after["loss"], rel=1e-6)
+    assert by[("svd70", "eval")]["num_params"] == svd.num_params_after
+    # a second run skips measured cells
+    assert main(["bench", "--checkpoints", f"{trained},{tmp_path / 'svd70'}", "--labels", "fp32,svd70",
+                 "--seq-lens", "16", "--batch", "2", "--threads", "1", "--repeats", "1", "--out", str(out),
+                 "--no-progress"]) == 0
+    assert len(out.read_text().splitlines()) == 6
+
+    (group,) = build_groups(recs)
+    table = {row[0]: row for row in rows(group)}
+    base, small = table["fp32 *(baseline)*"], table["svd70"]
+    assert base[3] == "×1.00" and base[10] == "+0.0000"
+    ratio = by[("svd70", "eval")]["model_mib"] / by[("fp32", "eval")]["model_mib"]
+    assert small[3] == f"×{ratio:.2f}" and ratio < 1
+    delta = svd.metrics_after["loss"] - svd.metrics_before["loss"]
+    assert small[10] == f"{delta:+.4f}"
+    assert small[1] == "svd (energy=0.7, finetune_steps=0)"
+    # the smaller model is on the size front whatever its loss; the baseline too when it is the more accurate
+    assert "size" in small[11]
+    assert ("size" in base[11]) == (delta > 0)
+
+    assert main(["report", str(out), "--out-dir", str(tmp_path / "rep"), "--name", "compression"]) == 0
+    md = (tmp_path / "rep" / "compression.md").read_text()
+    assert "| svd70 | svd (energy=0.7, finetune_steps=0) |" in md and "T=16, B=2" in md
+    assert (tmp_path / "rep" / "compression_pareto.png").stat().st_size > 0
+    assert "<table>" in (tmp_path / "rep" / "compression.html").read_text()
+
+
+def test_bench_checkpoints_refuses_grid_flags(trained, capsys):
+    assert main(["bench", "--checkpoints", str(trained), "--mixers", "softmax", "--no-progress"]) == 2
+    assert "--mixers cannot be used with --checkpoints" in capsys.readouterr().err
+    assert main(["bench", "--checkpoints", str(trained), "--modes", "fwd+bwd", "--no-progress"]) == 2
+    assert "choose among eval,fwd,decode" in capsys.readouterr().err
+    assert main(["bench", "--checkpoints", str(trained), "--seq-lens", "16,32", "--no-progress"]) == 2
+    assert "one shape" in capsys.readouterr().err
+    assert main(["bench", "--labels", "a", "--no-progress"]) == 2
+    assert "--labels" in capsys.readouterr().err
+
+
+def test_report_unrelated_groups_and_failures(tmp_path):
+    def rec(label, mode, **kw):
+        base = {"kind": "checkpoint", "status": "ok", "reason": None, "checkpoint": f"/r/{label}", "label": label,
+                "baseline": "/r/base", "is_baseline": label == "base", "mode": mode, "seq_len": 256, "batch": 8,
+                "method": None, "method_options": None, "model_mib": 4.0, "file_mib": 4.1, "time_ms": None,
+                "metrics": {}, "cpu": "cpu", "threads": 1, "torch": "t", "git_commit": "abc", "timestamp": "2026"}
+        base.update(kw)
+        return base
+
+    recs = [rec("base", "fwd", time_ms=100.0), rec("base", "eval", metrics={"loss": 1.5}),
+            rec("base", "decode", time_ms=2.0),
+            rec("q", "fwd", time_ms=150.0, model_mib=1.0, method="int8", method_options={"exclude": []}),
+            rec("q", "eval", metrics={"loss": 1.52}, model_mib=1.0, method="int8"),
+            rec("q", "decode", status="error", reason="RuntimeError: boom\ntrace", model_mib=None)]
+    (group,) = build_groups(recs)
+    table = {row[0]: row for row in rows(group)}
+    assert table["q"][1] == "int8"  # empty option lists are not shown
+    assert table["q"][3] == "×0.25" and table["q"][6] == "×1.50" and table["q"][8] == "—"
+    assert table["q"][10] == "+0.0200"
+    assert table["q"][11] == "size; decode: error (RuntimeError: boom)"
+    assert table["base *(baseline)*"][11] == "size, speed"
+    paths = write_compression_report(recs, tmp_path)
+    assert "Machine: cpu · 1 threads · torch t · git abc" in paths["markdown"].read_text()
