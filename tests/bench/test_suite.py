@@ -20,7 +20,8 @@ from lightformer.bench import capacity as capacity_mod
 from lightformer.bench import runner as runner_mod
 from lightformer.bench import suite as suite_mod
 from lightformer.bench.capacity import CapacityCell, run
-from lightformer.bench.leaderboard import Entry, best_and_ties, entries, mean_accuracy, mean_ranks, write_leaderboard
+from lightformer.bench.leaderboard import (Entry, best_and_ties, entries, header_lines, mean_accuracy, mean_ranks,
+                                          write_leaderboard)
 from lightformer.bench.results import capacity_record, capacity_records, load_records
 from lightformer.bench.recipes import recipe
 from lightformer.bench.state_size import state_size
@@ -640,3 +641,19 @@ def test_state_size_is_measured_for_decoders_and_matches_zoology():
     assert state_size("bigbird", {}, dim=d, num_heads=h, seq_len=t) == 2 * t * d  # a decoder's KV cache
     assert state_size("hyena", {}, dim=d, num_heads=h, seq_len=t) == t * d  # no finite state: its input history
     assert state_size("mamba", {"d_state": 16}, dim=d, num_heads=h, seq_len=t) == 2 * d * (16 + 3)  # h + conv window
+
+
+def test_header_gives_each_setting_of_a_task_its_own_line():
+    a = cap("mqar", "softmax", 0, 0.9)
+    b = dict(cap("mqar", "softmax", 0, 0.8, lrs=(1e-2,)), label="lr 1e-2")
+    c = dict(cap("mqar", "linear", 0, 0.5, lrs=(1e-2,)), label="lr 1e-2")
+    lines = header_lines([a, b, c])
+    mqar = [line for line in lines if line.startswith("- **mqar**")]
+    assert mqar == [
+        "- **mqar** (num_kv_pairs=4, seq_len=32, vocab_size=32): 2 layers × width 64, 2 heads (68,608 parameters); "
+        "batch 16; budget ≤ 3 steps per learning rate, lr ∈ {0.001, 0.03} chosen on validation (32 examples); "
+        "seeds [0] — runs without a label",
+        "- **mqar** (num_kv_pairs=4, seq_len=32, vocab_size=32): 2 layers × width 64, 2 heads "
+        "(68,000–68,608 parameters); batch 16; budget ≤ 3 steps per learning rate, lr ∈ {0.01} chosen on "
+        "validation (32 examples); seeds [0] — runs **lr 1e-2**"]
+    assert header_lines([a])[2].endswith("seeds [0]")  # one setting: no run list

@@ -155,24 +155,43 @@ def header_lines(records: list[dict[str, Any]]) -> list[str]:
     dates = sorted(str(r.get("timestamp", ""))[:10] for r in caps)
     lines = [f"Machine: {', '.join(vals['cpu'])} · {', '.join(vals['threads'])} threads · torch "
              f"{', '.join(vals['torch'])} · git {', '.join(vals['git_commit'])} · {dates[-1]}", ""]
-    seen: dict[str, dict[str, Any]] = {}
-    for r in caps:
-        seen.setdefault(r["task"], r)
-    for task, r in sorted(seen.items()):
-        opts = ", ".join(f"{k}={v}" for k, v in sorted(r["task_options"].items())) or "defaults"
-        m = r["model"]
-        tr = r["train"]
-        budget = (f"{tr['max_time']:g} s" if tr.get("max_time") else "") + \
-            (f"{' / ' if tr.get('max_time') else ''}≤ {tr['max_steps']} steps" if tr.get("max_steps") else "")
-        params = sorted({x["params"] for x in caps if x["task"] == task and x.get("params")})
-        size = f"{params[0]:,}–{params[-1]:,} parameters" if params else "size unknown"
-        seeds = sorted({x["seed"] for x in caps if x["task"] == task})
-        lines.append(f"- **{task}** ({opts}): {m.get('num_layers')} layers × width {m.get('dim')}, "
-                     f"{m.get('num_heads')} heads ({size}); batch {tr.get('batch_size')}; budget {budget} per "
-                     f"learning rate, lr ∈ {{{', '.join(f'{x:g}' for x in r['lrs'])}}} chosen on validation "
-                     f"({r['eval_n']} examples); seeds {seeds}")
-        lines += _variant_lines([x for x in caps if x["task"] == task])
+    for task in sorted({r["task"] for r in caps}):
+        recs = [x for x in caps if x["task"] == task]
+        settings: dict[str, list[dict[str, Any]]] = {}
+        for x in recs:  # runs of one task with other task options, budgets or grids each get their own line
+            settings.setdefault(_settings(x), []).append(x)
+        for group in settings.values():
+            labels = sorted({x.get("label") or "" for x in group})
+            which = "" if len(settings) == 1 else (" — runs " + ", ".join(f"**{lab}**" if lab else "without a label"
+                                                                          for lab in labels))
+            lines.append(_settings_line(task, group) + which)
+        lines += _variant_lines(recs)
     return lines
+
+
+def _budget(tr: dict[str, Any]) -> str:
+    return (f"{tr['max_time']:g} s" if tr.get("max_time") else "") + \
+        (f"{' / ' if tr.get('max_time') else ''}≤ {tr['max_steps']} steps" if tr.get("max_steps") else "")
+
+
+def _settings(r: dict[str, Any]) -> str:
+    """What a header line states of a run, as a key: task options, batch, budget, grid, evaluation size."""
+    tr = r["train"]
+    return json.dumps([r["task_options"], tr.get("batch_size"), _budget(tr), r["lrs"], r["eval_n"]], sort_keys=True)
+
+
+def _settings_line(task: str, group: list[dict[str, Any]]) -> str:
+    r = group[0]
+    opts = ", ".join(f"{k}={v}" for k, v in sorted(r["task_options"].items())) or "defaults"
+    m, tr = r["model"], r["train"]
+    params = sorted({x["params"] for x in group if x.get("params")})
+    size = "size unknown" if not params else f"{params[0]:,} parameters" if len(params) == 1 else \
+        f"{params[0]:,}–{params[-1]:,} parameters"
+    seeds = sorted({x["seed"] for x in group})
+    return (f"- **{task}** ({opts}): {m.get('num_layers')} layers × width {m.get('dim')}, {m.get('num_heads')} "
+            f"heads ({size}); batch {tr.get('batch_size')}; budget {_budget(tr)} per learning rate, lr ∈ "
+            f"{{{', '.join(f'{x:g}' for x in r['lrs'])}}} chosen on validation ({r['eval_n']} examples); seeds "
+            f"{seeds}")
 
 
 def _variant_lines(caps: list[dict[str, Any]]) -> list[str]:
