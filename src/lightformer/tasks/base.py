@@ -99,11 +99,16 @@ class Loss:
         count: number of scored units (tokens, examples or query points).
         sums: per metric, the sum over the scored units (a metric's value is ``sums[m] / count`` summed over
             batches), as floats.
+        logits: the class scores behind ``loss``, ``[N, C]`` float32, one row per scored unit (``N = count``), and
+        targets: their labels ``[N]`` int64: what knowledge distillation (``train/distill.py``) compares with a
+            teacher's logits on the same batch. ``None`` for tasks without class scores (``regression``).
     """
 
     loss: Tensor
     count: int
     sums: dict[str, float]
+    logits: Tensor | None = None
+    targets: Tensor | None = None
 
 
 def classification_loss(logits: Tensor, labels: Tensor) -> Loss:
@@ -111,7 +116,7 @@ def classification_loss(logits: Tensor, labels: Tensor) -> Loss:
     n = labels.shape[0]
     loss = F.cross_entropy(logits, labels)
     correct = (logits.argmax(-1) == labels).sum()
-    return Loss(loss, n, {"accuracy": float(correct), "loss": float(loss.detach()) * n})
+    return Loss(loss, n, {"accuracy": float(correct), "loss": float(loss.detach()) * n}, logits, labels)
 
 
 TASKS: Registry[type["Task"]] = Registry("task")

@@ -121,10 +121,10 @@ class LanguageModelling(Task):
 
     def loss(self, model: nn.Module, batch: tuple) -> Loss:
         inputs, targets = batch
-        _, loss = model(inputs, targets)
+        logits, loss = model(inputs, targets)
         count = targets.numel()
         nats = float(loss.detach()) * count
-        return Loss(loss, count, {"bpc": nats / LN2, "loss": nats})
+        return Loss(loss, count, {"bpc": nats / LN2, "loss": nats}, logits.flatten(0, 1), targets.flatten())
 
     def format_example(self, batch: tuple, i: int) -> str:
         inputs, targets = batch

@@ -33,6 +33,10 @@ def parse_duration(value: str | float | int | None) -> float | None:
     return float(m.group(1)) * scale
 
 
+#: defaults of ``TrainConfig.distill_temperature`` / ``distill_alpha`` (why: see its docstring)
+DISTILL_TEMPERATURE, DISTILL_ALPHA = 2.0, 0.5
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation and data options.
@@ -53,6 +57,14 @@ class TrainConfig:
         seed: seeds the model init, the batch sampler and dropout.
         out_dir: where checkpoints go (``None`` = no checkpoints).
         threads: torch intra-op threads (0 = torch default).
+        teacher: a trained checkpoint (out_dir or checkpoint folder) of the same task, vocabulary and head to distil
+            from (``train/distill.py``; Hinton, Vinyals & Dean 2015), or ``None``. Its mixers may differ.
+        distill_temperature: T > 0 of the softened distributions. 2.0 by default: Hinton et al. tried T in
+            {1, 2, 5, 10} on their speech model (Sec. 4) and found intermediate T best for small students on MNIST
+            (2.5 to 4 at 30 units per layer, Sec. 3); a char/byte LM's next-token distribution is already far from
+            one-hot (~1.5 nats), so a high T would flatten it towards uniform.
+        distill_alpha: weight α in [0, 1] of the soft term: loss = α·T²·KL + (1 − α)·CE (0 = plain training).
+            0.5 by default, the equal mix of the paper's speech experiment (a weight of 0.5 on the hard targets).
     """
 
     data: str = "stdlib"
@@ -76,6 +88,9 @@ class TrainConfig:
     seed: int = 1337
     out_dir: str | None = None
     threads: int = 0
+    teacher: str | None = None
+    distill_temperature: float = DISTILL_TEMPERATURE
+    distill_alpha: float = DISTILL_ALPHA
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "block_size", "eval_interval", "eval_iters"):
@@ -96,6 +111,19 @@ class TrainConfig:
             raise ValueError(f"bf16 must be true, false or 'auto', got {self.bf16!r}")
         if self.warmup_steps < 0 or self.grad_clip < 0 or self.checkpoint_interval < 0 or self.threads < 0:
             raise ValueError("warmup_steps, grad_clip, checkpoint_interval and threads must be >= 0")
+        self._check_distillation()
+
+    def _check_distillation(self) -> None:
+        if self.teacher is not None and (not isinstance(self.teacher, str) or not self.teacher):
+            raise ValueError(f"teacher must be a checkpoint directory or unset, got {self.teacher!r}")
+        t, a = self.distill_temperature, self.distill_alpha
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < float("inf"):
+            raise ValueError(f"distill_temperature must be a finite number > 0, got {t!r}")
+        if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 <= a <= 1:
+            raise ValueError(f"distill_alpha must be a number in [0, 1], got {a!r}")
+        if self.teacher is None and (t, a) != (DISTILL_TEMPERATURE, DISTILL_ALPHA):
+            raise ValueError(f"distill_temperature={t!r} / distill_alpha={a!r} are set but teacher is not: there "
+                             "is nothing to distil from")
 
     @property
     def max_seconds(self) -> float | None:

@@ -15,10 +15,11 @@ import torch
 from tqdm.auto import tqdm
 
 from ..blocks import collect_aux_loss, collect_aux_stats
-from ..tasks.base import Task, batch_to
+from ..tasks.base import Loss, Task, batch_to
 from ..tasks.text import Corpus
 from . import checkpoint
 from .config import RunConfig
+from .distill import DistillLoss, distillation_loss, load_teacher
 from .evaluate import autocast_context, evaluate
 from .optim import build_optimizer
 from .precision import resolve_bf16
@@ -40,6 +41,8 @@ class TrainResult:
             target is not ignored, or examples); seconds: training wall time including evaluations.
         task: the task's registry name; tokenizer: ``"byte" | "char"`` for ``lm``, else ``None``.
         diverged_at: the step whose training loss was NaN or infinite, where the run stopped; ``None`` if none was.
+        teacher: the distillation teacher (``train.teacher``): its resolved checkpoint ``path``, run ``config`` and
+            ``step``; ``None`` without one. ``train_loss`` stays the task's (hard-label) loss either way.
     """
 
     metrics: dict[str, float]
@@ -53,6 +56,7 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     checkpoint: str | None = None
     diverged_at: int | None = None
+    teacher: dict[str, Any] | None = None
 
     @property
     def val_loss(self) -> float | None:
@@ -96,8 +100,14 @@ class Trainer:
     the run seed's own stream, so a resumed run sees the batches the whole run would have. Evaluation uses the
     task's canonical validation set (``eval_iters · batch_size`` examples), the same for every run and seed.
 
+    With ``train.teacher`` the student minimises Hinton et al.'s (2015) mix of the teacher's softened targets and
+    the task's loss (``train/distill.py``), the teacher run on each training batch in eval mode without gradient;
+    the history logs both terms (``train_distill_loss``, ``train_hard_loss``). Evaluation is the task's own.
+
     Raises:
-        ValueError: bad config values, or a task whose length exceeds ``model.max_len`` with absolute positions.
+        ValueError: bad config values, a task whose length exceeds ``model.max_len`` with absolute positions, or a
+            teacher that cannot teach this task's model (message names ``teacher``).
+        FileNotFoundError: no checkpoint at ``train.teacher``.
     """
 
     def __init__(self, config: RunConfig, corpus: Corpus | None = None, *, task: Task | None = None,
@@ -112,6 +122,9 @@ class Trainer:
         self.model = self.task.build_model(model_cfg)
         self.optimizer = build_optimizer(self.model, tc)
         self.device = torch.device("cpu")
+        # not a submodule of the student: outside its optimizer, its parameters and its checkpoint
+        self.teacher = None if tc.teacher is None else load_teacher(tc.teacher, self.task, self.model,
+                                                                     device=self.device)
         self.step = 0
         self.tokens = 0
         self.scored = 0
@@ -160,6 +173,8 @@ class Trainer:
         if self.task.kind == "lm":
             state.update(tokenizer=self.corpus.tokenizer.to_json(), data=self.corpus.name,
                          data_sha256=self.corpus.sha256)
+        if self.teacher is not None:
+            state["teacher"] = self.teacher.record
         return state
 
     def save(self) -> str | None:
@@ -180,6 +195,10 @@ class Trainer:
                              f"{state.get('task_options', '')}, not {self.task.describe()}")
         if self.task.kind == "lm" and state.get("data_sha256") != self.corpus.sha256:
             raise ValueError(f"resume={path!r}: the checkpoint was trained on other data ({state.get('data')})")
+        was, now = (state.get("teacher") or {}).get("path"), self.teacher and self.teacher.record["path"]
+        if was != now:
+            raise ValueError(f"resume={path!r}: the checkpoint was distilled from teacher={was!r}, this run from "
+                             f"teacher={now!r}")
         checkpoint.restore(path, self.model, self.optimizer)
         self.step, self.tokens, self.elapsed = state["step"], state["tokens"], state["elapsed"]
         self.scored = state.get("scored", self.tokens)
@@ -208,9 +227,11 @@ class Trainer:
             with self.autocast():
                 out = self.task.loss(self.model, batch)
                 aux = collect_aux_loss(self.model)  # e.g. MoE load balancing, set by the forward just run
+                distilled = None if self.teacher is None else self._distill(out, batch)
+            objective = out.loss if distilled is None else distilled.loss
             self.optimizer.zero_grad(set_to_none=True)
-            (out.loss if aux is None else out.loss + aux).backward()
-            self._accumulate_aux(aux)
+            (objective if aux is None else objective + aux).backward()
+            self._accumulate_aux(aux, distilled)
             if tc.grad_clip:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip, foreach=True)
             self.optimizer.step()
@@ -222,9 +243,10 @@ class Trainer:
             bar.update(1)
             bar.set_postfix(loss=f"{train_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{self.tokens / self.elapsed:,.0f}",
                             left=f"{self._time_left():.0f}s")
-            if not math.isfinite(train_loss):
+            if not math.isfinite(train_loss) or not math.isfinite(float(objective.detach())):
                 diverged_at = self.step
-                self.log(f"step {self.step}: training loss {train_loss}: diverged, stopping")
+                self.log(f"step {self.step}: training loss {train_loss} (objective {float(objective)}): diverged, "
+                         "stopping")
                 break
             if self.step % tc.eval_interval == 0:
                 last = self._record(train_loss)  # evaluation time counts against the budget
@@ -239,17 +261,31 @@ class Trainer:
         return TrainResult(metrics=metrics, train_loss=train_loss, steps=self.step, tokens=self.tokens,
                            scored=self.scored, seconds=self.elapsed, task=self.task.name,
                            tokenizer=self.corpus.tokenizer.kind if self.task.kind == "lm" else None,
-                           history=self.history, checkpoint=path, diverged_at=diverged_at)
+                           history=self.history, checkpoint=path, diverged_at=diverged_at,
+                           teacher=None if self.teacher is None else self.teacher.record)
 
     def _time_left(self) -> float:
         p = self.progress()
         return max(0.0, self.elapsed * (1 - p) / p) if p > 0 else float("nan")
 
-    def _accumulate_aux(self, aux: torch.Tensor | None) -> None:
-        """Sum the auxiliary loss and the blocks' statistics (e.g. ``moe_dropped`` tokens) since the last record."""
+    def _distill(self, out: Loss, batch: tuple) -> DistillLoss:
+        """The distillation objective of this batch: the teacher's logits on the same batch (eval mode, no
+        gradient) against the student's ``out.logits``, mixed with the task's own loss ``out.loss``."""
+        tc = self.config.train
+        with torch.no_grad():
+            teacher_logits = self.task.loss(self.teacher.model, batch).logits
+        return distillation_loss(out.logits, teacher_logits, out.targets, temperature=tc.distill_temperature,
+                                 alpha=tc.distill_alpha, hard=out.loss)
+
+    def _accumulate_aux(self, aux: torch.Tensor | None, distilled: DistillLoss | None = None) -> None:
+        """Sum the auxiliary loss, the distillation terms and the blocks' statistics (e.g. ``moe_dropped`` tokens)
+        since the last record."""
         stats = collect_aux_stats(self.model)
         if aux is not None:
             stats["aux_loss"] = float(aux.detach())
+        if distilled is not None:
+            stats["distill_loss"] = float(distilled.soft.detach())
+            stats["hard_loss"] = float(distilled.hard.detach())
         if stats:
             stats["aux_steps"] = 1.0
         for key, value in stats.items():
@@ -259,8 +295,9 @@ class Trainer:
         metrics = self.evaluate("val")
         aux, self._aux = self._aux, {}
         steps = aux.pop("aux_steps", 0.0)
-        if "aux_loss" in aux:
-            aux["aux_loss"] /= steps  # mean per step; counts (dropped tokens) stay totals over the interval
+        for key in ("aux_loss", "distill_loss", "hard_loss"):
+            if key in aux:
+                aux[key] /= steps  # mean per step; counts (dropped tokens) stay totals over the interval
         row = {"step": self.step, "tokens": self.tokens, "seconds": round(self.elapsed, 3), "train_loss": train_loss,
                **{f"train_{k}": v for k, v in aux.items()},
                **{f"val_{k}": v for k, v in metrics.items() if k != "count"}}
