@@ -31,13 +31,27 @@ class QKVConfig(MixerConfig):
             (Shazeer 2019, "Fast Transformer Decoding: One Write-Head is All You Need"; Ainslie et al. 2023, GQA).
             Must divide ``num_heads``.
         bias: use biases in the QKV and output projections.
+        head_dim: width d of each head; ``None`` = ``dim // num_heads`` (the usual H·d = D). Set, the inner width
+            H·d may differ from D (``qkv`` is ``[(H + 2·H_kv)·d, D]``, ``out`` ``[D, H·d]``): a layer whose heads
+            were removed by ``compress`` ``structured_prune`` keeps its head width with fewer heads. Resolved at
+            construction, so ``config.head_dim`` is always the int (a ``dataclasses.replace`` that changes
+            ``num_heads`` must pass ``head_dim=None`` to derive it again).
     """
 
     num_kv_heads: int | None = None
     bias: bool = False
+    head_dim: int | None = None  # type: ignore[assignment]  # the base class derives it; here it may be given
+
+    def _explicit_head_dim(self) -> bool:
+        return self.head_dim is not None
 
     def __post_init__(self) -> None:
+        if self.head_dim is not None and (isinstance(self.head_dim, bool) or not isinstance(self.head_dim, int)
+                                          or self.head_dim <= 0):
+            raise ValueError(f"head_dim must be a positive int or None, got {self.head_dim!r}")
         super().__post_init__()
+        if self.head_dim is None:
+            object.__setattr__(self, "head_dim", self.dim // self.num_heads)
         kv = self.kv_heads
         if kv <= 0 or self.num_heads % kv:
             raise ValueError(f"num_kv_heads={self.num_kv_heads!r} must be a positive divisor of "

@@ -77,7 +77,8 @@ class MixerConfig:
 
     Attributes:
         dim: model width D.
-        num_heads: number of heads H; ``dim`` must be divisible by it.
+        num_heads: number of heads H; ``dim`` must be divisible by it (unless the config sets ``head_dim`` itself:
+            ``QKVConfig.head_dim``).
         causal: position t sees only positions <= t. Decided at construction.
         dropout: dropout probability on the mixer's output (after the output projection), in [0, 1).
         position: relative position scheme the mixer applies itself: ``"none" | "rope" | "alibi" | "t5"``. The model
@@ -96,7 +97,7 @@ class MixerConfig:
             raise ValueError(f"dim must be a positive int, got {self.dim!r}")
         if self.num_heads <= 0:
             raise ValueError(f"num_heads must be a positive int, got {self.num_heads!r}")
-        if self.dim % self.num_heads:
+        if self.dim % self.num_heads and not self._explicit_head_dim():
             raise ValueError(f"dim={self.dim} must be divisible by num_heads={self.num_heads}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
@@ -106,6 +107,11 @@ class MixerConfig:
     @property
     def head_dim(self) -> int:
         return self.dim // self.num_heads
+
+    def _explicit_head_dim(self) -> bool:
+        """Whether the config sets its head width itself (``QKVConfig.head_dim``), so that ``num_heads`` need
+        not divide ``dim``."""
+        return False
 
 
 @dataclass(frozen=True)
