@@ -80,6 +80,10 @@ class Compressor:
         """Raise ``ValueError``/``ImportError`` naming the reason when this method cannot run here (a missing
         package, a CPU without the kernel); called before any work."""
 
+    def prepare(self, model: nn.Module, task: Any, run_config: Any) -> None:
+        """Read what ``apply`` needs from the checkpoint's ``task`` (a ``Task``) and ``run_config`` before it runs,
+        e.g. gradients of training batches for a Fisher score (``structured_prune``); the default reads nothing."""
+
     def apply(self, model: nn.Module, layers: dict[str, nn.Linear]) -> dict[str, Any]:
         """Compress ``layers`` (name -> layer of ``model``) in place; returns the per-layer record."""
         raise NotImplementedError

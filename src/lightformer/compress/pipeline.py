@@ -182,11 +182,12 @@ def compress_checkpoint(src_dir: str | os.PathLike, method: str, options: dict[s
 
     Args:
         src_dir: a training checkpoint (its out_dir or its ``checkpoint/`` folder).
-        method: a registered method (``COMPRESSORS``: ``int8``, ``int4``, ``magnitude_prune``, ``svd``).
+        method: a registered method (``COMPRESSORS``: ``int8``, ``int4``, ``magnitude_prune``, ``svd``,
+            ``structured_prune``).
         options: the method's options (``{"energy": 0.9}``); ``exclude`` is every method's.
         out_dir: where ``checkpoint/`` goes (not the source's own folder).
         finetune: a short fine-tune after compressing (overrides a method's ``finetune_steps``/``finetune_lr``);
-            only methods whose result trains (``svd``).
+            only methods whose result trains (``svd``, ``structured_prune``).
         log: where the fine-tune's progress lines go (default: nowhere).
 
     Returns:
@@ -233,6 +234,7 @@ def compress_checkpoint(src_dir: str | os.PathLike, method: str, options: dict[s
     layers = select_layers(compressor, model, probe)
     layers_before = sum(parameter_bytes(m) for m in layers.values())
 
+    compressor.prepare(model, task, run_config)
     record = compressor.apply(model, layers)
     model.eval()
     tuned = _finetune(model, task, run_config, spec, log or (lambda s: None)) if spec is not None else None
