@@ -205,7 +205,7 @@ def write_compression_report(records: Iterable[dict[str, Any]], out_dir: str | o
     png = out / f"{name}_pareto.png"
     _plot(groups, png)
     line = machine_line(records, kinds=("checkpoint",))
-    md = [f"# lightformer compression\n", f"**{line}**\n", LEGEND + "\n"]
+    md = ["# lightformer compression\n", f"**{line}**\n", LEGEND + "\n"]
     for g in groups:
         md.append(f"## {_title(g)}\n")
         md.append("| " + " | ".join(HEADER) + " |")
@@ -218,7 +218,10 @@ def write_compression_report(records: Iterable[dict[str, Any]], out_dir: str | o
     md_path = out / f"{name}.md"
     md_path.write_text("\n".join(md))
     e = html.escape
-    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>lightformer compression</title></head><body>",
+    from .report import STYLE
+
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>lightformer compression</title>"
+             f"<style>{STYLE}</style></head><body>",
              f"<p><b>{e(line)}</b></p><h1>lightformer compression</h1><p>{e(LEGEND)}</p>"]
     for g in groups:
         parts.append(f"<h2>{e(_title(g))}</h2><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in HEADER) + "</tr>")

@@ -369,6 +369,15 @@ def plot_curves(table: dict[str, dict[str, Entry]], path: Path) -> bool:
     return True
 
 
+def _html_line(line: str) -> str:
+    """A header line's Markdown (``**bold**``, ``- `` and ``  - `` list items) as HTML, its text escaped."""
+    import re
+
+    depth = 2 if line.startswith("  - ") else 1 if line.startswith("- ") else 0
+    text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", html.escape(line[2 * depth:] if depth else line))
+    return f"<p style='margin:0.2em 0 0.2em {1.5 * depth}em'>{'• ' if depth else ''}{text}</p>" if text else ""
+
+
 def _html_table(md_lines: list[str]) -> list[str]:
     """A Markdown table (header, rule, rows) as HTML rows."""
     out = ["<table>"]
@@ -414,7 +423,7 @@ def write_leaderboard(records: Iterable[dict[str, Any]], out_dir: str | Path, *,
     md = out / f"{name}.md"
     md.write_text("\n".join(lines) + "\n")
     e = html.escape
-    body = [f"<p>{e(line)}</p>" for line in header_lines(records)] + [f"<p>{e(legend)}</p>"]
+    body = [_html_line(line) for line in header_lines(records)] + [f"<p>{e(legend)}</p>"]
     body += _html_table(markdown_table(table))
     if lra:
         body += ["<h2>Long Range Arena tasks next to LRA Table 1</h2>", *_html_table(lra)]

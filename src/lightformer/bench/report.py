@@ -22,6 +22,11 @@ from .table import Table, build_tables, machine_line
 LEGEND = ("Cells: median time (ms) / peak RSS growth (MiB); ×r = time ratio to the baseline measured in the same "
           "run at the same shape (< 1 = faster). Crossover: smallest measured T from which the implementation "
           "stays faster than SDPA.")
+#: the CSS of every HTML report page
+STYLE = ("body{font-family:sans-serif;margin:2em;color:#222;background:#fff}"
+         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #999;padding:4px 8px;"
+         "font-size:13px}th{background:#dde6f0}tr:nth-child(even){background:#f4f4f4}"
+         "img{max-width:48%;margin:4px;border:1px solid #ccc}")
 MODEL_SECTION = "Whole models"
 MODEL_LEGEND = ("Each row is a whole backbone (`lightformer bench --modes model-fwd+bwd`): the architecture's mixer "
                 "in each layer (runs as n×mixer), its options and the position scheme; pre-norm blocks, GELU MLP "
@@ -93,10 +98,7 @@ def html_page(records: list[dict[str, Any]], tables: list[Table], pngs: dict[str
     """One self-contained HTML page: machine line, tables, PNGs as ``data:image/png;base64`` URIs."""
     e = html.escape
     parts = ["<!DOCTYPE html>", "<html><head><meta charset='utf-8'><title>lightformer bench</title>",
-             "<style>body{font-family:sans-serif;margin:2em;color:#222;background:#fff}"
-             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #999;padding:4px 8px;"
-             "font-size:13px}th{background:#dde6f0}tr:nth-child(even){background:#f4f4f4}"
-             "img{max-width:48%;margin:4px;border:1px solid #ccc}</style></head><body>",
+             f"<style>{STYLE}</style></head><body>",
              f"<p><b>{e(machine_line(records))}</b></p>", "<h1>lightformer bench</h1>", f"<p>{e(LEGEND)}</p>"]
     for t, section in _sections(tables):
         if section:
