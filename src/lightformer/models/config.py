@@ -11,6 +11,8 @@ from .schedule import FFN_ALIASES, resolve_schedule
 from .spec import LayerSpec, Options
 
 _OPTION_TABLES = ("mixer_options", "block_options", "ffn_options", "norm_options")
+#: values of ``ModelConfig.linear``
+LINEARS = ("linear", "bitlinear")
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,10 @@ class ModelConfig:
             fused QKV projection (the attention mixers).
         depth_weighted_average: DenseFormer (Pagliardini et al. 2024, Eq. 2): after block i the stream is a learned
             weighted average of the embeddings and every block output so far, initialised to the identity.
+        linear: the linear layers inside the blocks (the mixers' and FFNs' projections): ``"linear"``
+            (``nn.Linear``) or ``"bitlinear"`` (BitLinear b1.58, ``nn/bitlinear.py``: ternary weights and 8-bit
+            activations trained from scratch; Ma et al. 2024). Embeddings, output head and classifier stay float.
+            A layer that its owner reads instead of calling it is refused by name (``models/transformer.py``).
 
     Option tables are stored as read-only ``Options`` (dicts given are frozen), so the config is hashable and cannot
     change after construction.
@@ -76,6 +82,7 @@ class ModelConfig:
     causal: bool = True
     value_residual: bool = False
     depth_weighted_average: bool = False
+    linear: str = "linear"
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "dim", "num_layers", "num_heads", "max_len"):
@@ -99,6 +106,8 @@ class ModelConfig:
         for name in ("tie_weights", "causal", "value_residual", "depth_weighted_average"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.linear not in LINEARS:
+            raise ValueError(f"linear must be one of {LINEARS}, got {self.linear!r}")
         for spec in self.layer_specs():
             _check_layer(spec, self)
 

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from ..blocks import BLOCKS, FFNS, NORMS, Block
 from ..blocks.base import value_rows
 from ..mixers import MIXERS
+from ..nn.bitlinear import BitLinear
 from ..nn.positions import RELATIVE, sinusoidal_table
 from ..nn.state import State
 from .config import ModelConfig
@@ -99,6 +100,8 @@ class Transformer(nn.Module):
             self.register_buffer("pos_table", sinusoidal_table(config.max_len, config.dim), persistent=False)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(build_block(spec, config) for spec in config.layer_specs())
+        if config.linear == "bitlinear":
+            self._use_bitlinear()
         self.norm = NORMS.create(config.norm, dim=config.dim, **config.norm_options) \
             if type(self.blocks[-1]).final_norm else nn.Identity()
         if config.depth_weighted_average:
@@ -108,6 +111,50 @@ class Transformer(nn.Module):
             self._hook_value_residual()
         self._tie_relative_bias()
         self.reset_parameters()
+        if config.linear == "bitlinear":
+            self._check_bitlinear_called()
+
+    def _use_bitlinear(self) -> None:
+        """``linear="bitlinear"``: every ``nn.Linear`` of the blocks becomes a ``BitLinear`` holding the same
+        parameters (and the old layer's hooks: Sub-LN's inner norm); run before the init, which treats it as the
+        ``nn.Linear`` it is."""
+        # compress.base's layer helpers are plain torch code; imported here, at construction, because compress as a
+        # package builds on models (the same lazy upward import as train.checkpoint's)
+        from ..compress.base import candidate_layers, replace_module
+
+        for name, layer in candidate_layers(self).items():
+            replace_module(self, name, BitLinear.from_linear(layer))
+
+    def _check_bitlinear_called(self) -> None:
+        """Refuse a ``BitLinear`` that the model reads instead of calling (Mamba's ``dt_proj``, LMU's ``W_h``,
+        mLSTM's gates, MatFormer's slices): its weight would train in float while the config says ternary. Found by
+        one forward (and, for a decoding model, a prefill and a step) on random embeddings, as ``compress`` finds
+        the layers it may replace.
+
+        Raises:
+            ValueError: naming each such layer and its owner."""
+        from ..compress.base import called_layers, owner_of
+
+        layers = {n: m for n, m in self.named_modules() if isinstance(m, BitLinear)}
+        cfg = self.config
+        length = min(cfg.max_len, 8)
+        x = torch.randn(2, length, cfg.dim, generator=torch.Generator().manual_seed(0))
+
+        def run(model: "Transformer") -> None:
+            model.forward_embeddings(x)
+            if cfg.causal and length > 1 and all(type(b.mixer).capabilities.decode for b in model.blocks):
+                ids = torch.zeros(2, length, dtype=torch.long)
+                _, state = model.prefill(ids[:, :-1])
+                model.step(ids[:, -1], state)
+
+        with torch.random.fork_rng(devices=[]):  # the probe leaves the seeded RNG stream as it found it
+            called = called_layers(self, layers, run)
+        bypassed = [n for n in layers if n not in called]
+        if bypassed:
+            shown = "; ".join(f"{n} ({owner_of(self, n)})" for n in bypassed)
+            raise ValueError(f"linear='bitlinear' cannot make {shown} a BitLinear: the model reads these layers' "
+                             "weights directly instead of calling them, so they would train in float. Use "
+                             "linear='linear', or mixers and FFNs that call their projections")
 
     def _hook_value_residual(self) -> None:
         for i, block in enumerate(self.blocks):

@@ -115,6 +115,8 @@ def build_optimizer(model: nn.Module, tc) -> torch.optim.AdamW | OptimizerChain:
     if tc.optimizer != "muon":
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {tc.optimizer!r}")
     blocks = getattr(getattr(model, "backbone", model), "blocks", None)
+    # isinstance, not type: BitLinear (nn/bitlinear.py, model.linear="bitlinear") subclasses nn.Linear, and its
+    # latent weight is one of these matrices (tests/compress/test_bitnet.py checks that none falls back to AdamW)
     hidden = [] if blocks is None else [m.weight for m in blocks.modules()
                                          if isinstance(m, nn.Linear) and id(m.weight) not in exempt]
     if not hidden:
