@@ -163,12 +163,17 @@ class AttentionMixer(Mixer):
         return bucketed_bias(self.rel_bias, self.rel_bucket, tq, tk).to(dtype)
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None) -> Tensor:
-        """q ``[B, H, T, d]``, k/v ``[B, H_kv, T, d]`` (RoPE already applied) -> ``[B, H, T, d]``."""
+        """q ``[B, H, T, d]``, k/v ``[B, H_kv, T, d]`` (RoPE already applied) -> ``[B, H, T, d]``.
+
+        ``softmax``, ``tiled_softmax`` and ``sliding_window`` also take ``key_bias=`` ``[B, T]`` (floating, no
+        gradient), added to every query's score of key j: ToMe's proportional attention ``softmax(QKᵀ/√d + log s)``
+        over merged tokens of sizes s (Bolya et al. 2023, Eq. 1; ``models/tome.py``)."""
         raise NotImplementedError
 
     # -- shared -------------------------------------------------------------------------------------------------
     def project(self, x: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """x ``[B, T, D]`` -> q ``[B, H, T, d]``, k, v ``[B, H_kv, T, d]`` with RoPE at ``positions`` ``[T]``."""
+        """x ``[B, T, D]`` -> q ``[B, H, T, d]``, k, v ``[B, H_kv, T, d]`` with RoPE at ``positions`` ``[T]`` (or
+        per-sequence, possibly fractional ``[B, T]``: merged tokens' positions, ``models/tome.py``)."""
         cfg = self.config
         h, hkv = cfg.num_heads, cfg.kv_heads
         q, k, v = split_heads(self.qkv(x), (h, hkv, hkv), cfg.head_dim)  # [B, n, T, d] views
@@ -185,13 +190,19 @@ class AttentionMixer(Mixer):
         """Keys each query may see as ``(left, right)`` offsets (``None`` = all); sliding-window mixers override."""
         return None
 
-    def attend_oracle(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None) -> Tensor:
+    def attend_oracle(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None,
+                      key_bias: Tensor | None = None) -> Tensor:
         """``attend`` computed through the family's naive oracle (same shapes); the default is dense softmax
-        attention restricted to ``window_bounds``. Mixers with another attention op override this."""
+        attention restricted to ``window_bounds``, with ``key_bias [B, T]`` (see ``attend``) added per key. Mixers
+        with another attention op override this."""
         h = self.config.num_heads
+        bias = self.position_bias(q.shape[2], k.shape[2], q.dtype)
+        if key_bias is not None:
+            per_key = key_bias[:, None, None, :].to(q.dtype)
+            bias = per_key if bias is None else bias + per_key
         return naive.attention(q, repeat_kv(k, h), repeat_kv(v, h), causal=self.config.causal,
                                key_padding_mask=key_padding_mask, alibi_slopes=self.alibi_slopes,
-                               window=self.window_bounds(), bias=self.position_bias(q.shape[2], k.shape[2], q.dtype))
+                               window=self.window_bounds(), bias=bias)
 
     def _oracle(self, x: Tensor, key_padding_mask: Tensor | None) -> Tensor:
         q, k, v = self.project(x, torch.arange(x.shape[1], device=x.device))

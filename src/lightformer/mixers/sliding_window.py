@@ -3,6 +3,11 @@
     causal:      query t attends to the ``window`` most recent keys, t − window + 1 … t
     non-causal:  query t attends to t − window//2 … t + window//2
 
+After ToMe token merging (``models/tome.py``) the window counts tokens of the *merged* sequence, which keeps the
+original order: query t sees the ``window // 2`` merged tokens on each side, which together stand for more of the
+original positions (a merged token's RoPE position is the size-weighted mean of its members'; only the window's
+extent is by index).
+
 (Longformer, Beltagy et al. 2020, Sec. 3.1 "Sliding Window"; local attention of Child et al. 2019.) Computed block
 by block (``ops/local/blocked.py``), so time and memory are O(T·window·d), never a masked T×T matrix; decoding keeps
 only the last ``window`` keys. Parameters are those of ``softmax``.
@@ -51,8 +56,10 @@ class SlidingWindowAttention(AttentionMixer):
     def decode_window(self) -> int:
         return self.config.window
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None) -> Tensor:
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None,
+               key_bias: Tensor | None = None) -> Tensor:
         h = q.shape[1]
         return sliding_window_attention(q, repeat_kv(k, h), repeat_kv(v, h), window=self.config.window,
                                         causal=self.config.causal, key_padding_mask=key_padding_mask,
-                                        alibi_slopes=self.alibi_slopes, block_size=self.config.block_size)
+                                        alibi_slopes=self.alibi_slopes, block_size=self.config.block_size,
+                                        key_bias=key_bias)

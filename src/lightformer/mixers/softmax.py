@@ -41,16 +41,24 @@ class SoftmaxAttention(AttentionMixer):
     # T5's table is a set of additive logit offsets, not a weight matrix: decay would pull it to "no position"
     no_weight_decay = ("rel_bias",)
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None) -> Tensor:
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None,
+               key_bias: Tensor | None = None) -> Tensor:
         gqa = k.shape[1] != q.shape[1]
-        if key_padding_mask is None and self.alibi_slopes is None and self.rel_bias is None:
+        plain = self.alibi_slopes is None and self.rel_bias is None
+        if key_padding_mask is None and plain and key_bias is None:
             return F.scaled_dot_product_attention(q, k, v, is_causal=self.config.causal, enable_gqa=gqa)
+        if key_bias is not None and key_padding_mask is None and plain and not self.config.causal:
+            # ToMe's log sizes alone: one [B, 1, 1, T] row broadcast over heads and queries, no [T, T] mask
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=key_bias[:, None, None, :].to(q.dtype),
+                                                  enable_gqa=gqa)
         t = q.shape[2]
         bias = dense_bias(t, t, causal=self.config.causal, key_padding_mask=key_padding_mask,
                           alibi_slopes=self.alibi_slopes, dtype=q.dtype, device=q.device)
         rel = self.position_bias(t, t, q.dtype)
         if rel is not None:
             bias = bias + rel  # [B | 1, H, T, T]
+        if key_bias is not None:
+            bias = bias + key_bias[:, None, None, :].to(q.dtype)
         if key_padding_mask is not None:
             bias = no_empty_rows(bias)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, enable_gqa=gqa)

@@ -46,8 +46,10 @@ class TiledSoftmaxAttention(AttentionMixer):
     # T5's table is a set of additive logit offsets, not a weight matrix: decay would pull it to "no position"
     no_weight_decay = ("rel_bias",)
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None) -> Tensor:
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None,
+               key_bias: Tensor | None = None) -> Tensor:
         h = q.shape[1]
         return tiled_attention(q, repeat_kv(k, h), repeat_kv(v, h), causal=self.config.causal,
                                key_padding_mask=key_padding_mask, alibi_slopes=self.alibi_slopes,
-                               rel_bias=self.rel_bias, rel_bucket=self.rel_bucket, block_size=self.config.block_size)
+                               rel_bias=self.rel_bias, rel_bucket=self.rel_bucket, block_size=self.config.block_size,
+                               key_bias=key_bias)

@@ -102,6 +102,9 @@ class Rotary(nn.Module):
 
     Rotates channel pairs (i, i + d/2) of q and k by angle ``p · base^(-2i/d)``, so that q·k depends only on the
     relative position. ``forward(x, positions)``: x ``[B, H, T, d]``, positions ``[T]`` int -> same shape/dtype.
+    Positions may also be ``[B, T]`` per sequence and fractional (floating): ToMe's merged tokens sit at the
+    size-weighted mean position of their members (``models/tome.py``); their angles are computed directly, in
+    float32 like the table, so integer-valued positions give the table's angles.
     """
 
     def __init__(self, head_dim: int, base: float = 10000.0) -> None:
@@ -124,7 +127,13 @@ class Rotary(nn.Module):
         return cos[positions].to(dtype), sin[positions].to(dtype)
 
     def forward(self, x: Tensor, positions: Tensor) -> Tensor:
-        cos, sin = self._cos_sin(positions, x.dtype)
+        if positions.dim() == 2:  # [B, T]: per-sequence, possibly fractional positions
+            angles = positions.to(torch.float32)[..., None] * self.inv_freq.to(positions.device)  # [B, T, d/2]
+            cos, sin = angles.cos(), angles.sin()
+            cos = torch.cat([cos, cos], dim=-1)[:, None].to(x.dtype)  # [B, 1, T, d]
+            sin = torch.cat([sin, sin], dim=-1)[:, None].to(x.dtype)
+        else:
+            cos, sin = self._cos_sin(positions, x.dtype)
         half = x.shape[-1] // 2
         rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
         return x * cos + rotated * sin

@@ -79,7 +79,8 @@ class _Plan:
     """Everything about one call that does not depend on the values of q, k, v: sizes, masks, groups."""
 
     def __init__(self, b: int, h: int, t: int, left: int, right: int, bq: int, key_padding_mask: Tensor | None,
-                 alibi_slopes: Tensor | None, dtype: torch.dtype, device: torch.device, with_lse: bool = False):
+                 alibi_slopes: Tensor | None, dtype: torch.dtype, device: torch.device, with_lse: bool = False,
+                 key_bias: Tensor | None = None):
         self.b, self.h, self.t, self.left, self.bq, self.with_lse = b, h, t, left, bq, with_lse
         self.nb = -(-t // bq)
         self.m = 1 + -(-(left + right) // bq)
@@ -98,6 +99,10 @@ class _Plan:
         valid = torch.zeros(bm, self.length, dtype=torch.bool, device=device)
         valid[:, left:left + t] = True if key_padding_mask is None else key_padding_mask
         self.valid = valid  # [Bm, L]
+        self.key_bias = None  # [B, L]: a per-key score bias (ToMe's log size) over the padded key rows
+        if key_bias is not None:
+            self.key_bias = torch.zeros(b, self.length, dtype=dtype, device=device)
+            self.key_bias[:, left:left + t] = key_bias.detach()
         # blocks whose span holds a non-key (sequence edge or padding) need the extra mask
         self.block_masked = (~valid.unfold(1, self.span, bq).all(-1)).any(0).tolist()  # [nb]
         # a query sees no key iff its window holds no valid key: prefix sums over the padded key rows
@@ -116,6 +121,9 @@ class _Plan:
         mask the span columns that hold no key (sequence edge, padding) on the blocks that have any."""
         bq, span = self.bq, self.span
         s.add_(self.table)
+        if self.key_bias is not None:  # the span columns' biases: [B, g, S] as overlapping views
+            cols = self.key_bias[:, i0 * bq:(i1 - 1) * bq + span].unfold(1, span, bq)
+            s.add_(cols[:, None, :, None, :])
         for a, z in _runs(self.block_masked, i0, i1):  # only the blocks whose span holds a non-key
             cols = self.valid[:, a * bq:(z - 1) * bq + span].unfold(1, span, bq)  # [Bm, z - a, S]
             s[:, :, a - i0:z - i0].masked_fill_(~cols[:, None, :, None, :], float("-inf"))
@@ -299,7 +307,7 @@ def _fold_add(acc: Tensor, parts: Tensor, m: int) -> None:
 
 
 def _check(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None, alibi_slopes: Tensor | None,
-           block_size: int | None) -> None:
+           block_size: int | None, key_bias: Tensor | None = None) -> None:
     if q.dim() != 4 or k.shape != q.shape or v.shape != q.shape:
         raise ValueError(f"q, k, v must all be [B, H, T, d] with the same shape, got q {tuple(q.shape)}, "
                          f"k {tuple(k.shape)}, v {tuple(v.shape)}")
@@ -309,6 +317,12 @@ def _check(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None, ali
                          f"{key_padding_mask.dtype} {tuple(key_padding_mask.shape)}")
     if alibi_slopes is not None and alibi_slopes.shape != (h,):
         raise ValueError(f"alibi_slopes must be [H] = [{h}], got {tuple(alibi_slopes.shape)}")
+    if key_bias is not None:
+        if key_bias.shape != (b, t) or not key_bias.is_floating_point():
+            raise ValueError(f"key_bias must be a floating [B, T] = [{b}, {t}] tensor, got "
+                             f"{key_bias.dtype} {tuple(key_bias.shape)}")
+        if key_bias.requires_grad:
+            raise ValueError("key_bias is a constant (ToMe's log token sizes): it takes no gradient")
     if block_size is not None and (isinstance(block_size, bool) or not isinstance(block_size, int)
                                    or block_size < 1):
         raise ValueError(f"block_size must be a positive int or None, got {block_size!r}")
@@ -317,7 +331,8 @@ def _check(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None, ali
 def sliding_window_attention(q: Tensor, k: Tensor, v: Tensor, *, window: int, causal: bool,
                              key_padding_mask: Tensor | None = None, alibi_slopes: Tensor | None = None,
                              scale: float | None = None, block_size: int | None = None,
-                             return_lse: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+                             return_lse: bool = False,
+                             key_bias: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
     """Sliding-window softmax attention in O(T·window) time and memory (forward and backward).
 
     Args:
@@ -331,6 +346,8 @@ def sliding_window_attention(q: Tensor, k: Tensor, v: Tensor, *, window: int, ca
         block_size: query block size ``Bq``; default ``default_block_size(window, causal)``; clipped to T.
         return_lse: also return the log-sum-exp of each query's window scores (differentiable), to merge this
             attention with attention over other keys (``o = Σ_parts o_i·exp(lse_i − lse)``).
+        key_bias: ``[B, T]`` floating, added to every score of key j (ToMe's proportional attention, ``+ log s_j``:
+            Bolya et al. 2023, Eq. 1), in the scores' dtype; a constant (no gradient). The window is by index.
 
     Returns:
         ``[B, H, T, d]`` in the dtype of ``q``; a query that sees no key outputs zeros (and passes zero gradients).
@@ -338,10 +355,11 @@ def sliding_window_attention(q: Tensor, k: Tensor, v: Tensor, *, window: int, ca
         query that sees no key.
 
     Raises:
-        ValueError: ``window`` or ``block_size`` is not a positive int, or a shape does not match.
+        ValueError: ``window`` or ``block_size`` is not a positive int, a shape does not match, or ``key_bias``
+            requires a gradient.
     """
     left, right = window_bounds(window, causal)
-    _check(q, k, v, key_padding_mask, alibi_slopes, block_size)
+    _check(q, k, v, key_padding_mask, alibi_slopes, block_size, key_bias)
     b, h, t, d = q.shape
     if t == 0 or b * h == 0:
         out = q.new_zeros(q.shape)
@@ -352,6 +370,7 @@ def sliding_window_attention(q: Tensor, k: Tensor, v: Tensor, *, window: int, ca
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     left, right = min(left, t - 1), min(right, t - 1)  # a window wider than the sequence sees all of it
     bq = min(block_size or default_block_size(window, causal), t)
-    plan = _Plan(b, h, t, left, right, bq, key_padding_mask, alibi_slopes, q.dtype, q.device, with_lse=return_lse)
+    plan = _Plan(b, h, t, left, right, bq, key_padding_mask, alibi_slopes, q.dtype, q.device, with_lse=return_lse,
+                 key_bias=key_bias)
     out, lse = _SlidingWindowAttention.apply(q, k, v, plan, scale)
     return (out, lse) if return_lse else out

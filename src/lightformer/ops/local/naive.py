@@ -32,7 +32,7 @@ def window_bounds(window: int, causal: bool) -> tuple[int, int]:
 
 def sliding_window_attention(q: Tensor, k: Tensor, v: Tensor, *, window: int, causal: bool,
                              key_padding_mask: Tensor | None = None, alibi_slopes: Tensor | None = None,
-                             scale: float | None = None) -> Tensor:
+                             scale: float | None = None, key_bias: Tensor | None = None) -> Tensor:
     """Dense masked sliding-window softmax attention.
 
     Args:
@@ -43,6 +43,7 @@ def sliding_window_attention(q: Tensor, k: Tensor, v: Tensor, *, window: int, ca
         key_padding_mask: ``[B, T]`` bool, True = real key.
         alibi_slopes: ``[H]``, adds ``-slope_h · |p_q - p_k|`` to the scores.
         scale: score scale, default ``1/sqrt(d)``.
+        key_bias: ``[B, T]``, added to every score of key j (ToMe's ``log s_j``; Bolya et al. 2023, Eq. 1).
 
     Returns:
         ``[B, H, T, d]`` in the dtype of ``q``; a query that sees no key outputs zeros.
@@ -52,4 +53,5 @@ def sliding_window_attention(q: Tensor, k: Tensor, v: Tensor, *, window: int, ca
     """
     left, right = window_bounds(window, causal)
     return softmax_naive.attention(q, k, v, causal=causal, key_padding_mask=key_padding_mask,
-                                   alibi_slopes=alibi_slopes, scale=scale, window=(left, right))
+                                   alibi_slopes=alibi_slopes, scale=scale, window=(left, right),
+                                   bias=None if key_bias is None else key_bias[:, None, None, :])

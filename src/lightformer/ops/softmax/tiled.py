@@ -74,7 +74,7 @@ class _Plan:
 
     def __init__(self, q: Tensor, k: Tensor, causal: bool, key_padding_mask: Tensor | None,
                  alibi_slopes: Tensor | None, rel_bias: Tensor | None, rel_bucket: BucketFn | None, scale: float,
-                 block_size: int | tuple[int, int] | None) -> None:
+                 block_size: int | tuple[int, int] | None, key_bias: Tensor | None = None) -> None:
         b, h, tq, d = q.shape
         tk = k.shape[2]
         self.b, self.h, self.tq, self.tk, self.d = b, h, tq, tk, d
@@ -93,10 +93,14 @@ class _Plan:
             raise ValueError(f"block_size must be positive, got {block_size!r}")
         sd = self.stat_dtype
         dev = self.device = q.device
-        # padding as an additive column bias, one row per (batch, head): [B·H, 1, Tk], 0 or -inf
+        # padding (and a per-key bias: ToMe's log size) as an additive column bias, one row per (batch, head):
+        # [B·H, 1, Tk], -inf at padding
         self.pad = None
-        if key_padding_mask is not None:
-            pad = torch.zeros(b, 1, 1, tk, dtype=sd, device=dev).masked_fill_(~key_padding_mask[:, None, None], -math.inf)
+        if key_padding_mask is not None or key_bias is not None:
+            pad = torch.zeros(b, 1, 1, tk, dtype=sd, device=dev) if key_bias is None else \
+                key_bias.detach().to(device=dev, dtype=sd)[:, None, None, :].clone()
+            if key_padding_mask is not None:
+                pad.masked_fill_(~key_padding_mask[:, None, None], -math.inf)
             self.pad = pad.expand(b, h, 1, tk).reshape(b * h, 1, tk)
         self.slopes = None  # [B·H] ALiBi slopes, one per (batch, head)
         if alibi_slopes is not None:
@@ -271,7 +275,7 @@ class _Plan:
 
 
 def _check(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None, alibi_slopes: Tensor | None,
-           rel_bias: Tensor | None, rel_bucket: BucketFn | None, scale: float) -> None:
+           rel_bias: Tensor | None, rel_bucket: BucketFn | None, scale: float, key_bias: Tensor | None = None) -> None:
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError(f"q, k, v must be [B, H, T, d], got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     if k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[3] != k.shape[3]:
@@ -285,6 +289,12 @@ def _check(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None, ali
                          f"{key_padding_mask.dtype} {list(key_padding_mask.shape)}")
     if alibi_slopes is not None and alibi_slopes.shape != (q.shape[1],):
         raise ValueError(f"alibi_slopes must be [H] = [{q.shape[1]}], got {list(alibi_slopes.shape)}")
+    if key_bias is not None:
+        if key_bias.shape != (k.shape[0], k.shape[2]) or not key_bias.is_floating_point():
+            raise ValueError(f"key_bias must be floating [B, Tk] = {[k.shape[0], k.shape[2]]}, got "
+                             f"{key_bias.dtype} {list(key_bias.shape)}")
+        if key_bias.requires_grad:
+            raise ValueError("key_bias is a constant (ToMe's log token sizes): it takes no gradient")
     if (rel_bias is None) != (rel_bucket is None):
         raise ValueError("rel_bias and rel_bucket come together: the table [num_buckets, H] and its bucket function")
     if rel_bias is not None:
@@ -466,10 +476,11 @@ def _backward(plan: _Plan, q3: Tensor, k3: Tensor, v3: Tensor, o3: Tensor, lse: 
 
 class _TiledAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, causal, key_padding_mask, alibi_slopes, rel_bias, rel_bucket, scale, block_size):
+    def forward(ctx, q, k, v, causal, key_padding_mask, alibi_slopes, rel_bias, rel_bucket, scale, block_size,
+                key_bias):
         b, h, tq, d = q.shape
         tk = k.shape[2]
-        plan = _Plan(q, k, causal, key_padding_mask, alibi_slopes, rel_bias, rel_bucket, scale, block_size)
+        plan = _Plan(q, k, causal, key_padding_mask, alibi_slopes, rel_bias, rel_bucket, scale, block_size, key_bias)
         # views where the layout allows (B = 1 views of a fused QKV projection): batched matmuls take a row stride
         # of H·d as it is, and copies would add 3·T·H·d elements to the peak memory
         q3 = q.reshape(b * h, tq, d)
@@ -495,13 +506,13 @@ class _TiledAttention(torch.autograd.Function):
             dq, dk, dv, drel = _backward(plan, q3, k3, v3, out3, lse, do3, rel_grad=ctx.needs_input_grad[6])
         if drel is not None:
             drel = drel.to(ctx.rel_dtype)
-        return dq.view(qshape), dk.view(kshape), dv.view(kshape), None, None, None, drel, None, None, None
+        return dq.view(qshape), dk.view(kshape), dv.view(kshape), None, None, None, drel, None, None, None, None
 
 
 def tiled_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, key_padding_mask: Tensor | None = None,
                     alibi_slopes: Tensor | None = None, rel_bias: Tensor | None = None,
                     rel_bucket: BucketFn | None = None, scale: float | None = None,
-                    block_size: int | tuple[int, int] | None = None) -> Tensor:
+                    block_size: int | tuple[int, int] | None = None, key_bias: Tensor | None = None) -> Tensor:
     """Exact softmax attention in ``O(T)`` extra memory, forward and backward (FlashAttention / FlashAttention-2).
 
     Same result and conventions as ``naive.attention`` (queries end-aligned at positions ``Tk − Tq + i``; a query
@@ -519,6 +530,8 @@ def tiled_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, ke
         scale: score scale, default ``1/sqrt(d)``.
         block_size: rows per query block and key block (an int for both, or ``(block_q, block_k)``); default
             ``default_block_size(Tq, Tk, B·H)``.
+        key_bias: ``[B, Tk]`` floating, added to every query's score of key j (ToMe's proportional attention,
+            ``+ log s_j``: Bolya et al. 2023, Eq. 1); a constant (no gradient), folded into the padding column bias.
 
     Returns:
         ``[B, H, Tq, d]`` in the dtype of ``q``. Differentiable in ``q, k, v`` and ``rel_bias`` (its gradient is
@@ -532,7 +545,8 @@ def tiled_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, ke
     run in that dtype while the running max, sum, log-sum-exp and the output/gradient accumulators are fp32.
 
     Raises:
-        ValueError: on inconsistent shapes or dtypes, a mask that is not bool ``[B, Tk]``, slopes that are not
+        ValueError: on inconsistent shapes or dtypes, a mask that is not bool ``[B, Tk]``, a ``key_bias`` that is
+        not floating ``[B, Tk]`` or requires a gradient, slopes that are not
         ``[H]``, a table that is not ``[num_buckets, H]`` (or comes without its bucket function, or with ALiBi), a
         bucket function giving ids outside the table, or a non-positive block size.
 
@@ -540,6 +554,6 @@ def tiled_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, ke
     "FlashAttention-2", Alg. 1 and Alg. 2.
     """
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    _check(q, k, v, key_padding_mask, alibi_slopes, rel_bias, rel_bucket, scale)
+    _check(q, k, v, key_padding_mask, alibi_slopes, rel_bias, rel_bucket, scale, key_bias)
     return _TiledAttention.apply(q, k, v, causal, key_padding_mask, alibi_slopes, rel_bias, rel_bucket, scale,
-                                 block_size)
+                                 block_size, key_bias)
