@@ -129,6 +129,9 @@ class BlockConfig:
 
 
 Mix = Callable[[Tensor], Tensor]
+#: a step on the residual stream between the mixer's and the FFN's sublayers that may shorten the sequence
+#: (ToMe's token merging, ``models/tome.py``): ``[B, T, D] -> [B, T', D]``
+Merge = Callable[[Tensor], Tensor]
 
 
 class Block(nn.Module):
@@ -143,12 +146,16 @@ class Block(nn.Module):
 
     ``forward(x [B, T, D], key_padding_mask)``, ``prefill(x, state)`` and ``step(x_t [B, D], state)`` all call the
     subclass's ``compose(x, mix)``. ``final_norm`` says whether a stack ending in this block needs the model's final
-    norm (False for post-norm wirings, whose output is already normed).
+    norm (False for post-norm wirings, whose output is already normed). A block with ``merges_tokens`` also takes
+    ``compose(x, mix, merge)``: ``merge`` (a ``Merge``) is applied to the residual stream after the mixer's sublayer
+    and before the FFN's, where ToMe merges tokens (Bolya et al. 2023, Sec. 3); wirings without such a point
+    (``parallel``, ``macaron``) leave it False.
     """
 
     config_class: ClassVar[type[BlockConfig]] = BlockConfig
     registry_name: ClassVar[str]
     final_norm: ClassVar[bool] = True
+    merges_tokens: ClassVar[bool] = False
 
     def __init__(self, config: BlockConfig, *, mixer: nn.Module, make_ffn: Callable[[], FFN],
                  make_norm: Callable[..., nn.Module], num_layers: int) -> None:

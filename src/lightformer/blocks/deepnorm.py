@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from .base import BLOCKS, Block, BlockConfig, Mix, value_rows, xavier_normal_gain_
+from .base import BLOCKS, Block, BlockConfig, Merge, Mix, value_rows, xavier_normal_gain_
 
 
 def deepnorm_constants(num_layers: int) -> tuple[float, float]:
@@ -41,6 +41,7 @@ class DeepNormConfig(BlockConfig):
 class DeepNorm(Block):
     config_class = DeepNormConfig
     final_norm = False
+    merges_tokens = True  # ToMe merges between the mixer's and the FFN's sublayers
 
     def __init__(self, config: DeepNormConfig, *, mixer, make_ffn, make_norm, num_layers: int) -> None:
         super().__init__(config, mixer=mixer, make_ffn=make_ffn, make_norm=make_norm, num_layers=num_layers)
@@ -52,8 +53,10 @@ class DeepNorm(Block):
         self.ffn = make_ffn()
         self.norm2 = make_norm()
 
-    def compose(self, x: Tensor, mix: Mix) -> Tensor:
+    def compose(self, x: Tensor, mix: Mix, merge: Merge | None = None) -> Tensor:
         x = self.norm1(self.alpha * x + mix(x))
+        if merge is not None:
+            x = merge(x)
         return self.norm2(self.alpha * x + self.ffn(x))
 
     def init_weights(self, num_layers: int) -> None:

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .base import BLOCKS, Block, BlockConfig, Mix
+from .base import BLOCKS, Block, BlockConfig, Merge, Mix
 
 
 @BLOCKS.register("post_norm")
 class PostNorm(Block):
     config_class = BlockConfig
     final_norm = False
+    merges_tokens = True  # ToMe merges between the mixer's and the FFN's sublayers
 
     def __init__(self, config: BlockConfig, *, mixer, make_ffn, make_norm, num_layers: int) -> None:
         super().__init__(config, mixer=mixer, make_ffn=make_ffn, make_norm=make_norm, num_layers=num_layers)
@@ -22,6 +23,8 @@ class PostNorm(Block):
         self.ffn = make_ffn()
         self.norm2 = make_norm()
 
-    def compose(self, x: Tensor, mix: Mix) -> Tensor:
+    def compose(self, x: Tensor, mix: Mix, merge: Merge | None = None) -> Tensor:
         x = self.norm1(x + mix(x))
+        if merge is not None:
+            x = merge(x)
         return self.norm2(x + self.ffn(x))

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .base import BLOCKS, Block, BlockConfig, Mix
+from .base import BLOCKS, Block, BlockConfig, Merge, Mix
 
 
 @BLOCKS.register("pre_norm")
 class PreNorm(Block):
     config_class = BlockConfig
+    merges_tokens = True  # ToMe merges between the mixer's and the FFN's sublayers
 
     def __init__(self, config: BlockConfig, *, mixer, make_ffn, make_norm, num_layers: int) -> None:
         super().__init__(config, mixer=mixer, make_ffn=make_ffn, make_norm=make_norm, num_layers=num_layers)
@@ -21,6 +22,8 @@ class PreNorm(Block):
         self.norm2 = make_norm()
         self.ffn = make_ffn()
 
-    def compose(self, x: Tensor, mix: Mix) -> Tensor:
+    def compose(self, x: Tensor, mix: Mix, merge: Merge | None = None) -> Tensor:
         x = x + mix(self.norm1(x))
+        if merge is not None:
+            x = merge(x)
         return x + self.ffn(self.norm2(x))

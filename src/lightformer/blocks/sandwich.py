@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .base import BLOCKS, Block, BlockConfig, Mix
+from .base import BLOCKS, Block, BlockConfig, Merge, Mix
 
 
 @BLOCKS.register("sandwich")
 class Sandwich(Block):
     config_class = BlockConfig
+    merges_tokens = True  # ToMe merges between the mixer's and the FFN's sublayers
 
     def __init__(self, config: BlockConfig, *, mixer, make_ffn, make_norm, num_layers: int) -> None:
         super().__init__(config, mixer=mixer, make_ffn=make_ffn, make_norm=make_norm, num_layers=num_layers)
@@ -22,6 +23,8 @@ class Sandwich(Block):
         self.ffn = make_ffn()
         self.norm2_out = make_norm()
 
-    def compose(self, x: Tensor, mix: Mix) -> Tensor:
+    def compose(self, x: Tensor, mix: Mix, merge: Merge | None = None) -> Tensor:
         x = x + self.norm1_out(mix(self.norm1(x)))
+        if merge is not None:
+            x = merge(x)
         return x + self.norm2_out(self.ffn(self.norm2(x)))

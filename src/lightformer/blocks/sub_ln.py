@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .base import BLOCKS, Block, BlockConfig, Mix, value_rows
+from .base import BLOCKS, Block, BlockConfig, Merge, Mix, value_rows
 
 
 def sub_ln_gain(num_layers: int) -> float:
@@ -50,6 +50,7 @@ class SubLNConfig(BlockConfig):
 @BLOCKS.register("sub_ln")
 class SubLN(Block):
     config_class = SubLNConfig
+    merges_tokens = True  # ToMe merges between the mixer's and the FFN's sublayers
 
     def __init__(self, config: SubLNConfig, *, mixer, make_ffn, make_norm, num_layers: int) -> None:
         super().__init__(config, mixer=mixer, make_ffn=make_ffn, make_norm=make_norm, num_layers=num_layers)
@@ -72,8 +73,10 @@ class SubLN(Block):
     def _norm_ffn_projection_input(self, module: nn.Module, args: tuple) -> tuple:
         return (self.ffn_inner_norm(args[0]),) + tuple(args[1:])
 
-    def compose(self, x: Tensor, mix: Mix) -> Tensor:
+    def compose(self, x: Tensor, mix: Mix, merge: Merge | None = None) -> Tensor:
         x = x + mix(self.norm1(x))
+        if merge is not None:
+            x = merge(x)
         return x + self.ffn(self.norm2(x))
 
     def init_weights(self, num_layers: int) -> None:

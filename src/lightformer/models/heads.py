@@ -73,6 +73,10 @@ class SequenceClassifier(nn.Module):
         config: backbone config; ``causal`` is forced to False unless given a causal config on purpose.
         num_classes: number of labels.
         pooling: ``"mean"`` over real tokens (padding-aware) or ``"cls"`` (the first token's state).
+
+    ``token_merging``: ToMe's tokens merged away after each layer's mixer (``set_token_merging``; ``models/tome.py``;
+    set by ``lightformer compress --method tome``); ``()`` = none. With merging, mean pooling is size-weighted,
+    ``Σ s_t·h_t / Σ s_t`` over the merged tokens of sizes s (the plain mean over real tokens when nothing merged).
     """
 
     POOLINGS = ("mean", "cls")
@@ -87,12 +91,35 @@ class SequenceClassifier(nn.Module):
         self.pooling = pooling
         self.backbone = Transformer(config)
         self.classifier = nn.Linear(config.dim, num_classes)
+        self.token_merging: tuple[int, ...] = ()
+
+    def set_token_merging(self, r: int | list[int] | tuple[int, ...]) -> None:
+        """Merge ``r`` tokens per layer (an int, or one per layer) with ToMe from now on; 0 = none.
+
+        Raises:
+            ValueError: a model ToMe cannot run in (``models.tome.check_mergeable`` names why), or a bad ``r``."""
+        from .tome import check_mergeable, merge_schedule
+
+        schedule = merge_schedule(r, len(self.backbone.blocks))
+        if any(schedule):
+            check_mergeable(self)
+        self.token_merging = schedule if any(schedule) else ()
 
     @classmethod
     def bidirectional(cls, config: ModelConfig, num_classes: int, pooling: str = "mean") -> "SequenceClassifier":
         return cls(dataclasses.replace(config, causal=False), num_classes, pooling)
 
     def forward(self, idx: Tensor, *, key_padding_mask: Tensor | None = None) -> Tensor:
+        if self.token_merging:
+            from .tome import merged_forward
+
+            hidden, size = merged_forward(self, idx, key_padding_mask, self.token_merging)  # [B, T', D], [B, T']
+            if self.pooling == "cls":
+                pooled = hidden[:, 0]
+            else:
+                weights = size.to(hidden.dtype)[..., None]
+                pooled = (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+            return self.classifier(pooled).float()
         hidden = self.backbone(idx, key_padding_mask=key_padding_mask)  # [B, T, D]
         if self.pooling == "cls":
             pooled = hidden[:, 0]
