@@ -221,7 +221,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     from .compress import compress_checkpoint
 
     result = compress_checkpoint(args.checkpoint, args.method, dict(parse_option_pairs(args.option)), args.out,
-                                 log=lambda line: print(line, file=sys.stderr))
+                                 eval_iters=args.eval_iters, log=lambda line: print(line, file=sys.stderr))
     print("\n".join(result.lines()))
     if args.json:
         print(json.dumps(result.summary()))
@@ -333,3 +333,5 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+    p.add_argument("--eval-iters", type=int, help="validation batches measured before and after (default: the "
+                                                  "run's eval_iters; fewer where the compressed forward is slow)")

@@ -129,3 +129,23 @@ def test_report_unrelated_groups_and_failures(tmp_path):
     assert table["base *(baseline)*"][11] == "size, speed"
     paths = write_compression_report(recs, tmp_path)
     assert "Machine: cpu · 1 threads · torch t · git abc" in paths["markdown"].read_text()
+
+
+def test_eval_iters_sets_the_validation_size(trained, tmp_path):
+    model, task, run_config, _ = load_trained(trained)
+    tc = run_config.train
+    want = evaluate(model, task, "val", n=1 * tc.batch_size, batch_size=tc.batch_size)
+    rec = measure(CheckpointCell(checkpoint=str(trained), label="fp32", baseline=str(trained), mode="eval",
+                                 eval_iters=1))
+    assert rec["eval_n"] == want["count"] and rec["eval_iters"] == 1
+    assert rec["metrics"]["loss"] == pytest.approx(want["loss"], rel=1e-6)
+    with pytest.raises(ValueError, match="eval_iters"):
+        CheckpointCell(checkpoint=str(trained), label="a", baseline=str(trained), mode="eval", eval_iters=0)
+    # eval_iters is part of an eval cell's identity only
+    a = CheckpointCell(checkpoint=str(trained), label="a", baseline=str(trained), mode="fwd", eval_iters=1)
+    b = CheckpointCell(checkpoint=str(trained), label="a", baseline=str(trained), mode="fwd")
+    assert a.key == b.key
+    result = compress_checkpoint(trained, "svd", {"energy": 0.7}, tmp_path / "svd", eval_iters=1)
+    assert result.metrics_before["loss"] == pytest.approx(want["loss"], rel=1e-6)
+    with pytest.raises(ValueError, match="eval_iters"):
+        compress_checkpoint(trained, "svd", {"energy": 0.7}, tmp_path / "svd2", eval_iters=0)

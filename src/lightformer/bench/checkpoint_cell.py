@@ -63,6 +63,8 @@ class CheckpointCell:
         seq_len: T of ``fwd`` and the prefilled context of ``decode`` (tokens).
         batch: B of ``fwd`` and ``decode``.
         threads: torch intra-op threads. warmup, repeats: untimed and timed runs. timeout_s: subprocess limit (s).
+        eval_iters: ``eval``'s validation batches (default: the checkpoint run's ``eval_iters``): the task's
+            canonical validation set of ``eval_iters · batch_size`` examples, the same for every checkpoint of a run.
     """
 
     checkpoint: str
@@ -75,6 +77,7 @@ class CheckpointCell:
     warmup: int = 1
     repeats: int = 3
     timeout_s: float = 600.0
+    eval_iters: int | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in CHECKPOINT_MODES:
@@ -88,12 +91,16 @@ class CheckpointCell:
             raise ValueError(f"warmup must be an int >= 0, got {self.warmup!r}")
         if not self.timeout_s > 0:
             raise ValueError(f"timeout must be positive seconds, got {self.timeout_s!r}")
+        if self.eval_iters is not None and (isinstance(self.eval_iters, bool) or not isinstance(self.eval_iters, int)
+                                            or self.eval_iters <= 0):
+            raise ValueError(f"eval_iters must be a positive int, got {self.eval_iters!r}")
 
     @property
     def key(self) -> str:
         """Resume key: the checkpoint (resolved), the mode and the shape, the threads."""
         return checkpoint_key({"checkpoint": self.checkpoint, "mode": self.mode, "seq_len": self.seq_len,
-                               "batch": self.batch, "threads": self.threads})
+                               "batch": self.batch, "threads": self.threads,
+                               "eval_iters": self.eval_iters if self.mode == "eval" else None})
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -104,15 +111,17 @@ class CheckpointCell:
 
 
 def checkpoint_key(record: dict[str, Any]) -> str:
-    """The identity of a checkpoint cell or record (its checkpoint path resolved)."""
+    """The identity of a checkpoint cell or record (its checkpoint path resolved; ``eval_iters`` counts for ``eval``
+    only)."""
     path = str(Path(record["checkpoint"]).resolve())
     return json.dumps({"checkpoint": path, "mode": record["mode"], "seq_len": record["seq_len"],
-                       "batch": record["batch"], "threads": record["threads"]}, sort_keys=True)
+                       "batch": record["batch"], "threads": record["threads"],
+                       "eval_iters": record.get("eval_iters") if record["mode"] == "eval" else None}, sort_keys=True)
 
 
 def checkpoint_cells(checkpoints: list[str], *, modes: list[str] | None = None, seq_len: int = 256, batch: int = 8,
                      threads: int = 1, warmup: int = 1, repeats: int = 3, timeout_s: float = 600.0,
-                     labels: list[str] | None = None) -> list[CheckpointCell]:
+                     labels: list[str] | None = None, eval_iters: int | None = None) -> list[CheckpointCell]:
     """The cells of a checkpoint run: every checkpoint (the first one is the baseline) × ``modes``.
 
     Raises:
@@ -134,7 +143,7 @@ def checkpoint_cells(checkpoints: list[str], *, modes: list[str] | None = None, 
     modes = list(modes or CHECKPOINT_MODES)
     return [CheckpointCell(checkpoint=str(path), label=label, baseline=str(checkpoints[0]), mode=mode,
                            seq_len=seq_len, batch=batch, threads=threads, warmup=warmup, repeats=repeats,
-                           timeout_s=timeout_s)
+                           timeout_s=timeout_s, eval_iters=eval_iters)
             for path, label in zip(checkpoints, labels) for mode in modes]
 
 
@@ -150,9 +159,9 @@ def checkpoint_record(cell: CheckpointCell, machine: dict[str, str], *, status: 
             "checkpoint": cell.checkpoint, "label": cell.label, "baseline": cell.baseline,
             "is_baseline": Path(cell.checkpoint).resolve() == Path(cell.baseline).resolve(), "mode": cell.mode,
             "seq_len": cell.seq_len, "batch": cell.batch, "threads": cell.threads, "warmup": cell.warmup,
-            "repeats": cell.repeats, "method": None, "method_options": None, "task": None, "architecture": None,
+            "repeats": cell.repeats, "eval_iters": cell.eval_iters if cell.mode == "eval" else None, "method": None, "method_options": None, "task": None, "architecture": None,
             "model_mib": None, "blocks_mib": None, "num_params": None, "file_mib": None, "time_ms": None,
-            "times_ms": [], "mem_mib": None, "decode_steps": None, "metrics": {},
+            "times_ms": [], "mem_mib": None, "decode_steps": None, "metrics": {}, "eval_n": None,
             **{k: machine.get(k, "unknown") for k in ("cpu", "torch", "python", "git_commit", "timestamp")},
             "elapsed_s": None}
 
@@ -234,8 +243,9 @@ def measure(cell: CheckpointCell) -> dict[str, Any]:
                    architecture=run_config.model.architecture, **_sizes(model, folder))
         if cell.mode == "eval":
             tc = run_config.train
-            metrics = evaluate(model, task, "val", n=tc.eval_iters * tc.batch_size, batch_size=tc.batch_size)
-            metrics.pop("count")
+            iters = cell.eval_iters or tc.eval_iters
+            metrics = evaluate(model, task, "val", n=iters * tc.batch_size, batch_size=tc.batch_size)
+            rec["eval_n"] = metrics.pop("count")
             rec["metrics"] = metrics
             return rec
         run = _runner(model, _inputs(task, model, cell), cell.mode)

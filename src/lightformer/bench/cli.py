@@ -71,6 +71,8 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "model size, forward ms at --seq-lens (one T, default 256) and --batch (default 8), decode "
                         "ms per token after T tokens, validation loss; --modes among eval,fwd,decode (default all); "
                         "report with `lightformer report OUT --name compression`")
+    c.add_argument("--eval-iters", type=int, help="validation batches of --modes eval (default: each checkpoint "
+                                                  "run's eval_iters)")
     c.add_argument("--labels", type=_csv(str), metavar="NAME,...",
                    help="row names of --checkpoints (default: each run directory's name)")
     p.add_argument("--out", default=DEFAULT_RESULTS, help=f"results JSON-lines file (default {DEFAULT_RESULTS})")
@@ -121,8 +123,8 @@ def run_bench(args: argparse.Namespace) -> int:
     try:
         if getattr(args, "checkpoints", None):
             return _run_checkpoints(args)
-        if getattr(args, "labels", None):
-            raise ValueError("--labels names the rows of --checkpoints; give --checkpoints too")
+        if getattr(args, "labels", None) or getattr(args, "eval_iters", None):
+            raise ValueError("--labels and --eval-iters are for --checkpoints; give --checkpoints too")
         if args.report:
             paths = write_report(load_records(args.report), args.out_dir)
             print("\n".join(f"{k}: {v}" for k, v in paths.items() if k in ("markdown", "html")))
@@ -173,7 +175,8 @@ def _run_checkpoints(args: argparse.Namespace) -> int:
     optional = {k: v for k, v in (("warmup", args.warmup), ("repeats", args.repeats), ("timeout_s", args.timeout))
                 if v is not None}
     cells = checkpoint_cells(args.checkpoints, modes=modes, seq_len=seq_lens[0], batch=batches[0],
-                             threads=args.threads or default_threads(), labels=args.labels, **optional)
+                             threads=args.threads or default_threads(), labels=args.labels,
+                             eval_iters=args.eval_iters, **optional)
     records = run_checkpoints(cells, args.out, force=args.force, progress=not args.no_progress)
     counts: dict[str, int] = {}
     for r in records:

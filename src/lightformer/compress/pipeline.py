@@ -177,7 +177,7 @@ def _same_output(a: nn.Module, b: nn.Module, run: Callable[[nn.Module], Any]) ->
 
 def compress_checkpoint(src_dir: str | os.PathLike, method: str, options: dict[str, Any] | None,
                         out_dir: str | os.PathLike, *, finetune: Finetune | None = None,
-                        log: Callable[[str], None] | None = None) -> CompressResult:
+                        eval_iters: int | None = None, log: Callable[[str], None] | None = None) -> CompressResult:
     """Compress the trained checkpoint at ``src_dir`` with ``method`` and write it to ``out_dir``.
 
     Args:
@@ -188,6 +188,9 @@ def compress_checkpoint(src_dir: str | os.PathLike, method: str, options: dict[s
         out_dir: where ``checkpoint/`` goes (not the source's own folder).
         finetune: a short fine-tune after compressing (overrides a method's ``finetune_steps``/``finetune_lr``);
             only methods whose result trains (``svd``, ``structured_prune``).
+        eval_iters: validation batches measured before and after (default: the run's ``eval_iters``): the task's
+            canonical validation set of ``eval_iters · batch_size`` examples. Fewer batches are for methods whose
+            forward is slow on the CPU at hand (int8 and int4 without VNNI/AMX kernels).
         log: where the fine-tune's progress lines go (default: nowhere).
 
     Returns:
@@ -201,6 +204,8 @@ def compress_checkpoint(src_dir: str | os.PathLike, method: str, options: dict[s
         ImportError: the quantisation methods without torchao.
         FileNotFoundError: no checkpoint at ``src_dir``.
     """
+    if eval_iters is not None and (isinstance(eval_iters, bool) or not isinstance(eval_iters, int) or eval_iters <= 0):
+        raise ValueError(f"eval_iters must be a positive int, got {eval_iters!r}")
     compressor: Compressor = COMPRESSORS.create(method, **dict(options or {}))
     config = compressor.config
     steps = finetune.steps if finetune is not None else getattr(config, "finetune_steps", 0)
@@ -221,7 +226,7 @@ def compress_checkpoint(src_dir: str | os.PathLike, method: str, options: dict[s
         raise ValueError(f"{str(src)!r} is already compressed ({state['compression']['method']}); compress the "
                          "original checkpoint instead")
     tc = run_config.train
-    n = tc.eval_iters * tc.batch_size
+    n = (eval_iters or tc.eval_iters) * tc.batch_size
 
     def measure() -> dict[str, float]:
         metrics = evaluate(model, task, "val", n=n, batch_size=tc.batch_size, bf16=False)
