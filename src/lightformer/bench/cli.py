@@ -341,7 +341,12 @@ def add_suite_parser(subparsers: Any) -> argparse.ArgumentParser:
                               description="Each (task, mixer, seed) runs in a fresh subprocess; records "
                                           "(kind: capacity) are appended to --out and measured cells are skipped "
                                           "on re-runs unless --force. See lightformer.bench.suite.")
-    p.add_argument("--tasks", type=_csv(str), required=True, help="comma-separated tasks (`lightformer tasks`)")
+    p.add_argument("--tasks", type=_csv(str), help="comma-separated tasks (`lightformer tasks`); required unless "
+                                                   "--checkpoints")
+    p.add_argument("--checkpoints", type=_csv(str), metavar="DIR,...",
+                   help="instead of training: evaluate these trained or compressed checkpoints on their task's test "
+                        "set (--eval-n examples, default the recipe's) as capacity records, labelled by their "
+                        "compression method (or --label NAME,...)")
     p.add_argument("--mixers", type=_csv(str), help="comma-separated mixers and schedule presets (masformer, "
                                                      "mamba_hybrid) (default: every mixer that can run each task's "
                                                      "direction)")
@@ -403,6 +408,24 @@ def parse_model_overrides(texts: list[str]) -> dict[str, Any]:
     return model
 
 
+def _suite_checkpoints(args: argparse.Namespace) -> int:
+    """``suite --checkpoints``: see ``lightformer.bench.checkpoint_capacity``."""
+    from .checkpoint_capacity import run_checkpoints
+
+    given = [flag for flag, value in (("--tasks", args.tasks), ("--mixers", args.mixers), ("--budget", args.budget),
+                                      ("--max-steps", args.max_steps), ("--lrs", args.lrs), ("--model", args.model),
+                                      ("--option", args.option), ("--task-option", args.task_option),
+                                      ("--eval-every", args.eval_every)) if value]
+    if given:
+        raise ValueError(f"{', '.join(given)} cannot be used with --checkpoints: a checkpoint is evaluated as it "
+                         "was trained (give --eval-n, --label, --threads, --out, --force)")
+    labels = [x.strip() for x in args.label.split(",")] if args.label else None
+    records = run_checkpoints(args.checkpoints, args.out, eval_n=args.eval_n, labels=labels,
+                              threads=args.threads or 1, force=args.force, log=lambda s: print(s, file=sys.stderr))
+    print(f"{len(records)} checkpoints -> {args.out}")
+    return 0
+
+
 def run_suite_cmd(args: argparse.Namespace) -> int:
     import json
 
@@ -412,6 +435,10 @@ def run_suite_cmd(args: argparse.Namespace) -> int:
     from .suite import build_cells, run_suite
 
     try:
+        if args.checkpoints:
+            return _suite_checkpoints(args)
+        if not args.tasks:
+            raise ValueError("--tasks is required (or --checkpoints)")
         task_options: dict[str, dict[str, Any]] = {}
         for text in args.task_option:
             task, key, value = parse_option(text)
