@@ -149,3 +149,35 @@ def test_eval_iters_sets_the_validation_size(trained, tmp_path):
     assert result.metrics_before["loss"] == pytest.approx(want["loss"], rel=1e-6)
     with pytest.raises(ValueError, match="eval_iters"):
         compress_checkpoint(trained, "svd", {"energy": 0.7}, tmp_path / "svd2", eval_iters=0)
+
+
+def test_suite_checkpoints_puts_a_compressed_model_on_the_leaderboard(trained, tmp_path, capsys):
+    from lightformer.bench.checkpoint_capacity import checkpoint_capacity_record
+    from lightformer.bench.leaderboard import entries
+
+    compress_checkpoint(trained, "svd", {"energy": 0.7}, tmp_path / "svd70")
+    out = tmp_path / "capacity.jsonl"
+    assert main(["suite", "--checkpoints", f"{trained},{tmp_path / 'svd70'}", "--eval-n", "32", "--out", str(out),
+                 "--no-progress"]) == 0
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["label"] for r in recs] == [trained.name, "svd (energy=0.7, finetune_steps=0)"]
+    model, task, _, state = load_trained(tmp_path / "svd70")
+    want = evaluate(model, task, "test", n=32, batch_size=8)
+    svd = recs[1]
+    assert (svd["kind"], svd["status"], svd["task"], svd["mixer"], svd["method"]) == ("capacity", "ok", "lm",
+                                                                                      "softmax", "svd")
+    assert svd["metric"] == "bpc" and svd["value"] == pytest.approx(want["bpc"], rel=1e-6)
+    assert svd["eval_n"] == 32 and svd["steps"] == state["step"] == 80
+    assert svd["params"] == sum(p.numel() for p in model.parameters())
+    # a second run reads the file instead of evaluating again
+    assert main(["suite", "--checkpoints", str(trained), "--eval-n", "32", "--out", str(out), "--no-progress"]) == 0
+    assert len(out.read_text().splitlines()) == 2
+    table = entries(recs)["lm"]
+    assert set(table) == {f"softmax [{trained.name}]", "softmax [svd (energy=0.7, finetune_steps=0)]"}
+    capsys.readouterr()
+    assert main(["suite", "--checkpoints", str(trained), "--mixers", "softmax", "--out", str(out)]) == 2
+    assert "--mixers cannot be used with --checkpoints" in capsys.readouterr().err
+    assert main(["suite", "--out", str(out)]) == 2
+    assert "--tasks is required" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="eval_n"):
+        checkpoint_capacity_record(str(trained), eval_n=0)
