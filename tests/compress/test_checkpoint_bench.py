@@ -51,7 +51,11 @@ def test_measure_in_process_matches_the_checkpoint(trained):
     assert 0 < rec["blocks_mib"] < rec["model_mib"]
     dec = measure(CheckpointCell(checkpoint=str(trained), label="fp32", baseline=str(trained), mode="decode",
                                  seq_len=8, batch=1, repeats=1, warmup=0))
-    assert dec["status"] == "ok" and dec["time_ms"] > 0 and dec["decode_steps"] > 0
+    assert dec["status"] == "ok" and dec["time_ms"] > 0 and dec["decode_steps"] > 0 and dec["decode_context"] == 8
+    # learned positions end at max_len (32 here): the context leaves room for the timed tokens
+    full = measure(CheckpointCell(checkpoint=str(trained), label="fp32", baseline=str(trained), mode="decode",
+                                  seq_len=32, batch=1, repeats=1, warmup=0))
+    assert full["status"] == "ok" and full["decode_context"] == 32 - full["decode_steps"]
 
 
 def test_bench_checkpoints_cli_and_report(trained, tmp_path):

@@ -12,9 +12,10 @@ Modes:
   under ``no_grad`` on fixed random ids from the task's vocabulary; ``time_ms`` = median of ``repeats`` timed runs
   after ``warmup`` untimed ones; ``mem_mib`` = the peak RSS growth over a baseline taken after a small preflight
   run (as ``lightformer.bench.cell`` does).
-* ``decode``: a language model only. A context of T tokens is prefilled once (untimed, ``LanguageModel.prefill``);
-  each timed run then decodes ``DECODE_STEPS`` tokens by ``step`` from that same context (states are values), and
-  ``time_ms`` is per token.
+* ``decode``: a language model only. A context of T tokens (``max_len − DECODE_STEPS`` where learned or sinusoidal
+  positions end before T + ``DECODE_STEPS``; recorded as ``decode_context``) is prefilled once (untimed,
+  ``LanguageModel.prefill``); each timed run then decodes ``DECODE_STEPS`` tokens by ``step`` from that same
+  context (states are values), and ``time_ms`` is per token.
 * ``eval``: the task's validation metrics (``loss`` in nats per scored unit, ``bpc`` ...) on the checkpoint run's
   canonical validation set (``eval_iters × batch_size`` examples, float32), the set ``compress`` reports; untimed.
 
@@ -161,7 +162,7 @@ def checkpoint_record(cell: CheckpointCell, machine: dict[str, str], *, status: 
             "seq_len": cell.seq_len, "batch": cell.batch, "threads": cell.threads, "warmup": cell.warmup,
             "repeats": cell.repeats, "eval_iters": cell.eval_iters if cell.mode == "eval" else None, "method": None, "method_options": None, "task": None, "architecture": None,
             "model_mib": None, "blocks_mib": None, "num_params": None, "file_mib": None, "time_ms": None,
-            "times_ms": [], "mem_mib": None, "decode_steps": None, "metrics": {}, "eval_n": None,
+            "times_ms": [], "mem_mib": None, "decode_steps": None, "decode_context": None, "metrics": {}, "eval_n": None,
             **{k: machine.get(k, "unknown") for k in ("cpu", "torch", "python", "git_commit", "timestamp")},
             "elapsed_s": None}
 
@@ -190,6 +191,16 @@ def _inputs(task: Any, model: Any, cell: CheckpointCell) -> Any:
     return torch.randint(0, vocab, (cell.batch, cell.seq_len), generator=g)
 
 
+def decode_context(model: Any, seq_len: int) -> int:
+    """The context ``decode`` prefills: T tokens, or ``max_len − DECODE_STEPS`` for a model with absolute (learned or
+    sinusoidal) positions whose table would end before the timed tokens (its ``max_len`` is the generation
+    window)."""
+    config = model.config
+    if config.position in ("learned", "sinusoidal") and seq_len + DECODE_STEPS > config.max_len:
+        return max(1, config.max_len - DECODE_STEPS)
+    return seq_len
+
+
 def _runner(model: Any, ids: Any, mode: str) -> Any:
     import torch
 
@@ -202,6 +213,7 @@ def _runner(model: Any, ids: Any, mode: str) -> Any:
         return run
     if not isinstance(model, LanguageModel):
         raise ValueError(f"decode: {type(model).__name__} does not generate (decode needs a language model)")
+    ids = ids[:, :decode_context(model, ids.shape[1])]
     with torch.no_grad():
         _, context = model.prefill(ids)
     new = torch.randint(0, model.config.vocab_size, (ids.shape[0], DECODE_STEPS),
@@ -258,7 +270,7 @@ def measure(cell: CheckpointCell) -> dict[str, Any]:
             times.append((time.perf_counter() - t0) * 1e3)
         if cell.mode == "decode":
             times = [t / DECODE_STEPS for t in times]
-            rec["decode_steps"] = DECODE_STEPS
+            rec.update(decode_steps=DECODE_STEPS, decode_context=decode_context(model, cell.seq_len))
         rec.update(time_ms=statistics.median(times), times_ms=times, mem_mib=(_peak_rss_kib() - before) / 1024.0)
         return rec
     except ValueError as exc:

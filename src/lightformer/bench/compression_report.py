@@ -54,6 +54,7 @@ class Group:
     seq_len: int
     batch: int
     variants: list[Variant]
+    decode_context: int | None = None
 
     @property
     def base(self) -> Variant | None:
@@ -101,7 +102,10 @@ def build_groups(records: Iterable[dict[str, Any]]) -> list[Group]:
                 v.decode_ms = r["time_ms"]
             elif r["mode"] == "eval":
                 v.loss = r["metrics"].get("loss")
-        group = Group(baseline, seq_len, batch, list(variants.values()))
+        contexts = {r.get("decode_context") for r in recs if r["mode"] == "decode" and r["baseline"] == baseline
+                    and (r["seq_len"], r["batch"]) == (seq_len, batch) and r.get("decode_context")}
+        group = Group(baseline, seq_len, batch, list(variants.values()),
+                      decode_context=contexts.pop() if len(contexts) == 1 else None)
         _mark_fronts(group)
         groups.append(group)
     return groups
@@ -154,7 +158,8 @@ def rows(group: Group) -> list[list[str]]:
 
 
 def _title(group: Group) -> str:
-    return f"Baseline {Path(group.baseline).name}: fwd at T={group.seq_len}, B={group.batch}; decode after T={group.seq_len}"
+    ctx = f"{group.decode_context} tokens" if group.decode_context else f"T={group.seq_len}"
+    return (f"Baseline {Path(group.baseline).name}: fwd at T={group.seq_len}, B={group.batch}; decode after {ctx}")
 
 
 def _plot(groups: list[Group], path: Path) -> bool:
