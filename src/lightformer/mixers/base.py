@@ -133,6 +133,11 @@ class Capabilities:
         max_len: longest sequence accepted (``None`` = unbounded); may depend on the config, see ``Mixer.max_len``.
         positions: relative position schemes accepted (always includes ``"none"``).
         non_causal: can be built with ``causal=False``.
+        compile: ``None`` when ``torch.compile(mixer)`` (graph breaks allowed) runs and matches the eager forward
+            and gradients; otherwise why it cannot, naming the failing op and the torch version it was seen with.
+            ``tests/mixers/test_compile.py`` checks both promises (TorchDynamo with its eager backend for every
+            mixer, AOTAutograd for the refusals); ``lightformer bench --compile`` runs inductor and skips a mixer
+            with a reason (status ``unsupported``), and so does ``train --compile`` (a ``ValueError``).
     """
 
     exact: bool
@@ -146,9 +151,12 @@ class Capabilities:
     prefill: bool = False
     time_exponent: int = field(kw_only=True)
     log_exponent: int = field(default=0, kw_only=True)
+    compile: str | None = field(default=None, kw_only=True)
 
     def __post_init__(self) -> None:
         check_field_types(self)
+        if self.compile is not None and not self.compile.strip():
+            raise ValueError("compile must be None (the mixer compiles) or a non-empty reason why it cannot")
         if self.time_exponent not in (1, 2):
             raise ValueError(f"time_exponent must be 1 or 2, got {self.time_exponent!r}")
         if self.log_exponent < 0:

@@ -72,7 +72,10 @@ class ReformerLSH(Mixer):
     config: ReformerLSHConfig
     capabilities = Capabilities(exact=False, causal=True, padding_mask=True, decode=False,
                                 complexity="n_hashes·(T·bucket_size + T²/bucket_size)·d", max_len=None,
-                                positions=frozenset({"none"}), time_exponent=2)
+                                positions=frozenset({"none"}), time_exponent=2,
+                                compile="the hash seed is read as a Python int (a graph break after the fused "
+                                        "q/k/v projection) and torch 2.13's AOTAutograd fails to regenerate the "
+                                        "aliased [B, H, T, d] views at that break ('shape ... is invalid for input')")
     example_options = {"n_hashes": 2, "bucket_size": 4}
 
     def __init__(self, config: ReformerLSHConfig) -> None:

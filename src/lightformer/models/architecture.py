@@ -75,7 +75,8 @@ def meet(capabilities: Iterable[Capabilities]) -> Capabilities:
         complexity=" + ".join(dict.fromkeys(c.complexity for c in caps)),
         max_len=min(limits) if limits else None,
         positions=frozenset.intersection(*(frozenset(c.positions) for c in caps)),
-        time_exponent=worst.time_exponent, log_exponent=worst.log_exponent)
+        time_exponent=worst.time_exponent, log_exponent=worst.log_exponent,
+        compile=next((c.compile for c in caps if c.compile), None))
 
 
 def architecture_capabilities(name: str) -> Capabilities:

@@ -79,12 +79,16 @@ def hilo_attention(q: Tensor, k: Tensor, v: Tensor, *, window: int, num_lofi: in
         pos = torch.arange(nb * bq, device=q.device).view(1, nb, bq)  # each block's own keys
         pos = torch.where(pos < t, pos, torch.full_like(pos, -1))
         band = torch.ones(bq, bq, dtype=torch.bool, device=q.device).tril() if causal else None  # j <= i
-        outs.append(gathered_attention(q[:, :hi], k[:, :hi], v[:, :hi], BlockPattern(bq, pos, band=band),
-                                       key_padding_mask=key_padding_mask, scale=scale))
+        # assigned before the append: under torch.compile a graph break inside the call with a bound method of
+        # this call's list on the stack invalidates the resumed frame's cache, so every call recompiled (torch 2.13)
+        hifi = gathered_attention(q[:, :hi], k[:, :hi], v[:, :hi], BlockPattern(bq, pos, band=band),
+                                  key_padding_mask=key_padding_mask, scale=scale)
+        outs.append(hifi)
     if num_lofi:
         k_pool, has_real = pool_windows(k[:, hi:], window, key_padding_mask)  # [B, L, P, d]
         v_pool, _ = pool_windows(v[:, hi:], window, key_padding_mask)
         rule = (lambda qp, kp: (kp + 1) * window - 1 <= qp) if causal else None
-        outs.append(gathered_attention(q[:, hi:], k_pool, v_pool, BlockPattern(min(LOFI_BLOCK, t), None, rule=rule),
-                                       key_padding_mask=has_real.expand(b, -1), scale=scale))
+        lofi = gathered_attention(q[:, hi:], k_pool, v_pool, BlockPattern(min(LOFI_BLOCK, t), None, rule=rule),
+                                  key_padding_mask=has_real.expand(b, -1), scale=scale)
+        outs.append(lofi)
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
