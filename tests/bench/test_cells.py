@@ -15,10 +15,10 @@ SCHEMA = {
     "kind": str, "schema": int, "status": str, "impl": str, "label": str, "mixer": str, "options": dict,
     "seq_len": int, "batch": int, "dim": int, "heads": int, "dtype": str, "mode": str, "causal": bool,
     "threads": int, "times_ms": list, "warmup": int, "repeats": int, "cpu": str, "torch": str, "python": str,
-    "git_commit": str, "timestamp": str,
+    "git_commit": str, "timestamp": str, "device": str, "compile": bool,
 }
 MEASURED = {"time_ms": float, "mem_mib": float, "flops": float, "gflops": float, "tokens_per_s": float,
-            "flops_family": str, "gate": dict, "rss_reset": bool, "elapsed_s": float}
+            "flops_family": str, "gate": dict, "rss_reset": bool, "elapsed_s": float, "mem_kind": str}
 
 
 def check_schema(rec, status):

@@ -39,7 +39,7 @@ def test_model_cells_record_the_stack_and_every_field(tmp_path):
     by = {r["mixer"]: r for r in recs}
     for r in recs:
         assert r["status"] == "ok", r["reason"]
-        assert r["kind"] == "bench" and r["schema"] == 2 and r["mode"] == "model-fwd+bwd" and r["impl"] == "lightformer"
+        assert r["kind"] == "bench" and r["schema"] == 3 and r["mode"] == "model-fwd+bwd" and r["impl"] == "lightformer"
         assert r["threads"] == 1 and r["num_layers"] == 4 and r["architecture"] == r["mixer"] == r["label"]
         assert all(isinstance(r[k], str) and r[k] for k in MACHINE)
         assert all(k in r for k in MODEL_KEYS)

@@ -26,6 +26,21 @@ Model modes (``model-fwd``, ``model-fwd+bwd``) run the same steps on a whole bac
 distinct mixer of the architecture, the module a ``num_layers``-layer ``Transformer`` on embeddings
 (``lightformer.bench.model_cell``).
 
+Device (``cell.device``): the gate, the module and the inputs live there; autocast uses its device type. On CUDA
+every run is bracketed by ``torch.cuda.synchronize()`` and ``mem_mib`` is the growth of
+``torch.cuda.max_memory_allocated`` (its peak reset at the baseline) over the memory allocated then (``mem_kind``
+``"cuda"``); on the CPU it is the RSS growth above (``"rss"``).
+
+Compiled cells (``cell.compile``): after the oracle gate (on the eager module), the module is wrapped by
+``torch.compile`` (default inductor backend, graph breaks allowed). Its first call compiles (forward, and for
+fwd+bwd the backward), and its output must equal the eager module's forward on the same input (max abs error
+<= ``COMPILED_TOL[dtype]`` times max(1, max |output|), else ``gate_failed``); ``compile_s`` = that call's wall time
+minus the median timed run. Then ``max(1, warmup)`` more untimed calls (a second call may still compile graphs
+reached only from the first backward), and only then the memory baseline: the compiler's own memory (its Python
+objects, generated code) is not the module's, so the peak growth is taken over the RSS after compilation (the
+warm-ups' gradients freed and the C heap trimmed, ``malloc_trim``), and the bytes of the parameters and inputs,
+already resident then, are added to it.
+
 ``MemoryError`` or a RuntimeError about allocation -> ``oom``; a ValueError from building at the full shape ->
 ``unsupported``; anything else -> ``error`` with the exception text.
 
@@ -55,6 +70,9 @@ from .results import base_record
 
 RECORD_PREFIX = "LIGHTFORMER_RECORD "
 HOOK_ENV = "LIGHTFORMER_BENCH_HOOK"
+#: compiled vs eager output at the cell's full shape: allowed max abs error per unit of output scale (inductor
+#: fuses and reorders reductions, so fp32 agrees to ~1e-6 relative, 16-bit types to their rounding)
+COMPILED_TOL = {"fp32": 1e-4, "fp64": 1e-9, "bf16": 5e-2, "fp16": 1e-2, "amp-bf16": 5e-2}
 # the dtype of the module and input; ``amp-bf16`` keeps them fp32 and runs under bf16 autocast (``_runner``)
 TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "fp64": "float64", "amp-bf16": "float32"}
 
@@ -126,12 +144,21 @@ def decode_error(m: Any, x: Any) -> float:
     return (torch.cat(rows, dim=1) - full).abs().max().item()
 
 
+def sync(device: Any) -> None:
+    """Wait for the device's queued work (CUDA); a no-op on the CPU, whose ops return when done."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def oracle_gate(cell: Cell) -> dict[str, Any]:
-    """Float64 forward vs oracle of a lightformer mixer; ``passed`` is None when every gate length raised
-    ValueError (the caller then decides between unsupported and gate_failed)."""
+    """Float64 forward vs oracle of a lightformer mixer, on the cell's device; ``passed`` is None when every gate
+    length raised ValueError (the caller then decides between unsupported and gate_failed)."""
     import torch
     from lightformer import create_mixer
 
+    device = torch.device(cell.device)
     base = min(cell.seq_len, cell.gate_len)
     lengths = list(dict.fromkeys(min(cell.seq_len, n * base) for n in (1, 4, 8)))
     last = None
@@ -139,8 +166,8 @@ def oracle_gate(cell: Cell) -> dict[str, Any]:
         torch.manual_seed(0)
         try:
             m = create_mixer(cell.mixer, dim=cell.dim, num_heads=cell.heads, causal=cell.causal,
-                             **resolve_options(cell.options, t)).double().eval()
-            x = torch.randn(2, t, cell.dim, dtype=torch.float64)
+                             **resolve_options(cell.options, t)).double().to(device).eval()
+            x = torch.randn(2, t, cell.dim, dtype=torch.float64).to(device)
             with torch.no_grad():
                 y = m(x)
                 ref = m.oracle(x)
@@ -213,7 +240,7 @@ def _runner(cell: Cell, module: Any, x: Any) -> Callable[[int | None], Any]:
 
     def precision():
         if cell.dtype == "amp-bf16":
-            return torch.autocast("cpu", dtype=torch.bfloat16)
+            return torch.autocast(x.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     mode = run_mode(cell.mode)
@@ -227,7 +254,7 @@ def _runner(cell: Cell, module: Any, x: Any) -> Callable[[int | None], Any]:
     if mode == "fwd+bwd":
         module.train()
         x.requires_grad_(True)
-        grad = torch.randn(x.shape, dtype=x.dtype)
+        grad = torch.randn(x.shape, dtype=x.dtype).to(x.device)
         grads = {x.dtype: grad}
 
         def run(steps: int | None = None) -> Any:
@@ -245,7 +272,7 @@ def _runner(cell: Cell, module: Any, x: Any) -> Callable[[int | None], Any]:
     with torch.no_grad(), precision():  # the context: T tokens prefilled once, untimed
         _, context = module(x, return_state=True)
     new_tokens = torch.randn(cell.batch, DECODE_STEPS, cell.dim, generator=torch.Generator().manual_seed(1))
-    new_tokens = new_tokens.to(x.dtype)
+    new_tokens = new_tokens.to(device=x.device, dtype=x.dtype)
 
     def run(steps: int | None = None) -> Any:
         n = DECODE_STEPS if steps is None else min(steps, DECODE_STEPS)
@@ -310,13 +337,83 @@ def _preflight(cell: Cell) -> None:
     try:
         module, _ = build(small)
         dtype = getattr(torch, TORCH_DTYPES[cell.dtype])
-        module = module.to(dtype)
-        x = torch.randn(small.batch, small.seq_len, small.dim).to(dtype)
+        module = module.to(device=cell.device, dtype=dtype)
+        x = torch.randn(small.batch, small.seq_len, small.dim).to(device=cell.device, dtype=dtype)
         _runner(small, module, x)(4)
+        sync(cell.device)
     except MemoryError:
         raise
     except Exception:  # noqa: BLE001
         pass
+
+
+class _Memory:
+    """Peak memory growth of the cell over a baseline: the RSS high-water mark on the CPU (``/proc``; KiB), the
+    peak of ``torch.cuda.max_memory_allocated`` on CUDA (bytes). ``reset()`` takes the baseline, ``growth_mib()``
+    reads the peak since then."""
+
+    def __init__(self, device: str) -> None:
+        self.cuda = device.startswith("cuda")
+        self.kind = "cuda" if self.cuda else "rss"
+        self.base = 0.0
+
+    def reset(self, trim: bool = False) -> bool | None:
+        """Take the baseline; ``trim``: first hand the C heap's free pages back to the kernel (glibc
+        ``malloc_trim``), so memory that warm-up runs used and freed is not resident at the baseline and a timed run
+        that reuses it still counts as growth."""
+        import torch
+
+        gc.collect()
+        if trim and not self.cuda:
+            _malloc_trim()
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated() / 2**20
+            return None
+        ok = _reset_peak_rss()
+        self.base = _peak_rss_kib() / 1024.0
+        return ok
+
+    def growth_mib(self) -> float:
+        import torch
+
+        if self.cuda:
+            return torch.cuda.max_memory_allocated() / 2**20 - self.base
+        return _peak_rss_kib() / 1024.0 - self.base
+
+
+def _malloc_trim() -> None:
+    """glibc's ``malloc_trim(0)``; nothing where the C library has no such function."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _resident_mib(module: Any, x: Any) -> float:
+    """MiB of the parameters, buffers and input of a cell: what is already resident when a compiled cell takes its
+    memory baseline after compiling (see the module docstring)."""
+    tensors = {id(t): t for t in [*module.parameters(), *module.buffers(), x]}
+    return sum(t.numel() * t.element_size() for t in tensors.values()) / 2**20
+
+
+def _compiled_error(cell: Cell, module: Any, x: Any, y: Any) -> tuple[float, float]:
+    """max |compiled output y - eager forward of ``module`` on ``x``| and the tolerance it must stay within."""
+    import contextlib
+
+    import torch
+
+    precision = torch.autocast(x.device.type, dtype=torch.bfloat16) if cell.dtype == "amp-bf16" else \
+        contextlib.nullcontext()
+    with torch.no_grad(), precision:
+        ref = module(x.detach())
+    ref, y = ref.double(), y.double()
+    scale = max(1.0, ref.abs().max().item())
+    return (y - ref).abs().max().item(), COMPILED_TOL[cell.dtype] * scale
 
 
 def _measure(cell: Cell, rec: dict[str, Any]) -> dict[str, Any]:
@@ -335,9 +432,9 @@ def _measure(cell: Cell, rec: dict[str, Any]) -> dict[str, Any]:
             return rec
         gc.collect()
     _preflight(cell)
-    gc.collect()
-    rec["rss_reset"] = _reset_peak_rss()
-    before_kib = _peak_rss_kib()
+    memory = _Memory(cell.device)
+    rec["mem_kind"] = memory.kind
+    rec["rss_reset"] = memory.reset()
     torch.manual_seed(0)
     try:
         module, time_exponent = build(cell)
@@ -353,11 +450,15 @@ def _measure(cell: Cell, rec: dict[str, Any]) -> dict[str, Any]:
         rec.update(status="unsupported", reason=reason)
         return rec
     dtype = getattr(torch, TORCH_DTYPES[cell.dtype])
-    module = module.to(dtype)
-    x = torch.randn(cell.batch, cell.seq_len, cell.dim).to(dtype)
-    run = _runner(cell, module, x)
-    # the first untimed run is also the peers' gate (and a sanity check of every mixer at full size)
+    module = module.to(device=cell.device, dtype=dtype)
+    x = torch.randn(cell.batch, cell.seq_len, cell.dim).to(device=cell.device, dtype=dtype)
+    run = _runner(cell, torch.compile(module) if cell.compile else module, x)
+    # the first untimed run is also the peers' gate (and a sanity check of every mixer at full size); a compiled
+    # cell compiles in it
+    t0 = time.perf_counter()
     y = run(8 if cell.mode == "decode" else None)
+    sync(cell.device)
+    first_ms = (time.perf_counter() - t0) * 1e3
     want = (cell.batch, min(8, DECODE_STEPS) if cell.mode == "decode" else cell.seq_len, cell.dim)
     finite = bool(torch.isfinite(y).all()) if isinstance(y, torch.Tensor) else False
     if not isinstance(y, torch.Tensor) or tuple(y.shape) != want or not finite:
@@ -369,21 +470,41 @@ def _measure(cell: Cell, rec: dict[str, Any]) -> dict[str, Any]:
         return rec
     if cell.impl != LIGHTFORMER:
         rec["gate"] = {"kind": "finite", "seq_len": cell.seq_len, "max_abs_err": None, "tol": None, "passed": True}
+    resident = 0.0
+    if cell.compile:
+        err, tol = _compiled_error(cell, module, x, y)
+        rec["gate"].update(compiled_max_abs_err=err, compiled_tol=tol)
+        if not err <= tol:  # NaN fails too
+            rec["gate"]["passed"] = False
+            rec.update(status="gate_failed", reason=f"compiled output differs from eager: max abs error {err:.3g} > "
+                                                    f"{tol:.3g} at T={cell.seq_len} in {cell.dtype}")
+            return rec
     del y
-    for _ in range(max(0, cell.warmup - 1)):
+    for _ in range(max(1, cell.warmup) if cell.compile else max(0, cell.warmup - 1)):
         run(None)
+    if cell.compile:  # the baseline after compiling: see the module docstring
+        sync(cell.device)
+        x.grad = None  # the gradients of the warm-up are freed, so the timed runs' are counted as in eager cells
+        for p in module.parameters():
+            p.grad = None
+        resident = _resident_mib(module, x)
+        rec["rss_reset"] = memory.reset(trim=True)
     _hook("timed")
     times = []
     for _ in range(cell.repeats):
+        sync(cell.device)
         t0 = time.perf_counter()
         run(None)
+        sync(cell.device)
         times.append((time.perf_counter() - t0) * 1e3)
-    after_kib = _peak_rss_kib()
+    mem_mib = memory.growth_mib() + resident
     tokens = cell.seq_len
     if cell.mode == "decode":  # per-token latency at context T
         times, tokens = [t / DECODE_STEPS for t in times], 1
         rec.update(decode_steps=DECODE_STEPS, state_mib=run.state_bytes / 2 ** 20)
     time_ms = statistics.median(times)
+    if cell.compile:
+        rec["compile_s"] = max(0.0, first_ms - time_ms) / 1e3
     if is_model_mode(cell.mode):
         from .model_cell import model_flops
 
@@ -391,7 +512,7 @@ def _measure(cell: Cell, rec: dict[str, Any]) -> dict[str, Any]:
     else:
         flops, family = cell_flops(effective_options(cell), cell.seq_len, cell.batch, cell.dim, cell.heads,
                                    cell.causal, cell.mode, time_exponent, own_flops(cell))
-    rec.update(time_ms=time_ms, times_ms=times, mem_mib=(after_kib - before_kib) / 1024.0, flops=flops,
+    rec.update(time_ms=time_ms, times_ms=times, mem_mib=mem_mib, flops=flops,
                flops_family=family, gflops=flops / (time_ms * 1e-3) / 1e9,
                tokens_per_s=cell.batch * tokens / (time_ms * 1e-3))
     return rec

@@ -51,9 +51,15 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--dtype", type=_csv(str), help=f"dtypes among {','.join(DTYPES)} (default fp32)")
     g.add_argument("--modes", type=_csv(str), help=f"modes among {','.join(MODES + MODEL_MODES)} (default "
                                                    "fwd+bwd); model-* time a whole model of --layers layers "
-                                                   "against the all-softmax one")
+                                                   "against the all-softmax one; or train alone: whole LM "
+                                                   "training steps (see the training-step flags)")
     g.add_argument("--layers", type=int, help="layers of the model-mode cells (default 4)")
     g.add_argument("--causal", action="store_true", default=None, help="causal cells (default non-causal)")
+    g.add_argument("--compile", action="store_true", default=None,
+                   help="also run every cell through torch.compile (inductor): eager and compiled cells side by "
+                        "side; compilation happens in the warm-up and is recorded as compile_s")
+    g.add_argument("--device", choices=("cpu", "cuda", "auto"), help="where cells run (default cpu; auto = cuda "
+                                                                     "when available)")
     g.add_argument("--option", action="append", default=[], metavar="MIXER.KEY=VALUE",
                    help="mixer option override, repeatable, e.g. sliding_window.window=256")
     g.add_argument("--peers", help="all | none | comma-separated peer names (default all)")
@@ -65,6 +71,16 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--gate-len", type=int, help="T of the correctness gate (default 64)")
     g.add_argument("--gate-tol", type=float, help="max abs error of forward vs float64 oracle (default 1e-6)")
     g.add_argument("--plugin", action="append", default=[], help="module to import first (registers mixers)")
+    t = p.add_argument_group("training steps (--modes train: tokens/s of forward, backward and AdamW step of a "
+                             "whole LM against x-transformers and nanoGPT of the same shape)")
+    t.add_argument("--preset", help="the model, batch and context of this `lightformer train` preset (default "
+                                    "stdlib-small), e.g. nanogpt-cpu, shakespeare-char")
+    t.add_argument("--model", action="append", default=[], metavar="KEY=VALUE",
+                   help="ModelConfig field over the preset, repeatable (dim=256, num_layers=4, mixer=softmax); "
+                        "--dim, --heads, --layers, --seq-lens (context) and --batch (one value each) also apply")
+    t.add_argument("--vocab", type=int, help="vocabulary size (default: the preset's tokenizer on its data)")
+    t.add_argument("--peer", action="append", default=[], metavar="nanogpt:PATH",
+                   help="also measure nanoGPT's GPT from this model.py (nanoGPT is not a package)")
     c = p.add_argument_group("trained checkpoints (instead of a grid)")
     c.add_argument("--checkpoints", type=_csv(str), metavar="BASE,DIR,...",
                    help="measure these checkpoints (training or `lightformer compress` output) against the first: "
@@ -90,7 +106,7 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
 _GRID_FLAGS = {"mixers": "mixers", "seq_lens": "seq_lens", "batch": "batches", "dim": "dim", "heads": "heads",
                "dtype": "dtypes", "modes": "modes", "peers": "peers", "threads": "threads", "warmup": "warmup",
                "repeats": "repeats", "timeout": "timeout_s", "max_memory": "max_memory_mib",
-               "gate_len": "gate_len", "gate_tol": "gate_tol", "layers": "num_layers"}
+               "gate_len": "gate_len", "gate_tol": "gate_tol", "layers": "num_layers", "device": "device"}
 
 
 def grid_from_args(args: argparse.Namespace) -> Grid:
@@ -102,6 +118,8 @@ def grid_from_args(args: argparse.Namespace) -> Grid:
             setattr(grid, attr, value)
     if args.causal:
         grid.causal = [True]
+    if getattr(args, "compile", None):
+        grid.compile = [False, True]
     for text in args.option:
         mixer, key, value = parse_option(text)
         grid.options.setdefault(mixer, {})[key] = value
@@ -110,7 +128,7 @@ def grid_from_args(args: argparse.Namespace) -> Grid:
 
 
 def _grid_given(args: argparse.Namespace) -> bool:
-    return bool(args.grid or args.option or args.plugin or args.causal or
+    return bool(args.grid or args.option or args.plugin or args.causal or getattr(args, "compile", None) or
                 any(getattr(args, f, None) is not None for f in _GRID_FLAGS))
 
 
@@ -121,6 +139,11 @@ def run_bench(args: argparse.Namespace) -> int:
     from .runner import run_sweep
 
     try:
+        if args.modes and "train" in args.modes:
+            return _run_train(args)
+        train_only = [f"--{f}" for f in ("preset", "model", "vocab", "peer") if getattr(args, f, None)]
+        if train_only:
+            raise ValueError(f"{', '.join(train_only)} describe the model of --modes train; add --modes train")
         if getattr(args, "checkpoints", None):
             return _run_checkpoints(args)
         if getattr(args, "labels", None) or getattr(args, "eval_iters", None):
@@ -148,9 +171,82 @@ def run_bench(args: argparse.Namespace) -> int:
         return 2
 
 
+#: grid flags that mean nothing for a training step (its model comes from --preset and --model)
+_NOT_FOR_TRAIN = ("grid", "mixers", "causal", "gate_len", "gate_tol", "max_memory", "compare_to", "report",
+                  "checkpoints")
+
+
+def _one(values: list | None, flag: str) -> Any:
+    if values is None:
+        return None
+    if len(values) != 1:
+        raise ValueError(f"--modes train measures one shape: give one {flag}, got {values}")
+    return values[0]
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    """``bench --modes train``: see ``lightformer.bench.train_cell``."""
+    from .lm_peers import LM_PEERS
+    from .train_cell import TRAIN_REPEATS, TRAIN_WARMUP, model_for_bench, run_train, train_cells
+
+    if args.modes != ["train"]:
+        raise ValueError(f"--modes {','.join(args.modes)}: train measures whole training steps; give it alone")
+    given = [f for f in _NOT_FOR_TRAIN if getattr(args, f, None) not in (None, False, [])]
+    if given or args.option or args.plugin:
+        names = [f"--{f.replace('_', '-')}" for f in given] + (["--option"] if args.option else []) + \
+            (["--plugin"] if args.plugin else [])
+        raise ValueError(f"{', '.join(names)} cannot be used with --modes train: its model comes from --preset and "
+                         "--model KEY=VALUE")
+    model = parse_model_overrides(args.model)
+    for flag, field_ in (("dim", "dim"), ("heads", "num_heads"), ("layers", "num_layers")):
+        if getattr(args, flag) is not None:
+            model[field_] = getattr(args, flag)
+    nanogpt = None
+    for text in args.peer:
+        kind, sep, path = text.partition(":")
+        if kind != "nanogpt" or not sep or not path:
+            raise ValueError(f"--peer {text!r}: expected nanogpt:PATH/model.py")
+        nanogpt = path
+    if args.peers in (None, "all"):
+        peers = ["x_transformers"] + (["nanogpt"] if nanogpt else [])
+    elif args.peers == "none":
+        peers = ["nanogpt"] if nanogpt else []
+    else:
+        peers = [p.strip() for p in args.peers.split(",") if p.strip()]
+        bad = [p for p in peers if p not in LM_PEERS]
+        if bad:
+            raise ValueError(f"--peers {','.join(bad)}: in train mode choose among {', '.join(LM_PEERS)}")
+        if nanogpt and "nanogpt" not in peers:
+            peers.append("nanogpt")
+    lm, train = model_for_bench(args.preset, model, batch=_one(args.batch, "--batch"),
+                                seq_len=_one(args.seq_lens, "--seq-lens"), vocab=args.vocab)
+    cells = train_cells(lm, train, preset=args.preset or "stdlib-small", peers=peers, nanogpt_path=nanogpt,
+                        compile=[False, True] if args.compile else [False],
+                        dtype=_one(args.dtype, "--dtype") or "fp32", threads=args.threads,
+                        warmup=TRAIN_WARMUP if args.warmup is None else args.warmup,
+                        repeats=args.repeats or TRAIN_REPEATS, timeout_s=args.timeout or 600.0,
+                        device=args.device or "cpu")
+    records = run_train(cells, args.out, force=args.force, progress=not args.no_progress)
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    print(f"{len(records)} cells -> {args.out}: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    base = next((r for r in records if r["impl"] == "lightformer" and not r.get("compile") and r["status"] == "ok"),
+                None)
+    for r in records:
+        name = r["impl"] + (" (compiled)" if r.get("compile") else "")
+        if r["status"] != "ok":
+            print(f"  {name}: {r['status']} {(r.get('reason') or '')[:200]}")
+            continue
+        ratio = f" · x{r['time_ms'] / base['time_ms']:.2f} lightformer's step time" if base else ""
+        print(f"  {name}: {r['time_ms']:.1f} ms/step, {r['tokens_per_s']:,.0f} tokens/s, {r['params']:,} "
+              f"parameters{ratio}")
+    return 0
+
+
 #: grid flags that mean nothing for trained checkpoints (their model fixes mixer, width, heads, dtype ...)
 _NOT_FOR_CHECKPOINTS = ("grid", "mixers", "dim", "heads", "dtype", "layers", "causal", "peers", "gate_len",
-                        "gate_tol", "max_memory", "compare_to", "report")
+                        "gate_tol", "max_memory", "compare_to", "report", "compile", "device")
 
 
 def _run_checkpoints(args: argparse.Namespace) -> int:

@@ -2,8 +2,8 @@
 
 A ``Grid`` expands into ``Cell`` s; each cell is measured in its own subprocess (``lightformer.bench.cell``). A
 cell's identity (``Cell.key``) is (impl, mixer, options, seq_len, batch, dim, heads, dtype, mode, causal, threads);
-the JSON-lines results are resumed by that key (and ``num_layers`` for whole-model cells). A grid comes from CLI
-flags and/or a TOML file, e.g.::
+the JSON-lines results are resumed by that key (and ``num_layers`` for whole-model cells, ``compile`` for compiled
+cells, ``device`` off the CPU). A grid comes from CLI flags and/or a TOML file, e.g.::
 
     mixers = ["softmax", "sliding_window"]     # omitted = every registered mixer
     seq_lens = [512, 1024]
@@ -15,6 +15,8 @@ flags and/or a TOML file, e.g.::
     causal = [true]
     peers = "all"                              # "all" | "none" | ["sdpa", "local_attention"]
     threads = 2
+    compile = [false, true]                    # eager and torch.compile'd cells side by side (--compile)
+    device = "cpu"                             # cpu | cuda | auto (cuda when available)
     [options.sliding_window]
     window = 128
 
@@ -44,6 +46,25 @@ MODES = ("fwd", "fwd+bwd", "decode")
 MODEL_MODES = ("model-fwd", "model-fwd+bwd")
 #: ``impl`` of a cell that runs a lightformer mixer (peers use their own name).
 LIGHTFORMER = "lightformer"
+#: where a cell runs (``auto`` = ``cuda`` when torch sees a CUDA device, else ``cpu``; resolved by ``Grid.validate``)
+DEVICES = ("cpu", "cuda", "auto")
+
+
+def resolve_device(device: str) -> str:
+    """``"cpu"``, ``"cuda"``, or for ``"auto"`` whichever this torch can use.
+
+    Raises:
+        ValueError: an unknown device, or ``"cuda"`` without a CUDA device (the message names ``--device``).
+    """
+    import torch
+
+    if device not in DEVICES:
+        raise ValueError(f"--device {device!r}: choose from {', '.join(DEVICES)}")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: torch sees no CUDA device (torch.cuda.is_available() is False)")
+    return device
 
 
 def default_threads() -> int:
@@ -106,6 +127,9 @@ class Cell:
         gate_len: T of the correctness gate (capped at ``seq_len``); gate_tol: max abs error allowed in float64.
         plugins: modules the subprocess imports first (they may register mixers).
         num_layers: layers of the model in a model mode; ``None`` for mixer cells.
+        compile: run the module through ``torch.compile`` (default inductor backend; compilation happens in the
+            warm-up and is recorded as ``compile_s``, not timed).
+        device: ``"cpu"`` or ``"cuda"`` (time with ``torch.cuda.synchronize``, memory by ``max_memory_allocated``).
     """
 
     impl: str
@@ -127,6 +151,8 @@ class Cell:
     gate_tol: float = 1e-6
     plugins: tuple[str, ...] = ()
     num_layers: int | None = None
+    compile: bool = False
+    device: str = "cpu"
 
     @property
     def key(self) -> str:
@@ -150,11 +176,19 @@ class Cell:
 #: ``num_layers`` is ``None`` in mixer cells and in records written before model cells existed, so their keys agree
 KEY_FIELDS = ("impl", "mixer", "options", "seq_len", "batch", "dim", "heads", "dtype", "mode", "causal", "threads",
               "num_layers")
+#: identifying fields added later, with their default: part of the key only when set to something else, so the
+#: records written before them keep their keys (and resume)
+OPTIONAL_KEY_FIELDS = {"compile": False, "device": "cpu"}
 
 
 def cell_key(record: dict[str, Any]) -> str:
-    """The identity of a cell or record as canonical JSON over ``KEY_FIELDS``."""
-    return json.dumps({k: record.get(k) for k in KEY_FIELDS}, sort_keys=True)
+    """The identity of a cell or record as canonical JSON over ``KEY_FIELDS`` (and ``OPTIONAL_KEY_FIELDS`` that
+    are not at their default)."""
+    key = {k: record.get(k) for k in KEY_FIELDS}
+    for k, default in OPTIONAL_KEY_FIELDS.items():
+        if record.get(k) not in (None, default):
+            key[k] = record[k]
+    return json.dumps(key, sort_keys=True)
 
 
 @dataclass
@@ -162,9 +196,11 @@ class Grid:
     """What to measure. ``mixers=None`` means every registered mixer; ``peers`` is ``"all"`` (every peer whose
     baseline mixer is in the grid, SDPA always), ``"none"``, or a list of peer names. ``options`` maps a mixer
     name to option overrides on top of ``defaults.BENCH_DEFAULTS``. ``num_layers``: layers of the model-mode
-    cells. Other fields as in ``Cell``.
+    cells. ``compile``: one cell per value for every implementation and shape (``[False, True]``: eager and compiled
+    side by side). ``device``: ``cpu | cuda | auto`` (``validate`` resolves ``auto``). Other fields as in ``Cell``.
 
-    Raises (``validate``): ValueError on an unknown dtype/mode or a non-positive size.
+    Raises (``validate``): ValueError on an unknown dtype/mode/device, a non-positive size, ``cuda`` without a CUDA
+    device, or an empty ``compile``.
     """
 
     mixers: list[str] | None = None
@@ -186,6 +222,8 @@ class Grid:
     gate_tol: float = 1e-6
     plugins: list[str] = field(default_factory=list)
     num_layers: int = 4
+    compile: list[bool] = field(default_factory=lambda: [False])
+    device: str = "cpu"
 
     def validate(self) -> "Grid":
         for d in self.dtypes:
@@ -203,6 +241,9 @@ class Grid:
             raise ValueError(f"warmup must be >= 0, got {self.warmup}")
         if self.timeout_s <= 0:
             raise ValueError(f"timeout must be positive seconds, got {self.timeout_s}")
+        if not self.compile or any(not isinstance(c, bool) for c in self.compile):
+            raise ValueError(f"compile must be a non-empty list of true/false, got {self.compile!r}")
+        self.device = resolve_device(self.device)
         return self
 
     @classmethod
@@ -223,7 +264,7 @@ class Grid:
             key = aliases.get(key, key)
             if key not in names:
                 raise ValueError(f"unknown grid key {key!r}; valid keys: {', '.join(sorted(names))}")
-            if key in ("seq_lens", "batches", "dtypes", "modes", "causal", "mixers", "plugins") and \
+            if key in ("seq_lens", "batches", "dtypes", "modes", "causal", "mixers", "plugins", "compile") and \
                     not isinstance(value, list):
                 value = [value]
             if key == "max_memory_mib" and isinstance(value, str):
@@ -233,9 +274,10 @@ class Grid:
         return cls(**kwargs).validate()
 
     def cell(self, impl: str, mixer: str, options: dict[str, Any], seq_len: int, batch: int, dtype: str,
-             mode: str, causal: bool) -> Cell:
+             mode: str, causal: bool, compile: bool = False) -> Cell:
         return Cell(impl=impl, mixer=mixer, options=options, seq_len=seq_len, batch=batch, dim=self.dim,
                     heads=self.heads, dtype=dtype, mode=mode, causal=causal, threads=self.threads,
                     warmup=self.warmup, repeats=self.repeats, timeout_s=self.timeout_s,
                     max_memory_mib=self.max_memory_mib, gate_len=self.gate_len, gate_tol=self.gate_tol,
-                    plugins=tuple(self.plugins), num_layers=self.num_layers if is_model_mode(mode) else None)
+                    plugins=tuple(self.plugins), num_layers=self.num_layers if is_model_mode(mode) else None,
+                    compile=compile, device=self.device)

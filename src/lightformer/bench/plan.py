@@ -38,6 +38,8 @@ def capability_reason(cell: Cell, max_len: int | None = None) -> str | None:
     ``max_len`` overrides ``capabilities.max_len`` when the built mixer knows a config-dependent limit. A model
     cell is judged by the capabilities of its stack (``models.architecture.meet`` over its layers' mixers).
     """
+    if cell.compile and cell.mode == "decode":
+        return "compile applies to fwd, fwd+bwd and the model modes; decode steps run eagerly"
     if cell.impl != LIGHTFORMER:
         peer = get_peer(cell.impl)
         if cell.mode == "decode":
@@ -59,6 +61,8 @@ def capability_reason(cell: Cell, max_len: int | None = None) -> str | None:
         return f"decode requested but {cell.mixer!r} has no decode path (capabilities.decode=False)"
     if cell.mode == "decode" and not cell.causal:
         return "decode needs a causal cell (add --causal)"
+    if cell.compile and caps.compile:
+        return f"compile requested but {cell.mixer!r} declares it cannot be compiled: {caps.compile}"
     limit = max_len if max_len is not None else caps.max_len
     if limit is not None and cell.seq_len > limit:
         return f"T={cell.seq_len} is above {cell.mixer!r}'s max_len={limit}"
@@ -154,14 +158,16 @@ def expand(grid: Grid) -> list[Cell]:
             for mode in grid.modes:
                 for causal in dict.fromkeys(grid.causal):
                     for batch in grid.batches:
-                        shape = dict(seq_len=seq_len, batch=batch, dtype=dtype, mode=mode, causal=bool(causal))
-                        if is_model_mode(mode):
-                            cells += [grid.cell(LIGHTFORMER, a, arch_options[a], **shape) for a in architectures]
-                            continue
-                        for peer in peers:
-                            mixer = get_peer(peer).mixer
-                            opts = {} if peer == SDPA else options[mixer]
-                            cells.append(grid.cell(peer, mixer, opts, **shape))
-                        for mixer in mixers:
-                            cells.append(grid.cell(LIGHTFORMER, mixer, options[mixer], **shape))
+                        for compiled in dict.fromkeys(grid.compile):
+                            shape = dict(seq_len=seq_len, batch=batch, dtype=dtype, mode=mode, causal=bool(causal),
+                                         compile=compiled)
+                            if is_model_mode(mode):
+                                cells += [grid.cell(LIGHTFORMER, a, arch_options[a], **shape) for a in architectures]
+                                continue
+                            for peer in peers:
+                                mixer = get_peer(peer).mixer
+                                opts = {} if peer == SDPA else options[mixer]
+                                cells.append(grid.cell(peer, mixer, opts, **shape))
+                            for mixer in mixers:
+                                cells.append(grid.cell(LIGHTFORMER, mixer, options[mixer], **shape))
     return cells

@@ -3,7 +3,8 @@
 Files written into ``out_dir`` (``name`` defaults to ``"bench"``):
 
     <name>.md               machine line, then one table per group (see ``lightformer.bench.table``): the mixer
-                            groups, then a "Whole models" section with the groups of the model modes
+                            groups, then a "Whole models" section with the groups of the model modes, then a
+                            "Training steps" section (``bench --modes train``, ``train_cell.train_tables``)
     <name>_<group>_time.png     time (ms) vs T, log-log, one line per implementation (or architecture)
     <name>_<group>_memory.png   peak RSS growth (MiB) vs T, log-log
     <name>.html             the same tables and every PNG inlined as base64 data URIs (no external files)
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .table import Table, build_tables, machine_line
+from .train_cell import TRAIN_LEGEND, TRAIN_SECTION, TRAIN_MODE, train_tables
 
 LEGEND = ("Cells: median time (ms) / peak RSS growth (MiB); ×r = time ratio to the baseline measured in the same "
           "run at the same shape (< 1 = faster). Crossover: smallest measured T from which the implementation "
@@ -35,12 +37,20 @@ MODEL_LEGEND = ("Each row is a whole backbone (`lightformer bench --modes model-
                 "Crossover: smallest measured T from which the architecture stays faster than all-softmax.")
 
 
-def _sections(tables: list[Table]) -> list[tuple[Table, bool]]:
-    """Each table with whether the "Whole models" heading goes before it (the first model table)."""
-    out, seen = [], False
+def _is_train(t: Table) -> bool:
+    return t.key[0] == TRAIN_MODE
+
+
+def _sections(tables: list[Table]) -> list[tuple[Table, tuple[str, str] | None]]:
+    """Each table with the (heading, legend) of the section it opens: the first model table opens "Whole
+    models", the first training-step table "Training steps"; ``None`` for the others."""
+    out, seen = [], set()
     for t in tables:
-        out.append((t, t.model and not seen))
-        seen = seen or t.model
+        section = (TRAIN_SECTION, TRAIN_LEGEND) if _is_train(t) else (MODEL_SECTION, MODEL_LEGEND) if t.model \
+            else None
+        out.append((t, section if section and section[0] not in seen else None))
+        if section:
+            seen.add(section[0])
     return out
 
 
@@ -82,7 +92,7 @@ def markdown(records: list[dict[str, Any]], tables: list[Table], images: dict[st
     lines = [machine_line(records), "", "# lightformer bench", "", LEGEND, ""]
     for t, section in _sections(tables):
         if section:
-            lines += [f"# {MODEL_SECTION}", "", MODEL_LEGEND, ""]
+            lines += [f"# {section[0]}", "", section[1], ""]
         lines += [f"## {t.title}", "", "| " + " | ".join(t.header) + " |",
                   "|" + "|".join("---" for _ in t.header) + "|"]
         lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in t.rows]
@@ -102,7 +112,7 @@ def html_page(records: list[dict[str, Any]], tables: list[Table], pngs: dict[str
              f"<p><b>{e(machine_line(records))}</b></p>", "<h1>lightformer bench</h1>", f"<p>{e(LEGEND)}</p>"]
     for t, section in _sections(tables):
         if section:
-            parts.append(f"<h1>{e(MODEL_SECTION)}</h1><p>{e(MODEL_LEGEND)}</p>")
+            parts.append(f"<h1>{e(section[0])}</h1><p>{e(section[1])}</p>")
         parts.append(f"<h2>{e(t.title)}</h2><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in t.header) + "</tr>")
         for row in t.rows:
             parts.append("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>")
@@ -130,10 +140,12 @@ def write_report(records: Iterable[dict[str, Any]], out_dir: str | os.PathLike[s
     records = list(records)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tables = build_tables(records)
+    tables = build_tables(records) + train_tables(records)
     paths: dict[str, Path] = {}
     pngs: dict[str, list[Path]] = {}
     for t in tables:
+        if _is_train(t):  # one shape per table: nothing to plot against T
+            continue
         for metric, what, ylabel in ((0, "time", "time per run (ms)"), (1, "memory", "peak RSS growth (MiB)")):
             p = out / f"{name}_{t.stem}_{what}.png"
             _plot(t, p, metric, ylabel)

@@ -3,7 +3,8 @@
 Schema (``kind == "bench"``; every key is always present, ``None`` where not applicable)::
 
     kind          "bench"
-    schema        2               (1: before the model keys below; read them with ``.get``)
+    schema        3               (1: before the model keys below, 2: before device, compile, compile_s and
+                                  mem_kind; read them with ``.get``: absent means cpu, eager, rss)
     status        "ok" | "gate_failed" | "timeout" | "oom" | "unsupported" | "unavailable" | "error"
                   ("diverged": capacity records only, a training loss that became NaN or infinite)
     reason        str | None      why the status is not "ok" (error text, capability, pip hint)
@@ -21,7 +22,13 @@ Schema (``kind == "bench"``; every key is always present, ``None`` where not app
     threads       int             torch intra-op threads actually used (requested ones if never started)
     time_ms       float | None    median wall time of one run (ms): forward, forward+backward, or T decode steps
     times_ms      list[float]     every timed run (ms)
-    mem_mib       float | None    peak RSS growth (MiB), see ``lightformer.bench.cell``
+    mem_mib       float | None    peak memory growth (MiB), see ``lightformer.bench.cell``
+    mem_kind      "rss" | "cuda" | None   what mem_mib counts: the process's peak RSS growth (CPU) or the growth of
+                                  ``torch.cuda.max_memory_allocated`` (CUDA)
+    device        "cpu" | "cuda"
+    compile       bool            the module ran through ``torch.compile`` (inductor)
+    compile_s     float | None    compiled cells: the first call's wall time (s) minus the median run, i.e. what
+                                  compiling cost (forward and backward graphs); spent in the warm-up, not timed
     rss_reset     bool | None     whether the RSS high-water mark could be reset before the baseline
     flops         float | None    analytic FLOPs of one run (``lightformer.bench.flops``)
     flops_family  str | None      formula used: exact | window | block_sparse | kernel | low_rank | lsh |
@@ -56,7 +63,7 @@ from typing import Any, Iterable
 
 from .grid import Cell, cell_key
 
-BENCH_SCHEMA = 2
+BENCH_SCHEMA = 3
 
 STATUSES = ("ok", "gate_failed", "timeout", "oom", "unsupported", "unavailable", "error", "diverged")
 #: Statuses that are retried on resume (they may succeed next time without --force).
@@ -75,6 +82,7 @@ def base_record(cell: Cell, machine: dict[str, str], *, status: str, reason: str
         "impl": cell.impl, "label": cell.label, "mixer": cell.mixer, "options": dict(cell.options),
         "seq_len": cell.seq_len, "batch": cell.batch, "dim": cell.dim, "heads": cell.heads, "dtype": cell.dtype,
         "mode": cell.mode, "causal": cell.causal, "threads": threads if threads is not None else cell.threads,
+        "device": cell.device, "compile": cell.compile, "compile_s": None, "mem_kind": None,
         "time_ms": None, "times_ms": [], "mem_mib": None, "rss_reset": None, "flops": None, "flops_family": None,
         "gflops": None, "tokens_per_s": None, "gate": None, "warmup": cell.warmup, "repeats": cell.repeats,
         "cpu": machine.get("cpu", "unknown"), "torch": machine.get("torch", "unknown"),

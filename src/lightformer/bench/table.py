@@ -9,6 +9,11 @@ both were measured (``none`` if it is not faster at the largest such T). Decode 
 decodes), so their baseline is lightformer's ``softmax`` with its KV cache: the ratio reads ``×r softmax`` and the
 crossover is the context from which a mixer's per-token latency beats the KV cache's.
 
+Compiled cells (``bench --compile``) are rows of their own in the same table, named ``<row> (compiled)``; besides
+the ratios to the (eager) baselines they read ``×r eager``, the ratio to the same implementation's eager cell of the
+run, and ``compile N s``, the compilation time spent in the warm-up. Cells measured on CUDA form their own groups
+(the title names the device).
+
 Whole-model groups (modes ``model-fwd``, ``model-fwd+bwd``; one group per number of layers too) have one row per
 architecture, named with its layers' mixers, options and position scheme; their baseline is the all-softmax model
 of the same run (``model_cell.MODEL_BASELINE``): a cell reads ``time ms / mem MiB · ×r time · ×m mem vs
@@ -26,7 +31,13 @@ from .model_cell import MODEL_BASELINE
 from .peers import PEERS, SDPA
 from .results import bench_records
 
-GROUP_FIELDS = ("mode", "dtype", "causal", "batch", "dim", "heads", "threads", "num_layers")
+GROUP_FIELDS = ("mode", "dtype", "causal", "batch", "dim", "heads", "threads", "num_layers", "device")
+
+
+def group_value(r: dict[str, Any], name: str) -> Any:
+    """``r[name]``, with records written before ``device`` existed read as CPU ones."""
+    value = r.get(name)
+    return "cpu" if name == "device" and value is None else value
 #: the baseline of decode groups: softmax attention decoding from its KV cache
 DECODE_BASELINE = "softmax"
 
@@ -34,6 +45,8 @@ DECODE_BASELINE = "softmax"
 def is_baseline(r: dict[str, Any]) -> bool:
     """SDPA; in a decode group lightformer's softmax (KV cache), in a model group the all-softmax model, whatever
     its options."""
+    if r.get("compile"):
+        return False
     if r["mode"] == "decode":
         return r["impl"] == LIGHTFORMER and r["mixer"] == DECODE_BASELINE
     if is_model_mode(r["mode"]):
@@ -71,13 +84,19 @@ def model_row_name(r: dict[str, Any]) -> str:
     return name + (f" · position {r['position']}" if r.get("position") else "")
 
 
-def row_id(r: dict[str, Any]) -> tuple[str, str, str]:
-    return r["impl"], r["mixer"], json.dumps(r.get("options") or {}, sort_keys=True)
+def row_id(r: dict[str, Any]) -> tuple[str, str, str, bool]:
+    return r["impl"], r["mixer"], json.dumps(r.get("options") or {}, sort_keys=True), bool(r.get("compile"))
 
 
 def row_name(r: dict[str, Any]) -> str:
     """``softmax``, ``sliding_window [window=256]``, ``local_attention (peer of sliding_window) [window=256]``;
-    model rows see ``model_row_name``."""
+    model rows see ``model_row_name``; a compiled cell's row ends in `` (compiled)``."""
+    if r.get("compile"):
+        return _eager_row_name(r) + " (compiled)"
+    return _eager_row_name(r)
+
+
+def _eager_row_name(r: dict[str, Any]) -> str:
     if is_model_mode(r["mode"]):
         return model_row_name(r)
     opts = r.get("options") or {}
@@ -92,15 +111,17 @@ def row_name(r: dict[str, Any]) -> str:
 def group_title(key: tuple) -> str:
     g = dict(zip(GROUP_FIELDS, key))
     mode = f"whole model, {g['num_layers']} layers, {run_mode(g['mode'])}" if is_model_mode(g["mode"]) else g["mode"]
+    device = f" · {g['device']}" if g.get("device", "cpu") != "cpu" else ""
     return (f"{mode} · {g['dtype']} · {'causal' if g['causal'] else 'non-causal'} · "
-            f"B={g['batch']} D={g['dim']} H={g['heads']} · {g['threads']} threads")
+            f"B={g['batch']} D={g['dim']} H={g['heads']} · {g['threads']} threads{device}")
 
 
 def group_stem(key: tuple) -> str:
     g = dict(zip(GROUP_FIELDS, key))
     layers = f"_l{g['num_layers']}" if g.get("num_layers") is not None else ""
+    device = f"_{g['device']}" if g.get("device", "cpu") != "cpu" else ""
     return (f"{g['mode'].replace('+', '-')}_{g['dtype']}_{'causal' if g['causal'] else 'noncausal'}"
-            f"_b{g['batch']}_d{g['dim']}_h{g['heads']}_t{g['threads']}{layers}")
+            f"_b{g['batch']}_d{g['dim']}_h{g['heads']}_t{g['threads']}{layers}{device}")
 
 
 def crossover(times: dict[int, float], sdpa: dict[int, float]) -> int | None:
@@ -140,7 +161,15 @@ def _peer_time(by_shape: dict, r: dict[str, Any], peer: str, metric: str = "time
         if peer == SDPA and is_baseline(other):
             return other[metric]
         if peer != SDPA and other["impl"] == peer and other["mixer"] == r["mixer"] and \
-                other.get("options") == r.get("options"):
+                other.get("options") == r.get("options") and bool(other.get("compile")) == bool(r.get("compile")):
+            return other["time_ms"]
+    return None
+
+
+def _eager_time(by_shape: dict, r: dict[str, Any]) -> float | None:
+    """The time of the eager cell of a compiled cell's implementation at its shape (same impl, mixer, options)."""
+    for other in by_shape.get((r["seq_len"],), []):
+        if other["status"] == "ok" and not other.get("compile") and row_id(other)[:3] == row_id(r)[:3]:
             return other["time_ms"]
     return None
 
@@ -149,7 +178,9 @@ def build_tables(records: Iterable[dict[str, Any]]) -> list[Table]:
     """Group the latest bench records into tables (see the module docstring)."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in bench_records(records):
-        groups.setdefault(tuple(r.get(f) for f in GROUP_FIELDS), []).append(r)
+        if r.get("mode") == "train":  # whole training steps: their own section (``train_table``)
+            continue
+        groups.setdefault(tuple(group_value(r, f) for f in GROUP_FIELDS), []).append(r)
     tables = []
     # mixer groups first, then the whole-model ones (the report's second section)
     for key in sorted(groups, key=lambda k: (is_model_mode(k[0]), tuple(str(v) for v in k))):
@@ -167,10 +198,11 @@ def build_tables(records: Iterable[dict[str, Any]]) -> list[Table]:
                        f"crossover vs {baseline_name(mode)}"])
 
         def baseline_row(rid: tuple) -> bool:
-            return is_baseline({"impl": rid[0], "mixer": rid[1], "mode": mode})
+            return is_baseline({"impl": rid[0], "mixer": rid[1], "mode": mode, "compile": rid[3]})
 
-        # the baseline first, then lightformer mixers, each followed by its peers
-        order = sorted(rows, key=lambda rid: (not baseline_row(rid), rid[1], rid[0] != LIGHTFORMER, rid[0], rid[2]))
+        # the baseline first, then lightformer mixers, each followed by its peers (compiled rows after eager ones)
+        order = sorted(rows, key=lambda rid: (not baseline_row(rid), rid[1], rid[0] != LIGHTFORMER, rid[0], rid[2],
+                                              rid[3]))
         sdpa_times = {t: r["time_ms"] for rid in rows if baseline_row(rid)
                       for t, r in rows[rid].items() if r["status"] == "ok"}
         for rid in order:
@@ -227,6 +259,12 @@ def _cell_text(r: dict[str, Any], by_shape: dict) -> str:
                 p = _peer_time(by_shape, r, peer)
                 if p:
                     ratios.append(f"×{r['time_ms'] / p:.2f} {peer}")
+    if r.get("compile"):
+        e = _eager_time(by_shape, r)
+        if e:
+            ratios.append(f"×{r['time_ms'] / e:.2f} eager")
+        if r.get("compile_s") is not None:
+            ratios.append(f"compile {r['compile_s']:.0f} s")
     return text + (" · " + " · ".join(ratios) if ratios else "")
 
 
@@ -241,5 +279,7 @@ def machine_line(records: Iterable[dict[str, Any]], kinds: tuple[str, ...] = ("b
 
     dates = sorted(str(r.get("timestamp")) for r in recs if r.get("timestamp"))
     date = dates[-1][:10] if dates else "unknown"
+    devices = sorted({r.get("device") or "cpu" for r in recs})
+    device = f" · device {', '.join(devices)}" if devices and devices != ["cpu"] else ""
     return (f"Machine: {values('cpu')} · {values('threads')} threads · torch {values('torch')} · "
-            f"git {values('git_commit')} · {date}")
+            f"git {values('git_commit')} · {date}{device}")
