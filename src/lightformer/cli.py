@@ -136,7 +136,7 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     overrides = parse_overrides(extra)
     shortcuts = {"data": "train.data", "tokenizer": "train.tokenizer", "max_steps": "train.max_steps",
                  "max_time": "train.max_time", "out": "train.out_dir", "mixer": "model.mixer", "seed": "train.seed",
-                 "threads": "train.threads", "task": "task.name"}
+                 "threads": "train.threads", "task": "task.name", "compile": "train.compile"}
     for attr, key in shortcuts.items():
         value = getattr(args, attr)
         if value is not None:
@@ -271,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", default=None, help="continue from this checkpoint folder")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="run the training forward/backward through torch.compile (train.compile=true)")
     p.add_argument("--json", action="store_true", help="last line: one JSON object with the results")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train, takes_extra=True)

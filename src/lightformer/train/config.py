@@ -65,6 +65,8 @@ class TrainConfig:
             one-hot (~1.5 nats), so a high T would flatten it towards uniform.
         distill_alpha: weight α in [0, 1] of the soft term: loss = α·T²·KL + (1 − α)·CE (0 = plain training).
             0.5 by default, the equal mix of the paper's speech experiment (a weight of 0.5 on the hard targets).
+        compile: run the training forward and backward through ``torch.compile`` (``train/compiled.py``; refused
+            for a mixer whose ``capabilities.compile`` says why it cannot); evaluation and checkpoints stay eager.
     """
 
     data: str = "stdlib"
@@ -91,6 +93,7 @@ class TrainConfig:
     teacher: str | None = None
     distill_temperature: float = DISTILL_TEMPERATURE
     distill_alpha: float = DISTILL_ALPHA
+    compile: bool = False
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "block_size", "eval_interval", "eval_iters"):

@@ -18,6 +18,7 @@ from ..blocks import collect_aux_loss, collect_aux_stats
 from ..tasks.base import Loss, Task, batch_to
 from ..tasks.text import Corpus
 from . import checkpoint
+from .compiled import compile_for_training
 from .config import RunConfig
 from .distill import DistillLoss, distillation_loss, load_teacher
 from .evaluate import autocast_context, evaluate
@@ -120,6 +121,9 @@ class Trainer:
         self.config = RunConfig(model_cfg, tc, config.task)
         torch.manual_seed(tc.seed)
         self.model = self.task.build_model(model_cfg)
+        # train.compile: the training forward runs compiled; evaluation, checkpoints and the optimizer keep the
+        # plain module, whose parameters the compiled wrapper shares
+        self._forward_model = compile_for_training(self.model, model_cfg) if tc.compile else self.model
         self.optimizer = build_optimizer(self.model, tc)
         self.device = torch.device("cpu")
         # not a submodule of the student: outside its optimizer, its parameters and its checkpoint
@@ -225,7 +229,7 @@ class Trainer:
                 group["lr"] = lr
             batch = self.train_batch(self.step)
             with self.autocast():
-                out = self.task.loss(self.model, batch)
+                out = self.task.loss(self._forward_model, batch)
                 aux = collect_aux_loss(self.model)  # e.g. MoE load balancing, set by the forward just run
                 distilled = None if self.teacher is None else self._distill(out, batch)
             objective = out.loss if distilled is None else distilled.loss
