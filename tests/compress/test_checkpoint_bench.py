@@ -185,3 +185,25 @@ def test_suite_checkpoints_puts_a_compressed_model_on_the_leaderboard(trained, t
     assert "--tasks is required" in capsys.readouterr().err
     with pytest.raises(ValueError, match="eval_n"):
         checkpoint_capacity_record(str(trained), eval_n=0)
+
+
+def test_report_adds_accuracy_for_a_classifier():
+    def rec(label, mode, **kw):
+        base = {"kind": "checkpoint", "status": "ok", "reason": None, "checkpoint": f"/r/{label}", "label": label,
+                "baseline": "/r/base", "is_baseline": label == "base", "mode": mode, "seq_len": 784, "batch": 8,
+                "method": None, "method_options": None, "model_mib": 0.3, "file_mib": 0.3, "time_ms": None,
+                "metrics": {}}
+        base.update(kw)
+        return base
+
+    recs = [rec("base", "fwd", time_ms=300.0), rec("base", "eval", metrics={"loss": 1.0, "accuracy": 0.648}),
+            rec("m", "fwd", time_ms=200.0, method="tome", method_options={"r": [392, 0]}),
+            rec("m", "eval", metrics={"loss": 1.01, "accuracy": 0.641}, method="tome")]
+    (group,) = build_groups(recs)
+    from lightformer.bench.compression_report import header
+
+    assert header(group)[-3:] == ("val accuracy %", "Δ points", "front")
+    table = {row[0]: row for row in rows(group)}
+    assert table["m"][1] == "tome (r=[392, 0])" and table["m"][6] == "×0.67"
+    assert table["m"][11:13] == ["64.1", "-0.7"] and table["base *(baseline)*"][11:13] == ["64.8", "+0.0"]
+    assert table["m"][13] == "speed"

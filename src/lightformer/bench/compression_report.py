@@ -44,6 +44,7 @@ class Variant:
     fwd_ms: float | None = None
     decode_ms: float | None = None
     loss: float | None = None
+    accuracy: float | None = None
     notes: list[str] = field(default_factory=list)
     fronts: list[str] = field(default_factory=list)
 
@@ -101,7 +102,7 @@ def build_groups(records: Iterable[dict[str, Any]]) -> list[Group]:
             elif r["mode"] == "decode":
                 v.decode_ms = r["time_ms"]
             elif r["mode"] == "eval":
-                v.loss = r["metrics"].get("loss")
+                v.loss, v.accuracy = r["metrics"].get("loss"), r["metrics"].get("accuracy")
         contexts = {r.get("decode_context") for r in recs if r["mode"] == "decode" and r["baseline"] == baseline
                     and (r["seq_len"], r["batch"]) == (seq_len, batch) and r.get("decode_context")}
         group = Group(baseline, seq_len, batch, list(variants.values()),
@@ -140,19 +141,33 @@ def _method(v: Variant) -> str:
 
 HEADER = ("variant", "method", "model MiB", "×base", "file MiB", "fwd ms", "×base", "decode ms/token", "×base",
           "val loss", "Δ nats", "front")
+#: the columns a classification task adds before ``front`` (its validation accuracy and the change, in points)
+ACCURACY_HEADER = ("val accuracy %", "Δ points")
+
+
+def header(group: Group) -> tuple[str, ...]:
+    """``HEADER``, with ``ACCURACY_HEADER`` before ``front`` when a variant of ``group`` has an accuracy."""
+    if any(v.accuracy is not None for v in group.variants):
+        return HEADER[:-1] + ACCURACY_HEADER + HEADER[-1:]
+    return HEADER
 
 
 def rows(group: Group) -> list[list[str]]:
-    """The table rows of ``group`` (see ``HEADER``)."""
+    """The table rows of ``group`` (see ``header``)."""
     base = group.base
+    with_accuracy = len(header(group)) > len(HEADER)
     out = []
     for v in group.variants:
         delta = None if v.loss is None or base is None or base.loss is None else v.loss - base.loss
+        acc = [] if not with_accuracy else [
+            _num(None if v.accuracy is None else 100 * v.accuracy, ".1f"),
+            "—" if v.accuracy is None or base is None or base.accuracy is None
+            else f"{100 * (v.accuracy - base.accuracy):+.1f}"]
         out.append([v.label + (" *(baseline)*" if v.is_baseline else ""), _method(v), _num(v.model_mib, ".3f"),
                     _ratio(v.model_mib, base and base.model_mib), _num(v.file_mib, ".3f"), _num(v.fwd_ms, ".1f"),
                     _ratio(v.fwd_ms, base and base.fwd_ms), _num(v.decode_ms, ".2f"),
                     _ratio(v.decode_ms, base and base.decode_ms), _num(v.loss, ".4f"),
-                    "—" if delta is None else f"{delta:+.4f}",
+                    "—" if delta is None else f"{delta:+.4f}", *acc,
                     ", ".join(v.fronts) + ("; " if v.fronts and v.notes else "") + "; ".join(v.notes)])
     return out
 
@@ -213,8 +228,8 @@ def write_compression_report(records: Iterable[dict[str, Any]], out_dir: str | o
     md = ["# lightformer compression\n", f"**{line}**\n", LEGEND + "\n"]
     for g in groups:
         md.append(f"## {_title(g)}\n")
-        md.append("| " + " | ".join(HEADER) + " |")
-        md.append("|" + "---|" * len(HEADER))
+        md.append("| " + " | ".join(header(g)) + " |")
+        md.append("|" + "---|" * len(header(g)))
         md.extend("| " + " | ".join(row) + " |" for row in rows(g))
         md.append("")
     if not groups:
@@ -229,7 +244,7 @@ def write_compression_report(records: Iterable[dict[str, Any]], out_dir: str | o
              f"<style>{STYLE}</style></head><body>",
              f"<p><b>{e(line)}</b></p><h1>lightformer compression</h1><p>{e(LEGEND)}</p>"]
     for g in groups:
-        parts.append(f"<h2>{e(_title(g))}</h2><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in HEADER) + "</tr>")
+        parts.append(f"<h2>{e(_title(g))}</h2><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header(g)) + "</tr>")
         parts.extend("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows(g))
         parts.append("</table>")
     data = base64.b64encode(png.read_bytes()).decode("ascii")
