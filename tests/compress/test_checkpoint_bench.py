@@ -207,3 +207,26 @@ def test_report_adds_accuracy_for_a_classifier():
     assert table["m"][1] == "tome (r=[392, 0])" and table["m"][6] == "×0.67"
     assert table["m"][11:13] == ["64.1", "-0.7"] and table["base *(baseline)*"][11:13] == ["64.8", "+0.0"]
     assert table["m"][13] == "speed"
+
+
+def test_report_of_checkpoint_and_capacity_records_writes_both(tmp_path):
+    ck = {"kind": "checkpoint", "status": "ok", "reason": None, "checkpoint": "/r/base", "label": "base",
+          "baseline": "/r/base", "is_baseline": True, "mode": "eval", "seq_len": 784, "batch": 8, "method": None,
+          "method_options": None, "model_mib": 0.3, "file_mib": 0.3, "time_ms": None,
+          "metrics": {"loss": 1.0, "accuracy": 0.6}}
+    from types import SimpleNamespace
+
+    from lightformer.bench.results import capacity_record
+
+    cell = SimpleNamespace(task="mqar", task_options={}, mixer="softmax", mixer_options={}, model={"dim": 64},
+                           train={"batch_size": 16, "max_steps": 3}, lrs=(1e-3,), seed=0, eval_n=32, threads=1,
+                           label="")
+    cap = capacity_record(cell, {"cpu": "cpu"}, status="ok")
+    cap.update(metric="accuracy", value=0.9, val_value=0.9, seq_len=32)
+    out = tmp_path / "c.jsonl"
+    out.write_text(json.dumps(ck) + "\n" + json.dumps(cap) + "\n")
+    assert main(["report", str(out), "--out-dir", str(tmp_path), "--name", "compression"]) == 0
+    md = (tmp_path / "compression.md").read_text()
+    assert md.startswith("# lightformer compression") and "## Test metrics (`suite` records; also " \
+        "compression_capacity.html)" in md and "| softmax |" in md
+    assert (tmp_path / "compression_capacity.md").exists() and not (tmp_path / "compression_compression.md").exists()

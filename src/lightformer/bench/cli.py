@@ -303,13 +303,13 @@ def run_report(args: argparse.Namespace) -> int:
     checkpoints = any(r.get("kind") == "checkpoint" for r in records)
     bench = any(r.get("kind") == "bench" for r in records) or not records
     capacity = any(r.get("kind") == "capacity" for r in records)
+    compression: dict[str, Path] = {}
     if checkpoints:
         from .compression_report import write_compression_report
 
-        name = ("compression" if args.name == "bench" else args.name) if not (bench or capacity) else \
-            f"{args.name}_compression"
-        paths = write_compression_report(records, args.out_dir, name=name)
-        print("\n".join(f"{k}: {v}" for k, v in paths.items() if k in ("markdown", "html")))
+        name = f"{args.name}_compression" if bench else ("compression" if args.name == "bench" else args.name)
+        compression = write_compression_report(records, args.out_dir, name=name)
+        print("\n".join(f"{k}: {v}" for k, v in compression.items() if k in ("markdown", "html")))
     if bench:
         paths = write_report(records, args.out_dir, name=args.name)
         print("\n".join(f"{k}: {v}" for k, v in paths.items() if k in ("markdown", "html")))
@@ -318,13 +318,17 @@ def run_report(args: argparse.Namespace) -> int:
 
         # one file of both kinds: the leaderboard goes beside the bench report and its Markdown is appended to it,
         # so neither overwrites the other
-        name = ("capacity" if args.name == "bench" else args.name) if not bench else f"{args.name}_capacity"
+        name = f"{args.name}_capacity" if bench or checkpoints else ("capacity" if args.name == "bench" else
+                                                                       args.name)
         board = write_leaderboard(records, args.out_dir, name=name)
         print("\n".join(f"{k}: {v}" for k, v in board.items() if k in ("markdown", "html")))
+        text = board["markdown"].read_text().split("\n", 1)[1]  # without its title
         if bench:
-            text = board["markdown"].read_text().split("\n", 1)[1]  # without its title
             with open(paths["markdown"], "a", encoding="utf-8") as f:
                 f.write(f"\n## Training runs (`suite` records; also {board['html'].name})\n{text}")
+        elif checkpoints:  # e.g. `suite --checkpoints` test metrics of the compressed models
+            with open(compression["markdown"], "a", encoding="utf-8") as f:
+                f.write(f"\n## Test metrics (`suite` records; also {board['html'].name})\n{text}")
     return 0
 
 
