@@ -121,3 +121,16 @@ def test_model_trains_one_step(name):
         assert value == value  # not NaN
         if metric == "accuracy":
             assert 0.0 <= value <= 1.0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_count_read_from_the_batch_is_the_loss_count(name):
+    """``task.count(batch)``, which multi-process training all-reduces before the forward, is the number of units
+    ``task.loss`` scores, on the training split (where probes may score fewer positions) and on validation."""
+    task = build(name)
+    torch.manual_seed(0)
+    model = task.build_model(ModelConfig(dim=32, num_layers=1, num_heads=2, max_len=8, position="none"))
+    for split, seed in (("train", 0), ("train", 1), ("val", None)):
+        batch = task.sample(split, N, seed=seed)
+        count = task.count(batch)
+        assert isinstance(count, int) and count == task.loss(model, batch).count > 0, (split, seed)

@@ -220,6 +220,12 @@ class Task:
     def loss(self, model: nn.Module, batch: tuple) -> Loss:
         raise NotImplementedError
 
+    def count(self, batch: tuple) -> int:
+        """The scored units of ``batch`` (what ``loss(model, batch).count`` will be), read from the batch alone,
+        without a forward: multi-process training sums it over the ranks before the backward to normalise the loss
+        by the global count (``train/trainer.py``)."""
+        raise NotImplementedError
+
     # -- reading examples ---------------------------------------------------------------------------------------
     def decode(self, ids: Tensor | list[int]) -> str:
         """Token ids -> text, tokens joined by spaces (overridden by tasks whose tokens are characters/bytes)."""
@@ -267,6 +273,9 @@ class SequenceTask(Task):
         scored = targets != IGNORE
         # the head only at the scored positions: [B, T, V] logits of a V=8192 probe would not fit in memory
         return classification_loss(model.head(model.backbone(inputs)[scored]).float(), targets[scored])
+
+    def count(self, batch: tuple) -> int:
+        return int((batch[1] != IGNORE).sum())
 
     def format_example(self, batch: tuple, i: int) -> str:
         inputs, targets = batch
@@ -316,6 +325,9 @@ class ClassificationTask(Task):
         inputs, mask, labels = batch
         return classification_loss(model(inputs, key_padding_mask=None if bool(mask.all()) else mask), labels)
 
+    def count(self, batch: tuple) -> int:
+        return batch[-1].shape[0]  # one label per example
+
     def format_example(self, batch: tuple, i: int) -> str:
         inputs, mask, labels = batch
         ids = inputs[i][mask[i]]
@@ -348,6 +360,9 @@ class PairTask(Task):
         logits = model(a, b, key_padding_mask=None if bool(mask_a.all()) else mask_a,
                        key_padding_mask2=None if bool(mask_b.all()) else mask_b)
         return classification_loss(logits, labels)
+
+    def count(self, batch: tuple) -> int:
+        return batch[-1].shape[0]  # one label per pair
 
     def format_example(self, batch: tuple, i: int) -> str:
         (a, mask_a), (b, mask_b), labels = batch
@@ -388,6 +403,9 @@ class RegressionTask(Task):
         count = int(scored.sum())
         loss = err.mean()
         return Loss(loss, count, {"nmse": float(err.detach().sum())})
+
+    def count(self, batch: tuple) -> int:
+        return int(batch[2].sum())
 
 
 def batch_to(batch: tuple, device: torch.device | str) -> tuple:

@@ -126,6 +126,9 @@ class LanguageModelling(Task):
         nats = float(loss.detach()) * count
         return Loss(loss, count, {"bpc": nats / LN2, "loss": nats}, logits.flatten(0, 1), targets.flatten())
 
+    def count(self, batch: tuple) -> int:
+        return batch[1].numel()  # every position is scored
+
     def format_example(self, batch: tuple, i: int) -> str:
         inputs, targets = batch
         return f"inputs : {self.decode(inputs[i])!r}\ntargets: {self.decode(targets[i])!r} (inputs shifted by one)"
