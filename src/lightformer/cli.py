@@ -3,6 +3,7 @@
     lightformer list                      mixers and their capabilities
     lightformer tasks [show NAME --n 3]   tasks and their options; decoded examples with their targets
     lightformer train [--preset P] [--config run.toml] [--model.mixer=sliding_window --model.mixer_options.window=64]
+    torchrun --standalone --nproc_per_node=N -m lightformer.cli train ...   the same, data-parallel on N processes
     lightformer eval --checkpoint DIR     validation loss / bpc of a checkpoint
     lightformer sample --checkpoint DIR   generate text
     lightformer compress --checkpoint DIR --method int8 --out DIR2   compress a checkpoint (int8, int4, prune, svd)
@@ -131,12 +132,25 @@ def parse_overrides(extra: list[str]) -> list[tuple[str, Any]]:
 
 
 def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
+    from .train import distributed
+
+    # a torchrun worker: join the process group first, so a bad flag fails on every rank alike
+    dist = distributed.init(args.device) if distributed.launched_by_torchrun() else None
+    try:
+        return _train(args, extra, dist)
+    finally:
+        if dist is not None:
+            distributed.shutdown()
+
+
+def _train(args: argparse.Namespace, extra: list[str], dist) -> int:
     from .train import Trainer
 
     overrides = parse_overrides(extra)
     shortcuts = {"data": "train.data", "tokenizer": "train.tokenizer", "max_steps": "train.max_steps",
                  "max_time": "train.max_time", "out": "train.out_dir", "mixer": "model.mixer", "seed": "train.seed",
-                 "threads": "train.threads", "task": "task.name", "compile": "train.compile"}
+                 "threads": "train.threads", "task": "task.name", "grad_accum": "train.grad_accum",
+                 "compile": "train.compile"}
     for attr, key in shortcuts.items():
         value = getattr(args, attr)
         if value is not None:
@@ -146,19 +160,23 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     if args.max_time is not None and args.max_steps is None:
         overrides.append(("train.max_steps", None))  # a time budget alone: no step cap from the preset
     config = build_run_config(args.preset, args.config, overrides)
-    trainer = Trainer(config)
-    print(f"task: {trainer.task.describe()}", file=sys.stderr)
-    if trainer.task.kind == "lm":
-        print(f"data: {trainer.corpus.describe()}", file=sys.stderr)
-    print(f"model: {sum(p.numel() for p in trainer.model.parameters()):,} parameters, mixer "
-          f"{config.model.mixer} {config.model.mixer_options or ''}", file=sys.stderr)
+    trainer = Trainer(config, device=None if dist else args.device, dist=dist)
+    main = trainer.dist.is_main  # only rank 0 prints
+    if main:
+        print(f"task: {trainer.task.describe()}", file=sys.stderr)
+        if trainer.task.kind == "lm":
+            print(f"data: {trainer.corpus.describe()}", file=sys.stderr)
+        print(f"model: {sum(p.numel() for p in trainer.model.parameters()):,} parameters, mixer "
+              f"{config.model.mixer} {config.model.mixer_options or ''}; device {trainer.device}, "
+              f"{trainer.dist.world_size} process(es) x {torch.get_num_threads()} thread(s)", file=sys.stderr)
     if args.resume:
         trainer.resume(args.resume)
     result = trainer.fit(progress_bar=not args.no_progress)
-    print(f"validation: {format_metrics(result.metrics, result.tokenizer)} after {result.steps} steps, "
-          f"{result.tokens:,} tokens, {result.seconds:.1f} s")
-    if args.json:
-        print(json.dumps(result.summary()))
+    if main:
+        print(f"validation: {format_metrics(result.metrics, result.tokenizer)} after {result.steps} steps, "
+              f"{result.tokens:,} tokens, {result.seconds:.1f} s, {result.tokens_per_s:,.0f} tokens/s")
+        if args.json:
+            print(json.dumps(result.summary()))
     return 0
 
 
@@ -175,10 +193,13 @@ def format_metrics(metrics: dict[str, float], tokenizer: str | None = None) -> s
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .train.checkpoint import load_trained
+    from .train.distributed import resolve_device
     from .train.evaluate import evaluate
     from .train.precision import resolve_bf16
 
+    device = resolve_device(args.device)
     model, task, config, state = load_trained(args.checkpoint)
+    model.to(device)
     if args.data:
         if task.kind != "lm":
             raise ValueError(f"--data: the checkpoint's task {task.name!r} is not a text corpus")
@@ -186,7 +207,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             tokenizer=task.tokenizer)
     tc = config.train
     metrics = evaluate(model, task, args.split, n=(args.iters or tc.eval_iters) * tc.batch_size,
-                       batch_size=tc.batch_size, bf16=resolve_bf16(tc.bf16, "cpu"))
+                       batch_size=tc.batch_size, bf16=resolve_bf16(tc.bf16, device), device=device)
     count = metrics.pop("count")
     summary = {**{f"{args.split}_{k}": v for k, v in metrics.items()}, "steps": state["step"],
                "tokens": state["tokens"], "seconds": state["elapsed"], "task": task.name, "count": count}
@@ -200,17 +221,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from .train.checkpoint import load_trained
+    from .train.distributed import resolve_device
 
+    device = resolve_device(args.device)
     model, task, config, _ = load_trained(args.checkpoint)
+    model.to(device)
     if task.kind != "lm":
         raise ValueError(f"--checkpoint: sampling needs a language model; this one was trained on {task.name!r}")
     tokenizer = task.tokenizer
     prompt = args.prompt if args.prompt else "\n"
-    idx = torch.tensor([tokenizer.encode(prompt)], dtype=torch.int64)
+    idx = torch.tensor([tokenizer.encode(prompt)], dtype=torch.int64, device=device)
     if args.max_new_tokens is None:  # as many as the model's absolute positions allow
         bounded = config.model.position in ("learned", "sinusoidal")
         args.max_new_tokens = config.model.max_len - idx.shape[1] if bounded else 500
-    gen = torch.Generator().manual_seed(args.seed)
+    gen = torch.Generator(device).manual_seed(args.seed)  # on the device the tokens are drawn on
     out = model.generate(idx, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                          use_cache=not args.no_cache, generator=gen)
     print(tokenizer.decode(out[0].tolist()))
@@ -226,6 +250,15 @@ def cmd_compress(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.summary()))
     return 0
+
+
+def add_device_argument(p: argparse.ArgumentParser) -> None:
+    """``--device cpu|cuda|auto`` (``train/distributed.resolve_device``)."""
+    from .train.distributed import DEVICES
+
+    p.add_argument("--device", default="auto", choices=DEVICES,
+                   help="where to run: auto = CUDA when present, else CPU (default); under torchrun each rank takes "
+                        "GPU LOCAL_RANK")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -271,9 +304,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", default=None, help="continue from this checkpoint folder")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--grad-accum", type=int, default=None, help="micro-batches per optimizer step on each process")
     p.add_argument("--compile", action="store_true", default=None,
                    help="run the training forward/backward through torch.compile (train.compile=true)")
-    p.add_argument("--json", action="store_true", help="last line: one JSON object with the results")
+    add_device_argument(p)
+    p.add_argument("--json", action="store_true", help="last line: one JSON object with the results "
+                   "(tokens_per_s: summed over the processes)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train, takes_extra=True)
 
@@ -282,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val", choices=["val", "test", "train"])
     p.add_argument("--data", default=None, help="lm: another file to evaluate on (default: the training data)")
     p.add_argument("--iters", type=int, default=None, help="validation batches (default: the run's eval_iters)")
+    add_device_argument(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
 
@@ -294,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-cache", action="store_true", help="re-run the whole sequence per token")
+    add_device_argument(p)
     p.set_defaults(func=cmd_sample)
 
     from .compress import COMPRESSORS
@@ -308,6 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", required=True, help=", ".join(COMPRESSORS.names()))
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="method option, repeatable")
     p.add_argument("--out", required=True, help="folder for the compressed checkpoint")
+    p.add_argument("--eval-iters", type=int, help="validation batches measured before and after (default: the "
+                                                  "run's eval_iters; fewer where the compressed forward is slow)")
     p.add_argument("--json", action="store_true", help="last line: one JSON object with the results")
     p.set_defaults(func=cmd_compress)
 
@@ -335,5 +375,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-    p.add_argument("--eval-iters", type=int, help="validation batches measured before and after (default: the "
-                                                  "run's eval_iters; fewer where the compressed forward is slow)")

@@ -2,8 +2,10 @@
 
 Layout of ``<out_dir>/checkpoint/``: ``model.safetensors``, ``optimizer.safetensors`` (AdamW moments keyed
 ``<param index>.<name>``), ``trainer.json`` (run config, step, elapsed seconds, tokens, optimizer scalars and
-hyper-parameters, torch's RNG state, history, task and its options, the tokenizer of an ``lm`` run). A new checkpoint is written to ``checkpoint.tmp/`` and swapped
-in with renames, so a crash leaves either the old or the new one (``checkpoint.old/`` is used if the swap was cut).
+hyper-parameters, torch's RNG states (CPU, and CUDA for a CUDA run; one per rank of a multi-process run), history,
+task and its options, the tokenizer of an ``lm`` run). A new checkpoint is written to ``checkpoint.tmp/`` and
+swapped in with renames, so a crash leaves either the old or the new one (``checkpoint.old/`` is used if the swap
+was cut).
 
 A compressed checkpoint (``lightformer compress``) has the same layout without ``optimizer.safetensors``; its
 ``trainer.json`` adds ``compression`` (the method, its options and what it changed), from which ``load_trained``
@@ -35,6 +37,36 @@ def _encode_bytes(t: torch.Tensor) -> str:
 
 def _decode_bytes(s: str) -> torch.Tensor:
     return torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8).clone()
+
+
+def rng_state(device: torch.device | str = "cpu") -> dict[str, str]:
+    """torch's RNG states as JSON text: the CPU generator's (``"torch"``) and, when ``device`` is a CUDA device,
+    that device's (``"cuda"``). Batches are drawn by step (``Trainer.train_batch``), so these are what dropout
+    draws from."""
+    device = torch.device(device)
+    state = {"torch": _encode_bytes(torch.get_rng_state())}
+    if device.type == "cuda":
+        state["cuda"] = _encode_bytes(torch.cuda.get_rng_state(device))
+    return state
+
+
+def set_rng_state(state: dict[str, str], device: torch.device | str = "cpu") -> None:
+    """Restore what ``rng_state`` saved: the CPU generator, and the CUDA one on ``device`` when both the checkpoint
+    and ``device`` have one (a CUDA run resumed on CPU keeps only the CPU state, and vice versa)."""
+    device = torch.device(device)
+    torch.set_rng_state(_decode_bytes(state["torch"]))
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(_decode_bytes(state["cuda"]), device)
+
+
+def _fsync(path: pathlib.Path) -> None:
+    """Flush a file (or a directory's entries) to disk, so a renamed checkpoint survives a power cut, not only a
+    killed process."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -119,7 +151,12 @@ def _storage_key(t: torch.Tensor) -> tuple | None:
 def save(out_dir: str | pathlib.Path, model: nn.Module, optimizer: torch.optim.Optimizer | None,
          trainer_state: dict[str, Any]) -> pathlib.Path:
     """Write a checkpoint atomically; returns its folder. ``optimizer=None`` (a compressed model) writes no
-    optimizer state, so the checkpoint can be evaluated and sampled but not resumed."""
+    optimizer state, so the checkpoint can be evaluated and sampled but not resumed. ``trainer_state["rng"]``
+    (``rng_state``, or the trainer's per-rank states) is stored as given; without it, this process's CPU RNG.
+
+    Atomic: the files are written and flushed in ``checkpoint.tmp/``, then renamed over ``checkpoint/``; a process
+    killed at any point leaves a complete ``checkpoint/`` or ``checkpoint.old/`` (which ``locate`` falls back to).
+    In multi-process training only rank 0 calls this (``Trainer.save``)."""
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     final, tmp, old = out_dir / NAME, out_dir / f"{NAME}.tmp", out_dir / f"{NAME}.old"
@@ -139,21 +176,25 @@ def save(out_dir: str | pathlib.Path, model: nn.Module, optimizer: torch.optim.O
         elif ident is not None:
             seen[ident] = key
     save_file(weights, str(tmp / "model.safetensors"))
+    _fsync(tmp / "model.safetensors")
     extra: dict[str, Any] = {"packed": packed} if packed else {}
     if optimizer is not None:
         opt_tensors, opt_meta = optimizer_tensors(optimizer)
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+        _fsync(tmp / "optimizer.safetensors")
         extra["optimizer"] = opt_meta
     # batches are drawn by step (Trainer.train_batch), so only torch's RNG (dropout) needs saving
-    state = dict(trainer_state, **extra, aliases=aliases, rng={"torch": _encode_bytes(torch.get_rng_state())})
+    state = dict(trainer_state, **extra, aliases=aliases, rng=trainer_state.get("rng") or rng_state())
     with open(tmp / "trainer.json", "w") as f:
         json.dump(state, f, indent=1)
         f.flush()
         os.fsync(f.fileno())
+    _fsync(tmp)
     if final.exists():
         shutil.rmtree(old, ignore_errors=True)
         os.replace(final, old)
     os.replace(tmp, final)
+    _fsync(out_dir)
     shutil.rmtree(old, ignore_errors=True)
     return final
 
@@ -185,8 +226,10 @@ def load_model_weights(path: str | pathlib.Path, model: nn.Module) -> None:
     model.load_state_dict(weights)
 
 
-def restore(path: str | pathlib.Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """Load weights, optimizer and RNG state; returns the trainer state dict.
+def restore(path: str | pathlib.Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+            device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Load weights, optimizer and RNG state (the CPU generator's, and ``device``'s when it is CUDA and the
+    checkpoint has one); returns the trainer state dict.
 
     Raises:
         ValueError: a compressed checkpoint (no optimizer state; it is evaluated and sampled, not resumed)."""
@@ -198,7 +241,7 @@ def restore(path: str | pathlib.Path, model: nn.Module, optimizer: torch.optim.O
                          "cannot be resumed; evaluate or sample it, or compress the original with a fine-tune")
     load_model_weights(folder, model)
     load_optimizer(optimizer, load_file(str(folder / "optimizer.safetensors")), state["optimizer"])
-    torch.set_rng_state(_decode_bytes(state["rng"]["torch"]))
+    set_rng_state(state["rng"], device)
     return state
 
 

@@ -43,7 +43,11 @@ class TrainConfig:
 
     Attributes:
         data: ``"stdlib"`` (built-in corpus) or a file path; tokenizer: ``"byte" | "char"``.
-        batch_size, block_size: sequences per step and tokens per sequence (context length).
+        batch_size, block_size: examples (sequences) per micro-batch and tokens per sequence (context length).
+        grad_accum: micro-batches per optimizer step on each rank (gradient accumulation). One optimizer step sees
+            ``batch_size · grad_accum · world_size`` examples (world size = processes under torchrun, else 1); its
+            loss is the mean over all their scored units. Resuming with another world size keeps this global batch
+            by changing ``grad_accum`` (``Trainer.resume``).
         max_steps: optimizer steps; max_time: wall-clock budget (``"10m"``); training stops at whichever comes
             first, and the cosine schedule follows whichever is further along (progress = max of both fractions).
         optimizer: ``"adamw"``, or ``"muon"`` (Muon on the blocks' weight matrices, AdamW on the rest; see
@@ -73,6 +77,7 @@ class TrainConfig:
     tokenizer: str = "byte"
     batch_size: int = 16
     block_size: int = 128
+    grad_accum: int = 1
     max_steps: int | None = 1000
     max_time: str | float | None = None
     optimizer: str = "adamw"
@@ -96,7 +101,7 @@ class TrainConfig:
     compile: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "block_size", "eval_interval", "eval_iters"):
+        for name in ("batch_size", "block_size", "grad_accum", "eval_interval", "eval_iters"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")

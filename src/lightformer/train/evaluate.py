@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..tasks.base import Task, batch_to
+from .distributed import SINGLE, Distributed
 
 
 def autocast_context(device: torch.device | str, bf16: bool) -> Any:
@@ -20,8 +21,12 @@ def autocast_context(device: torch.device | str, bf16: bool) -> Any:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, task: Task, split: str = "val", *, n: int, batch_size: int, bf16: bool = False,
-             device: torch.device | str = "cpu") -> dict[str, float]:
+             device: torch.device | str = "cpu", dist: Distributed = SINGLE) -> dict[str, float]:
     """Every metric of ``task`` on ``task.sample(split, n)`` (its canonical set), in chunks of ``batch_size``.
+
+    With several ranks (``dist``), rank r evaluates chunks r, r + W, r + 2W, ... and the sums are gathered, so the
+    set is evaluated once, not once per rank, and every rank returns the same numbers. ``model`` is the plain
+    module, not its ``DistributedDataParallel`` wrapper (whose forward every rank would have to join).
 
     Returns:
         ``{metric: value}`` for each of ``task.metrics`` (e.g. ``{"accuracy": 0.97, "loss": 0.11}``; ``bpc`` in
@@ -38,7 +43,7 @@ def evaluate(model: nn.Module, task: Task, split: str = "val", *, n: int, batch_
         data = task.sample(split, n)
         sums: dict[str, float] = {}
         count = 0
-        for start in range(0, n, batch_size):
+        for start in range(dist.rank * batch_size, n, dist.world_size * batch_size):
             batch = batch_to(_slice(data, start, start + batch_size), device)
             with autocast_context(device, bf16):
                 out = task.loss(model, batch)
@@ -47,6 +52,12 @@ def evaluate(model: nn.Module, task: Task, split: str = "val", *, n: int, batch_
                 sums[k] = sums.get(k, 0.0) + v
     finally:
         model.train(was_training)
+    if dist.parallel:  # added in rank order, so every rank (and every run of this world size) gets the same sums
+        shares, count, sums = dist.all_gather((count, sums)), 0, {}
+        for c, s in shares:
+            count += c
+            for k, v in s.items():
+                sums[k] = sums.get(k, 0.0) + v
     return {**{k: v / count for k, v in sums.items()}, "count": count}
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .distributed import unwrap
 from .precision import native_bf16
 
 __all__ = ["OPTIMIZERS", "OptimizerChain", "build_optimizer"]
@@ -105,9 +106,12 @@ def _adamw(params: list[nn.Parameter], tc, exempt: set[int] = frozenset()) -> to
 def build_optimizer(model: nn.Module, tc) -> torch.optim.AdamW | OptimizerChain:
     """The optimizer ``tc.optimizer`` names (``TrainConfig``) over ``model``'s parameters.
 
+    ``model`` may be wrapped in ``DistributedDataParallel``: Muon looks for the blocks inside the wrapper.
+
     Raises:
         ValueError: ``tc.optimizer`` is not one of ``OPTIMIZERS``, or ``muon`` finds no block weight matrix.
     """
+    model = unwrap(model)
     params = list(model.parameters())
     exempt = declared_no_decay(model)
     if tc.optimizer == "adamw":

@@ -1,17 +1,21 @@
 """The trainer: one loop for every task kind (language modelling, probes, classification, two-tower retrieval,
 in-context regression). The task builds the model head, yields the batches and computes the loss and metrics;
-the trainer owns AdamW/Muon, the warm-up + cosine schedule, gradient clipping, bf16 autocast, periodic evaluation,
-a step and/or wall-clock budget, atomic checkpoints and exact resume."""
+the trainer owns AdamW/Muon, the warm-up + cosine schedule, gradient clipping, bf16 autocast, gradient accumulation,
+multi-process data parallelism (``DistributedDataParallel`` under torchrun, ``train/distributed.py``), periodic
+evaluation, a step and/or wall-clock budget, atomic checkpoints and exact resume, on any device torch runs on."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import pathlib
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from ..blocks import collect_aux_loss, collect_aux_stats
@@ -21,12 +25,14 @@ from . import checkpoint
 from .compiled import compile_for_training
 from .config import RunConfig
 from .distill import DistillLoss, distillation_loss, load_teacher
+from .distributed import SINGLE, Distributed, resolve_device
 from .evaluate import autocast_context, evaluate
 from .optim import build_optimizer
 from .precision import resolve_bf16
 
 LN2 = math.log(2.0)
-#: draw seeds of training batches: run seed s, step t -> s·STREAM + t (a stream per run seed, resumable by step)
+#: draw seeds of training batches: run seed s, micro-batch g -> s·STREAM + g (a stream per run seed, resumable by
+#: step); with one process and no accumulation g is the step
 STREAM = 2**32
 
 
@@ -39,11 +45,13 @@ class TrainResult:
             per token, ``val_loss`` in nats per scored unit, ``val_accuracy`` in [0, 1], ...).
         train_loss: the last training batch's loss.
         steps: optimizer steps; tokens: input tokens processed; scored: scored units trained on (tokens whose
-            target is not ignored, or examples); seconds: training wall time including evaluations.
+            target is not ignored, or examples), both summed over micro-batches and ranks; seconds: training wall
+            time including evaluations (rank 0's), so ``tokens / seconds`` is the run's throughput in tokens/s.
         task: the task's registry name; tokenizer: ``"byte" | "char"`` for ``lm``, else ``None``.
         diverged_at: the step whose training loss was NaN or infinite, where the run stopped; ``None`` if none was.
         teacher: the distillation teacher (``train.teacher``): its resolved checkpoint ``path``, run ``config`` and
             ``step``; ``None`` without one. ``train_loss`` stays the task's (hard-label) loss either way.
+        world_size: processes that trained (torchrun ranks); grad_accum: micro-batches per step on each.
     """
 
     metrics: dict[str, float]
@@ -58,6 +66,14 @@ class TrainResult:
     checkpoint: str | None = None
     diverged_at: int | None = None
     teacher: dict[str, Any] | None = None
+    world_size: int = 1
+    grad_accum: int = 1
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Throughput of the whole run in input tokens per second, summed over the ranks (evaluations included,
+        as in ``seconds``)."""
+        return self.tokens / self.seconds if self.seconds > 0 else float("nan")
 
     @property
     def val_loss(self) -> float | None:
@@ -69,7 +85,7 @@ class TrainResult:
 
     def summary(self) -> dict[str, Any]:
         out = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("history", "metrics")}
-        return {**self.metrics, **out}
+        return {**self.metrics, **out, "tokens_per_s": self.tokens_per_s}
 
 
 def input_tokens(batch: tuple) -> int:
@@ -95,11 +111,24 @@ class Trainer:
         config: model + training options + task; the model's vocabulary comes from the task.
         corpus: for the ``lm`` task, an already loaded corpus (default: loaded from ``config.train.data``).
         task: the task instance (default: ``config.build_task()``).
-        log: where progress lines go (default ``tqdm.write``).
+        log: where progress lines go (default ``tqdm.write``); only rank 0 logs.
+        device: ``"cpu" | "cuda" | "auto"`` or a ``torch.device`` (default: ``dist.device``, CPU without ``dist``).
+        dist: this process's place in a torchrun launch (``distributed.init()``); default one process.
 
-    Training batches are ``task.sample("train", batch_size, seed=seed·2³² + step)``: a fresh draw per step from
-    the run seed's own stream, so a resumed run sees the batches the whole run would have. Evaluation uses the
-    task's canonical validation set (``eval_iters · batch_size`` examples), the same for every run and seed.
+    Batches: micro-batch ``a`` of optimizer step ``s`` on rank ``r`` of ``W`` with ``A = grad_accum`` is
+    ``task.sample("train", batch_size, seed=seed·2³² + g)`` with ``g = (s·A + a)·W + r``: a fresh draw from the
+    run seed's own stream, disjoint between ranks, so a resumed run sees the batches the whole run would have, one
+    process with ``A = 1`` draws ``g = s`` (the batches of every run before accumulation existed), and ``W`` ranks
+    with ``A = 1`` draw exactly the micro-batches of one process with ``A = W``. Evaluation uses the task's
+    canonical validation set (``eval_iters · batch_size`` examples), the same for every run and seed, split
+    between the ranks.
+
+    The loss of an optimizer step is the sum over the scored units of all its micro-batches on all ranks divided
+    by their number (counted with ``task.count`` and all-reduced before the backward), so ``W`` ranks of ``b``
+    examples train as one process with ``W`` accumulation steps of ``b``, whatever each micro-batch scores. Under
+    ``DistributedDataParallel`` (which averages gradients over the ranks) each rank's micro-batch loss is scaled by
+    ``W · count / global count``; accumulation micro-steps run under ``no_sync`` except the last. Rank 0 writes the
+    checkpoints while the others wait; all ranks resume from them.
 
     With ``train.teacher`` the student minimises Hinton et al.'s (2015) mix of the teacher's softened targets and
     the task's loss (``train/distill.py``), the teacher run on each training batch in eval mode without gradient;
@@ -112,30 +141,52 @@ class Trainer:
     """
 
     def __init__(self, config: RunConfig, corpus: Corpus | None = None, *, task: Task | None = None,
-                 log: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None] | None = None, device: str | torch.device | None = None,
+                 dist: Distributed | None = None) -> None:
         tc = config.train
+        self.dist = dist or SINGLE
+        self.device = self.dist.device if device is None else resolve_device(device, self.dist.local_rank)
+        if dist is not None and self.device != dist.device:
+            raise ValueError(f"device={str(self.device)!r} differs from the device of this rank, {dist.device}")
         if tc.threads:
             torch.set_num_threads(tc.threads)
         self.task = task if task is not None else config.build_task(**({"corpus": corpus} if corpus else {}))
         model_cfg = self.task.model_config(config.model)
         self.config = RunConfig(model_cfg, tc, config.task)
         torch.manual_seed(tc.seed)
-        self.model = self.task.build_model(model_cfg)
+        self.model = self.task.build_model(model_cfg).to(self.device)
         # train.compile: the training forward runs compiled; evaluation, checkpoints and the optimizer keep the
         # plain module, whose parameters the compiled wrapper shares
-        self._forward_model = compile_for_training(self.model, model_cfg) if tc.compile else self.model
+        self._compiled: tuple[nn.Module, nn.Module] | None = None  # (plain model, its compiled wrapper)
+        if tc.compile:  # at construction, so a mixer that cannot compile is refused before anything runs
+            self._compiled = (self.model, compile_for_training(self.model, model_cfg))
         self.optimizer = build_optimizer(self.model, tc)
-        self.device = torch.device("cpu")
         # not a submodule of the student: outside its optimizer, its parameters and its checkpoint
         self.teacher = None if tc.teacher is None else load_teacher(tc.teacher, self.task, self.model,
                                                                      device=self.device)
+        if self.dist.rank > 0:  # a dropout stream per rank (rank 0 keeps the single-process stream)
+            torch.manual_seed(rank_seed(tc.seed, self.dist.rank))
+        # the forward every rank runs through DDP's hooks; the plain model stays what is evaluated and saved
+        self._ddp = self.dist.wrap(TaskLoss(self._forward_model, self.task)) if self.dist.parallel else None
         self.step = 0
         self.tokens = 0
         self.scored = 0
         self.elapsed = 0.0
         self.history: list[dict[str, float]] = []
         self._aux: dict[str, float] = {}
-        self.log = log or tqdm.write
+        self.log = (log or tqdm.write) if self.dist.is_main else _silent
+
+    @property
+    def _forward_model(self) -> nn.Module:
+        """The module the training forward runs through: ``model`` itself, or with ``train.compile`` its compiled
+        wrapper. It follows ``model`` when a caller swaps it after construction (``compress``'s fine-tune trains
+        the compressed model in a trainer built for the run's config); with several ranks the DDP wrapper built
+        at construction does not."""
+        if not self.config.train.compile:
+            return self.model
+        if self._compiled is None or self._compiled[0] is not self.model:
+            self._compiled = (self.model, compile_for_training(self.model, self.config.model))
+        return self._compiled[1]
 
     @property
     def bf16(self) -> bool:
@@ -152,14 +203,24 @@ class Trainer:
         return autocast_context(self.device, self.bf16)
 
     def evaluate(self, split: str = "val", iters: int | None = None) -> dict[str, float]:
-        """The task's metrics on the canonical ``split`` set of ``iters`` (default ``eval_iters``) batches."""
+        """The task's metrics on the canonical ``split`` set of ``iters`` (default ``eval_iters``) batches (split
+        between the ranks; every rank must call this)."""
         tc = self.config.train
         return evaluate(self.model, self.task, split, n=(iters or tc.eval_iters) * tc.batch_size,
-                        batch_size=tc.batch_size, bf16=self.bf16, device=self.device)
+                        batch_size=tc.batch_size, bf16=self.bf16, device=self.device, dist=self.dist)
 
-    def train_batch(self, step: int) -> tuple:
-        return batch_to(self.task.sample("train", self.config.train.batch_size,
-                                         seed=self.config.train.seed * STREAM + step), self.device)
+    def micro_batch_index(self, step: int, micro: int = 0) -> int:
+        """The global index ``g = (step·A + micro)·W + rank`` of this rank's micro-batch ``micro`` of ``step``."""
+        return (step * self.config.train.grad_accum + micro) * self.dist.world_size + self.dist.rank
+
+    def draw(self, step: int, micro: int = 0) -> tuple:
+        """This rank's micro-batch ``micro`` of optimizer step ``step``, on the CPU (as the task makes it)."""
+        tc = self.config.train
+        return self.task.sample("train", tc.batch_size, seed=tc.seed * STREAM + self.micro_batch_index(step, micro))
+
+    def train_batch(self, step: int, micro: int = 0) -> tuple:
+        """``draw(step, micro)`` on the training device."""
+        return batch_to(self.draw(step, micro), self.device)
 
     def progress(self) -> float:
         tc = self.config.train
@@ -173,7 +234,7 @@ class Trainer:
     def trainer_state(self) -> dict[str, Any]:
         state = {"config": self.config.to_dict(), "step": self.step, "tokens": self.tokens, "scored": self.scored,
                  "elapsed": self.elapsed, "history": self.history, "task": self.task.name,
-                 "task_options": self.task.options()}
+                 "task_options": self.task.options(), "world_size": self.dist.world_size}
         if self.task.kind == "lm":
             state.update(tokenizer=self.corpus.tokenizer.to_json(), data=self.corpus.name,
                          data_sha256=self.corpus.sha256)
@@ -182,16 +243,32 @@ class Trainer:
         return state
 
     def save(self) -> str | None:
+        """Write the checkpoint (rank 0; every rank must call this: their RNG states are gathered into it, and they
+        wait at a barrier until it is written). Returns its folder, or ``None`` without ``out_dir``."""
         out_dir = self.config.train.out_dir
         if out_dir is None:
             return None
-        return str(checkpoint.save(out_dir, self.model, self.optimizer, self.trainer_state()))
+        rngs = self.dist.all_gather(checkpoint.rng_state(self.device))
+        if self.dist.is_main:
+            state = self.trainer_state()
+            state["rng"] = dict(rngs[0], ranks=rngs) if self.dist.parallel else rngs[0]
+            checkpoint.save(out_dir, self.model, self.optimizer, state)
+        self.dist.barrier()
+        return str(pathlib.Path(out_dir) / checkpoint.NAME)
 
     def resume(self, path: str) -> None:
         """Continue from a checkpoint: weights, optimizer, RNG, step, elapsed time and history.
 
+        Every rank reads the same checkpoint. Its optimizer step took ``G = grad_accum · world_size`` micro-batches;
+        a run with another world size ``W`` keeps that global batch (and so the step count, the schedule and the
+        batches each step draws) by training with ``grad_accum = G / W``, logged when it changes. Dropout streams:
+        each rank continues its own when ``W`` is the checkpoint's; otherwise rank 0 continues rank 0's and the
+        others start fresh streams (so with dropout a resumed run equals the uninterrupted one only at the same
+        ``W``).
+
         Raises:
-            ValueError: the checkpoint was trained on another task or other data."""
+            ValueError: the checkpoint was trained on another task or other data, or ``W`` does not divide its
+                ``G`` (names ``grad_accum``)."""
         state = checkpoint.read_state(path)
         if state.get("task", "lm") != self.task.name or \
                 (self.task.kind != "lm" and state.get("task_options") != self.task.options()):
@@ -203,10 +280,30 @@ class Trainer:
         if was != now:
             raise ValueError(f"resume={path!r}: the checkpoint was distilled from teacher={was!r}, this run from "
                              f"teacher={now!r}")
-        checkpoint.restore(path, self.model, self.optimizer)
+        self._keep_global_batch(path, state)
+        checkpoint.restore(path, self.model, self.optimizer, self.device)
         self.step, self.tokens, self.elapsed = state["step"], state["tokens"], state["elapsed"]
         self.scored = state.get("scored", self.tokens)
         self.history = state["history"]
+        ranks = state["rng"].get("ranks")
+        if ranks is not None and len(ranks) == self.dist.world_size:
+            checkpoint.set_rng_state(ranks[self.dist.rank], self.device)
+        elif self.dist.rank > 0:  # no saved stream for this rank: a fresh one, distinct per resume step
+            torch.manual_seed(rank_seed(self.config.train.seed, self.dist.rank) + self.step)
+
+    def _keep_global_batch(self, path: str, state: dict[str, Any]) -> None:
+        """Set ``grad_accum`` so that an optimizer step takes the checkpoint's number of micro-batches."""
+        tc = self.config.train
+        saved_accum, saved_world = state["config"]["train"].get("grad_accum", 1), state.get("world_size", 1)
+        try:
+            accum = resumed_grad_accum(saved_accum, saved_world, self.dist.world_size)
+        except ValueError as e:
+            raise ValueError(f"resume={path!r}: {e}") from None
+        if accum != tc.grad_accum:
+            self.log(f"resume: {self.dist.world_size} process(es), the checkpoint {saved_world}: grad_accum "
+                     f"{tc.grad_accum} -> {accum} keeps its {saved_accum * saved_world} micro-batches of "
+                     f"{tc.batch_size} per optimizer step")
+            self.config = dataclasses.replace(self.config, train=dataclasses.replace(tc, grad_accum=accum))
 
     # -- loop -----------------------------------------------------------------------------------------------------
     def fit(self, *, progress_bar: bool = True, until_step: int | None = None) -> TrainResult:
@@ -218,39 +315,26 @@ class Trainer:
         last row holds the non-finite loss; no checkpoint is written over the last finite one."""
         tc = self.config.train
         self.model.train()
-        bar = tqdm(total=tc.max_steps, initial=self.step, disable=not progress_bar, unit="step", dynamic_ncols=True)
+        bar = tqdm(total=tc.max_steps, initial=self.step, disable=not (progress_bar and self.dist.is_main),
+                   unit="step", dynamic_ncols=True)
         train_loss = float("nan")
         last: dict[str, float] | None = None
         diverged_at = None
         start = time.perf_counter() - self.elapsed
+        # every rank takes the same decisions (stop, evaluate, save) from the same all-reduced numbers
         while self.progress() < 1.0 and (until_step is None or self.step < until_step):
             lr = lr_at(tc, self.step, self.progress())
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            batch = self.train_batch(self.step)
-            with self.autocast():
-                out = self.task.loss(self._forward_model, batch)
-                aux = collect_aux_loss(self.model)  # e.g. MoE load balancing, set by the forward just run
-                distilled = None if self.teacher is None else self._distill(out, batch)
-            objective = out.loss if distilled is None else distilled.loss
-            self.optimizer.zero_grad(set_to_none=True)
-            (objective if aux is None else objective + aux).backward()
-            self._accumulate_aux(aux, distilled)
-            if tc.grad_clip:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip, foreach=True)
-            self.optimizer.step()
-            self.step += 1
-            self.tokens += input_tokens(batch)
-            self.scored += out.count
-            train_loss = float(out.loss.detach())
-            self.elapsed = time.perf_counter() - start
+            train_loss, finite_objective = self._train_step(start)
             bar.update(1)
             bar.set_postfix(loss=f"{train_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{self.tokens / self.elapsed:,.0f}",
                             left=f"{self._time_left():.0f}s")
-            if not math.isfinite(train_loss) or not math.isfinite(float(objective.detach())):
+            if not math.isfinite(train_loss) or not finite_objective:
                 diverged_at = self.step
-                self.log(f"step {self.step}: training loss {train_loss} (objective {float(objective)}): diverged, "
-                         "stopping")
+                why = "" if finite_objective or not math.isfinite(train_loss) else \
+                    " (finite, but not the objective with its distillation/auxiliary terms)"
+                self.log(f"step {self.step}: training loss {train_loss}{why}: diverged, stopping")
                 break
             if self.step % tc.eval_interval == 0:
                 last = self._record(train_loss)  # evaluation time counts against the budget
@@ -266,7 +350,64 @@ class Trainer:
                            scored=self.scored, seconds=self.elapsed, task=self.task.name,
                            tokenizer=self.corpus.tokenizer.kind if self.task.kind == "lm" else None,
                            history=self.history, checkpoint=path, diverged_at=diverged_at,
-                           teacher=None if self.teacher is None else self.teacher.record)
+                           teacher=None if self.teacher is None else self.teacher.record,
+                           world_size=self.dist.world_size, grad_accum=tc.grad_accum)
+
+    def _train_step(self, start: float) -> tuple[float, bool]:
+        """One optimizer step over this rank's ``grad_accum`` micro-batches; updates ``step``, ``tokens``,
+        ``scored`` and ``elapsed`` (rank 0's clock, so every rank sees the same progress). Returns the step's mean
+        training loss over all its scored units (all ranks), and whether every micro-batch's objective was
+        finite (on every rank)."""
+        tc = self.config.train
+        accum, world = tc.grad_accum, self.dist.world_size
+        batches = [self.draw(self.step, a) for a in range(accum)]
+        counts = [self.task.count(b) for b in batches]  # from the CPU batches: no device sync
+        local = [sum(counts), sum(input_tokens(b) for b in batches)]
+        # the global count must be known before the first backward: it divides every micro-batch's loss
+        scored, tokens = self.dist.all_sum(torch.tensor(local, device=self.device)).tolist() \
+            if self.dist.parallel else local
+        self.optimizer.zero_grad(set_to_none=True)
+        # float64: one process without accumulation reads back exactly float(loss) (loss * count / count)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        nonfinite = torch.zeros((), dtype=torch.float64, device=self.device)
+        for a, (batch, count) in enumerate(zip(batches, counts)):
+            batch = batch_to(batch, self.device)
+            # all-reduce the gradients once per optimizer step, in the last micro-step's backward
+            sync = self._ddp is None or a == accum - 1
+            with (contextlib.nullcontext() if sync else self._ddp.no_sync()):
+                with self.autocast():
+                    out = self._task_loss(batch, count)
+                    aux = collect_aux_loss(self.model)  # e.g. MoE load balancing, set by the forward just run
+                    distilled = None if self.teacher is None else self._distill(out, batch)
+                objective = out.loss if distilled is None else distilled.loss
+                # mean over this micro-batch -> its share of the global mean; DDP then divides by the world size
+                scale = count * world / scored
+                if scale != 1.0:
+                    objective = objective * scale
+                if aux is not None:
+                    objective = objective + (aux / accum if accum > 1 else aux)
+                objective.backward()
+            self._accumulate_aux(aux, distilled)
+            loss_sum += out.loss.detach().double() * count
+            nonfinite += (~torch.isfinite(objective.detach())).double()
+        if tc.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip, foreach=True)
+        self.optimizer.step()
+        self.step += 1
+        self.tokens += tokens
+        self.scored += scored
+        clock = time.perf_counter() - start if self.dist.is_main else 0.0
+        stats = self.dist.all_sum(torch.stack([loss_sum, nonfinite, torch.tensor(clock, dtype=torch.float64,
+                                                                                   device=self.device)]))
+        loss_sum, nonfinite, self.elapsed = stats.tolist()
+        return loss_sum / scored, nonfinite == 0
+
+    def _task_loss(self, batch: tuple, count: int) -> Loss:
+        """``task.loss`` of one training micro-batch, through DDP's forward when there are several ranks."""
+        if self._ddp is None:
+            return self.task.loss(self._forward_model, batch)
+        out = self._ddp(batch)
+        return Loss(out["loss"], count, {}, out["logits"], out["targets"])
 
     def _time_left(self) -> float:
         p = self.progress()
@@ -296,6 +437,8 @@ class Trainer:
             self._aux[key] = self._aux.get(key, 0.0) + value
 
     def _record(self, train_loss: float) -> dict[str, float]:
+        """Evaluate (every rank takes its share), append a history row and log it (rank 0). The auxiliary and
+        distillation terms are rank 0's."""
         metrics = self.evaluate("val")
         aux, self._aux = self._aux, {}
         steps = aux.pop("aux_steps", 0.0)
@@ -309,3 +452,44 @@ class Trainer:
         shown = ", ".join(f"val {k} {v:.4f}" for k, v in metrics.items() if k != "count")
         self.log(f"step {self.step}: train loss {train_loss:.4f}, {shown}, {self.elapsed:.1f}s")
         return metrics
+
+
+class TaskLoss(nn.Module):
+    """``task.loss(model, batch)`` as a module, so ``DistributedDataParallel`` wraps the whole training forward
+    (a task may reach into the model's parts, e.g. ``model.head(model.backbone(x))``, which a DDP wrapper does not
+    expose and whose gradients it would not all-reduce). Returns ``{"loss", "logits", "targets"}`` (see ``Loss``).
+    """
+
+    def __init__(self, model: nn.Module, task: Task) -> None:
+        super().__init__()
+        self.model = model
+        self.task = task
+
+    def forward(self, batch: tuple) -> dict[str, torch.Tensor | None]:
+        out = self.task.loss(self.model, batch)
+        return {"loss": out.loss, "logits": out.logits, "targets": out.targets}
+
+
+def resumed_grad_accum(saved_accum: int, saved_world: int, world: int) -> int:
+    """The ``grad_accum`` with which ``world`` processes keep the global batch of a checkpoint written by
+    ``saved_world`` processes with ``saved_accum``: ``saved_accum · saved_world / world`` micro-batches each, so an
+    optimizer step draws the same micro-batches ``g`` (``Trainer.micro_batch_index``) and the step count, the
+    schedule and the loss's normalisation keep their meaning.
+
+    Raises:
+        ValueError: ``world`` does not divide ``saved_accum · saved_world`` (names ``grad_accum``)."""
+    total = saved_accum * saved_world
+    if total % world:
+        raise ValueError(f"an optimizer step of the checkpoint takes {total} micro-batches (grad_accum={saved_accum} "
+                         f"x {saved_world} process(es)); {world} processes cannot share them with one grad_accum: "
+                         f"launch a number of processes that divides {total}")
+    return total // world
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """torch's seed of rank ``rank``'s dropout stream (rank 0 uses the run seed's own stream)."""
+    return seed + rank * STREAM
+
+
+def _silent(line: str) -> None:
+    """The log of ranks other than 0."""
