@@ -172,6 +172,7 @@ def test_suite_checkpoints_puts_a_compressed_model_on_the_leaderboard(trained, t
                                                                                       "softmax", "svd")
     assert svd["metric"] == "bpc" and svd["value"] == pytest.approx(want["bpc"], rel=1e-6)
     assert svd["eval_n"] == 32 and svd["steps"] == state["step"] == 80
+    assert svd["train"]["max_time"] is None  # seconds when the run had a time budget (suite records' unit)
     assert svd["params"] == sum(p.numel() for p in model.parameters())
     # a second run reads the file instead of evaluating again
     assert main(["suite", "--checkpoints", str(trained), "--eval-n", "32", "--out", str(out), "--no-progress"]) == 0

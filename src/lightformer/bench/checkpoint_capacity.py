@@ -77,7 +77,8 @@ def checkpoint_capacity_record(path: str, *, eval_n: int | None = None, label: s
     mc, tc = run_config.model, run_config.train
     n = eval_n or recipe(task.name).eval_n
     train = {k: v for k, v in dataclasses.asdict(tc).items()
-             if k in ("batch_size", "max_steps", "max_time", "warmup_steps", "weight_decay", "optimizer", "bf16")}
+             if k in ("batch_size", "max_steps", "warmup_steps", "weight_decay", "optimizer", "bf16")}
+    train["max_time"] = tc.max_seconds  # seconds, as suite records keep it (the config may say "9.5m")
     cell = _CheckpointCell(task=task.name, task_options=task.options(), mixer=mc.architecture,
                            mixer_options=mc.to_dict()["mixer_options"],
                            model={k: v for k, v in mc.to_dict().items() if k not in ("vocab_size", "mixer",
