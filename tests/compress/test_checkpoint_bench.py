@@ -231,3 +231,24 @@ def test_report_of_checkpoint_and_capacity_records_writes_both(tmp_path):
     assert md.startswith("# lightformer compression") and "## Test metrics (`suite` records; also " \
         "compression_capacity.html)" in md and "| softmax |" in md
     assert (tmp_path / "compression_capacity.md").exists() and not (tmp_path / "compression_compression.md").exists()
+
+
+def test_rounds_are_round_robin_and_the_report_takes_their_median(trained):
+    cells = checkpoint_cells([str(trained)], modes=["eval", "fwd"], rounds=3, labels=["a"])
+    assert [(c.mode, c.round) for c in cells] == [("eval", 0), ("fwd", 0), ("fwd", 1), ("fwd", 2)]
+    assert len({c.key for c in cells}) == 4
+    with pytest.raises(ValueError, match="rounds"):
+        checkpoint_cells([str(trained)], rounds=0)
+
+    def rec(mode, rnd, t):
+        return {"kind": "checkpoint", "status": "ok", "reason": None, "checkpoint": "/r/b", "label": "b",
+                "baseline": "/r/b", "is_baseline": True, "mode": mode, "seq_len": 8, "batch": 1, "round": rnd,
+                "method": None, "method_options": None, "model_mib": 1.0, "file_mib": 1.0, "time_ms": t,
+                "metrics": {}}
+
+    # round 1 measured twice: its newer record counts; median of (10, 40, 20) = 20
+    (group,) = build_groups([rec("fwd", 0, 10.0), rec("fwd", 1, 30.0), rec("fwd", 2, 20.0), rec("fwd", 1, 40.0)])
+    assert group.variants[0].fwd_ms == 20.0 and group.variants[0].num_rounds == 3
+    from lightformer.bench.compression_report import _title
+
+    assert _title(group).endswith("median of 3 round-robin rounds")

@@ -64,6 +64,8 @@ class CheckpointCell:
         seq_len: T of ``fwd`` and the prefilled context of ``decode`` (tokens).
         batch: B of ``fwd`` and ``decode``.
         threads: torch intra-op threads. warmup, repeats: untimed and timed runs. timeout_s: subprocess limit (s).
+        round: which round-robin pass over the checkpoints this timing belongs to (``--rounds``): the report takes
+            the median over rounds, so a load that changes during the run reaches every checkpoint alike.
         eval_iters: ``eval``'s validation batches (default: the checkpoint run's ``eval_iters``): the task's
             canonical validation set of ``eval_iters · batch_size`` examples, the same for every checkpoint of a run.
     """
@@ -79,6 +81,7 @@ class CheckpointCell:
     repeats: int = 3
     timeout_s: float = 600.0
     eval_iters: int | None = None
+    round: int = 0
 
     def __post_init__(self) -> None:
         if self.mode not in CHECKPOINT_MODES:
@@ -101,7 +104,7 @@ class CheckpointCell:
         """Resume key: the checkpoint (resolved), the mode and the shape, the threads."""
         return checkpoint_key({"checkpoint": self.checkpoint, "mode": self.mode, "seq_len": self.seq_len,
                                "batch": self.batch, "threads": self.threads,
-                               "eval_iters": self.eval_iters if self.mode == "eval" else None})
+                               "eval_iters": self.eval_iters if self.mode == "eval" else None, "round": self.round})
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -117,13 +120,16 @@ def checkpoint_key(record: dict[str, Any]) -> str:
     path = str(Path(record["checkpoint"]).resolve())
     return json.dumps({"checkpoint": path, "mode": record["mode"], "seq_len": record["seq_len"],
                        "batch": record["batch"], "threads": record["threads"],
-                       "eval_iters": record.get("eval_iters") if record["mode"] == "eval" else None}, sort_keys=True)
+                       "eval_iters": record.get("eval_iters") if record["mode"] == "eval" else None,
+                       "round": record.get("round", 0)}, sort_keys=True)
 
 
 def checkpoint_cells(checkpoints: list[str], *, modes: list[str] | None = None, seq_len: int = 256, batch: int = 8,
                      threads: int = 1, warmup: int = 1, repeats: int = 3, timeout_s: float = 600.0,
-                     labels: list[str] | None = None, eval_iters: int | None = None) -> list[CheckpointCell]:
-    """The cells of a checkpoint run: every checkpoint (the first one is the baseline) × ``modes``.
+                     labels: list[str] | None = None, eval_iters: int | None = None,
+                     rounds: int = 1) -> list[CheckpointCell]:
+    """The cells of a checkpoint run: every checkpoint (the first one is the baseline) × ``modes``, the timed modes
+    in ``rounds`` round-robin passes (round-major order; ``eval`` once, in the first).
 
     Raises:
         ValueError: no checkpoint, a checkpoint directory that does not exist, labels not one per checkpoint or
@@ -142,10 +148,13 @@ def checkpoint_cells(checkpoints: list[str], *, modes: list[str] | None = None, 
     if len(set(labels)) != len(labels):
         raise ValueError(f"labels must be distinct (name the runs' directories apart), got {labels}")
     modes = list(modes or CHECKPOINT_MODES)
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds <= 0:
+        raise ValueError(f"rounds must be a positive int, got {rounds!r}")
     return [CheckpointCell(checkpoint=str(path), label=label, baseline=str(checkpoints[0]), mode=mode,
                            seq_len=seq_len, batch=batch, threads=threads, warmup=warmup, repeats=repeats,
-                           timeout_s=timeout_s, eval_iters=eval_iters)
-            for path, label in zip(checkpoints, labels) for mode in modes]
+                           timeout_s=timeout_s, eval_iters=eval_iters, round=r)
+            for r in range(rounds) for path, label in zip(checkpoints, labels) for mode in modes
+            if r == 0 or mode != "eval"]
 
 
 def _default_label(path: str) -> str:
@@ -160,7 +169,7 @@ def checkpoint_record(cell: CheckpointCell, machine: dict[str, str], *, status: 
             "checkpoint": cell.checkpoint, "label": cell.label, "baseline": cell.baseline,
             "is_baseline": Path(cell.checkpoint).resolve() == Path(cell.baseline).resolve(), "mode": cell.mode,
             "seq_len": cell.seq_len, "batch": cell.batch, "threads": cell.threads, "warmup": cell.warmup,
-            "repeats": cell.repeats, "eval_iters": cell.eval_iters if cell.mode == "eval" else None, "method": None, "method_options": None, "task": None, "architecture": None,
+            "repeats": cell.repeats, "round": cell.round, "eval_iters": cell.eval_iters if cell.mode == "eval" else None, "method": None, "method_options": None, "task": None, "architecture": None,
             "model_mib": None, "blocks_mib": None, "num_params": None, "file_mib": None, "time_ms": None,
             "times_ms": [], "mem_mib": None, "decode_steps": None, "decode_context": None, "metrics": {}, "eval_n": None,
             **{k: machine.get(k, "unknown") for k in ("cpu", "torch", "python", "git_commit", "timestamp")},

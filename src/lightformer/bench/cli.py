@@ -89,6 +89,8 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "report with `lightformer report OUT --name compression`")
     c.add_argument("--eval-iters", type=int, help="validation batches of --modes eval (default: each checkpoint "
                                                   "run's eval_iters)")
+    c.add_argument("--rounds", type=int, default=1, help="round-robin passes over --checkpoints of the timed modes; "
+                                                          "the report takes the median over rounds (default 1)")
     c.add_argument("--labels", type=_csv(str), metavar="NAME,...",
                    help="row names of --checkpoints (default: each run directory's name)")
     p.add_argument("--out", default=DEFAULT_RESULTS, help=f"results JSON-lines file (default {DEFAULT_RESULTS})")
@@ -272,7 +274,7 @@ def _run_checkpoints(args: argparse.Namespace) -> int:
                 if v is not None}
     cells = checkpoint_cells(args.checkpoints, modes=modes, seq_len=seq_lens[0], batch=batches[0],
                              threads=args.threads or default_threads(), labels=args.labels,
-                             eval_iters=args.eval_iters, **optional)
+                             eval_iters=args.eval_iters, rounds=args.rounds, **optional)
     records = run_checkpoints(cells, args.out, force=args.force, progress=not args.no_progress)
     counts: dict[str, int] = {}
     for r in records:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import html
+import statistics
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,8 @@ class Variant:
     accuracy: float | None = None
     notes: list[str] = field(default_factory=list)
     fronts: list[str] = field(default_factory=list)
+    rounds: dict[str, dict[int, float]] = field(default_factory=dict)  # mode -> round -> time_ms
+    num_rounds: int = 0
 
 
 @dataclass
@@ -73,8 +76,9 @@ def pareto(points: list[tuple[float, float]]) -> list[bool]:
 
 
 def build_groups(records: Iterable[dict[str, Any]]) -> list[Group]:
-    """The checkpoint records grouped by (baseline, T, B), variants in first-seen order; the newest record of a
-    (checkpoint, mode) wins. ``eval`` records join every group of their baseline (they do not depend on T or B)."""
+    """The checkpoint records grouped by (baseline, T, B), variants in first-seen order. A timed mode's value is the
+    median over its rounds (``bench --checkpoints --rounds``) of the newest record of each round; for ``eval`` the
+    newest record wins. ``eval`` records join every group of their baseline (they do not depend on T or B)."""
     recs = [r for r in records if r.get("kind") == "checkpoint"]
     shapes: dict[tuple[str, int, int], None] = {}
     for r in recs:
@@ -97,12 +101,14 @@ def build_groups(records: Iterable[dict[str, Any]]) -> list[Group]:
                 v.notes.append(f"{r['mode']}: {r['status']}" + (f" ({_short(r.get('reason'))})"
                                                                  if r.get("reason") else ""))
                 continue
-            if r["mode"] == "fwd":
-                v.fwd_ms = r["time_ms"]
-            elif r["mode"] == "decode":
-                v.decode_ms = r["time_ms"]
+            if r["mode"] in ("fwd", "decode"):  # the newest record of each round; the median over rounds below
+                v.rounds.setdefault(r["mode"], {})[r.get("round", 0)] = r["time_ms"]
             elif r["mode"] == "eval":
                 v.loss, v.accuracy = r["metrics"].get("loss"), r["metrics"].get("accuracy")
+        for v in variants.values():
+            times = {mode: statistics.median(by_round.values()) for mode, by_round in v.rounds.items()}
+            v.fwd_ms, v.decode_ms = times.get("fwd"), times.get("decode")
+            v.num_rounds = max((len(b) for b in v.rounds.values()), default=0)
         contexts = {r.get("decode_context") for r in recs if r["mode"] == "decode" and r["baseline"] == baseline
                     and (r["seq_len"], r["batch"]) == (seq_len, batch) and r.get("decode_context")}
         group = Group(baseline, seq_len, batch, list(variants.values()),
@@ -173,8 +179,11 @@ def rows(group: Group) -> list[list[str]]:
 
 
 def _title(group: Group) -> str:
+    rounds = max((v.num_rounds for v in group.variants), default=0)
+    each = f"; median of {rounds} round-robin rounds" if rounds > 1 else ""
     ctx = f"{group.decode_context} tokens" if group.decode_context else f"T={group.seq_len}"
-    return (f"Baseline {Path(group.baseline).name}: fwd at T={group.seq_len}, B={group.batch}; decode after {ctx}")
+    return (f"Baseline {Path(group.baseline).name}: fwd at T={group.seq_len}, B={group.batch}; decode after {ctx}"
+            f"{each}")
 
 
 def _plot(groups: list[Group], path: Path) -> bool:
