@@ -518,15 +518,22 @@ def _measure(cell: Cell, rec: dict[str, Any]) -> dict[str, Any]:
     return rec
 
 
-def main(argv: list[str] | None = None) -> int:
+def cell_main(module: str, from_json: Callable[[str], Any], measure_: Callable[[Any], dict[str, Any]],
+              argv: list[str] | None = None) -> int:
+    """The entry point of a measuring subprocess ``python -m <module> '<cell JSON>'``: measure the cell and print
+    its record as one ``RECORD_PREFIX`` line (what ``runner.run_module`` reads); 2 on a wrong command line."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: python -m lightformer.bench.cell '<Cell JSON>'", file=sys.stderr)
+        print(f"usage: python -m {module} '<cell JSON>'", file=sys.stderr)
         return 2
-    record = measure(Cell.from_json(argv[0]))
+    record = measure_(from_json(argv[0]))
     sys.stdout.write(RECORD_PREFIX + json.dumps(record) + "\n")
     sys.stdout.flush()
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cell_main("lightformer.bench.cell", Cell.from_json, measure, argv)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .cell import RECORD_PREFIX, _peak_rss_kib, _reset_peak_rss, is_oom
+from .cell import _peak_rss_kib, _reset_peak_rss, is_oom
 from .flops import DECODE_STEPS
 from .machine import machine_info
 
@@ -308,36 +308,20 @@ def run_checkpoints(cells: list[CheckpointCell], out_path: str | os.PathLike[str
                     progress: bool = True) -> list[dict[str, Any]]:
     """Measure every cell, appending each record to ``out_path`` as it is done; cells already measured there are
     skipped (their stored record returned) unless ``force`` or their status was ``error``."""
-    from tqdm import tqdm
-
-    from .results import append_record, load_records
+    from .results import load_records
+    from .runner import measure_cells
 
     done = {} if force else {checkpoint_key(r): r for r in load_records(out_path)
                              if r.get("kind") == "checkpoint" and r.get("status") != "error"}
     machine = machine_info()
-    records = []
-    bar = tqdm(cells, desc="bench", unit="cell", disable=not progress, dynamic_ncols=True)
-    for cell in bar:
-        bar.set_postfix_str(f"{cell.label} {cell.mode}", refresh=False)
-        if cell.key in done:
-            records.append(done[cell.key])
-            continue
-        rec = run_checkpoint_cell(cell, machine)
-        append_record(out_path, rec)
-        records.append(rec)
-    bar.close()
-    return records
+    return measure_cells(cells, out_path, done=done, measure=lambda cell: run_checkpoint_cell(cell, machine),
+                         describe=lambda c: f"{c.label} {c.mode}", progress=progress)
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print("usage: python -m lightformer.bench.checkpoint_cell '<CheckpointCell JSON>'", file=sys.stderr)
-        return 2
-    record = measure(CheckpointCell.from_json(argv[0]))
-    sys.stdout.write(RECORD_PREFIX + json.dumps(record) + "\n")
-    sys.stdout.flush()
-    return 0
+    from .cell import cell_main
+
+    return cell_main("lightformer.bench.checkpoint_cell", CheckpointCell.from_json, measure, argv)
 
 
 if __name__ == "__main__":

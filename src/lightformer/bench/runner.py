@@ -16,7 +16,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .cell import RECORD_PREFIX
 from .grid import LIGHTFORMER, Cell, Grid, cell_key
@@ -108,21 +108,31 @@ def run_sweep(grid: Grid, out_path: str | os.PathLike[str], *, force: bool = Fal
     Raises:
         ValueError / TypeError: an invalid grid (unknown mixer, peer, option, dtype or mode).
     """
-    from tqdm import tqdm
-
     load_plugins(grid.plugins)
     cells = expand(grid)
     done = {} if force else {cell_key(r): r for r in bench_records(load_records(out_path))
                              if r.get("status") not in RETRIED}
     machine = machine_info()
+    return measure_cells(cells, out_path, done=done, measure=lambda cell: run_cell(cell, machine),
+                         describe=lambda c: f"{c.label} T={c.seq_len} {c.mode} {c.dtype}", progress=progress)
+
+
+def measure_cells(cells: list[Any], out_path: str | os.PathLike[str], *, done: dict[str, dict[str, Any]],
+                  measure: Callable[[Any], dict[str, Any]], describe: Callable[[Any], str], desc: str = "bench",
+                  progress: bool = True) -> list[dict[str, Any]]:
+    """The loop of every sweep: for each cell (``cell.key``) its stored record from ``done``, or ``measure(cell)``
+    appended to ``out_path`` as soon as it is done; a tqdm bar with ETA showing ``describe(cell)``. Returns the
+    records in cell order."""
+    from tqdm import tqdm
+
     records = []
-    bar = tqdm(cells, desc="bench", unit="cell", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(cells, desc=desc, unit="cell", disable=not progress, dynamic_ncols=True)
     for cell in bar:
-        bar.set_postfix_str(f"{cell.label} T={cell.seq_len} {cell.mode} {cell.dtype}", refresh=False)
+        bar.set_postfix_str(describe(cell), refresh=False)
         if cell.key in done:
             records.append(done[cell.key])
             continue
-        rec = run_cell(cell, machine)
+        rec = measure(cell)
         append_record(out_path, rec)
         records.append(rec)
     bar.close()

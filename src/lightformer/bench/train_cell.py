@@ -283,49 +283,34 @@ def run_train(cells: list[Cell], out_path: str, *, force: bool = False,
               progress: bool = True) -> list[dict[str, Any]]:
     """Measure ``cells`` one subprocess each, appending records to ``out_path``; cells already there are skipped
     unless ``force`` (as ``runner.run_sweep``). Returns the records in cell order."""
-    from tqdm import tqdm
-
     from .grid import cell_key
     from .machine import machine_info
-    from .results import RETRIED, append_record, bench_records, load_records
-    from .runner import run_module
+    from .results import RETRIED, bench_records, load_records
+    from .runner import measure_cells, run_module
 
     done = {} if force else {cell_key(r): r for r in bench_records(load_records(out_path))
                              if r.get("status") not in RETRIED}
     machine = machine_info()
-    records = []
-    bar = tqdm(cells, desc="bench train", unit="cell", disable=not progress, dynamic_ncols=True)
-    for cell in bar:
-        bar.set_postfix_str(f"{cell.impl}{' compiled' if cell.compile else ''}", refresh=False)
-        if cell.key in done:
-            records.append(done[cell.key])
-            continue
+
+    def measure_one(cell: Cell) -> dict[str, Any]:
         if cell.impl == "x_transformers" and importlib.util.find_spec("x_transformers") is None:
-            rec = _record(cell, machine, status="unavailable",
-                          reason="package 'x_transformers' is not installed: pip install x-transformers "
-                                 "(or lightformer[peers])")
-        else:
-            outcome = run_module("lightformer.bench.train_cell", cell.to_json(), threads=cell.threads,
-                                 timeout_s=cell.timeout_s)
-            rec = outcome.record or _record(cell, machine, status=outcome.status, reason=outcome.reason)
-            rec["elapsed_s"] = outcome.elapsed_s
-        append_record(out_path, rec)
-        records.append(rec)
-    bar.close()
-    return records
+            return _record(cell, machine, status="unavailable",
+                           reason="package 'x_transformers' is not installed: pip install x-transformers "
+                                  "(or lightformer[peers])")
+        outcome = run_module("lightformer.bench.train_cell", cell.to_json(), threads=cell.threads,
+                             timeout_s=cell.timeout_s)
+        rec = outcome.record or _record(cell, machine, status=outcome.status, reason=outcome.reason)
+        rec["elapsed_s"] = outcome.elapsed_s
+        return rec
+
+    return measure_cells(cells, out_path, done=done, measure=measure_one, desc="bench train",
+                         describe=lambda c: f"{c.impl}{' compiled' if c.compile else ''}", progress=progress)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .cell import RECORD_PREFIX
+    from .cell import cell_main
 
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print("usage: python -m lightformer.bench.train_cell '<Cell JSON>'", file=sys.stderr)
-        return 2
-    record = measure(Cell.from_json(argv[0]))
-    sys.stdout.write(RECORD_PREFIX + json.dumps(record) + "\n")
-    sys.stdout.flush()
-    return 0
+    return cell_main("lightformer.bench.train_cell", Cell.from_json, measure, argv)
 
 
 if __name__ == "__main__":
