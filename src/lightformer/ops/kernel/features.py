@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..softmax.inplace import softmax_, softmax_backward_
 
 def elu_plus_one(x: Tensor) -> Tensor:
     """φ(x) = elu(x) + 1, strictly positive (Katharopoulos et al. 2020, Eq. 7). ``[..., d] -> [..., d]``."""
@@ -90,7 +91,7 @@ def favor_plus(x: Tensor, projection: Tensor, *, is_query: bool, key_shift: floa
     if is_query:
         if torch.is_grad_enabled():
             return torch.softmax(z, dim=-1)
-        return torch._softmax(z, -1, False, out=z)
+        return softmax_(z)
     # exponent Wx' − |x'|²/2 − key_shift − log sqrt(m); the per-row term is subtracted in place from the matmul
     # output (a concatenated [x, −c(x)] operand instead costs a slow 65-column cat per group)
     c = (0.5 * scale * scale) * x.square().sum(-1, keepdim=True) + (key_shift + 0.5 * math.log(m))  # [..., 1]
@@ -120,7 +121,7 @@ class FavorPlus:
         """dL/dx ``[..., d]`` from x ``[..., d]``, φ and dL/dφ ``[..., m]`` (``dphi`` is overwritten)."""
         w = self.projection.to(x.dtype) * self.scale  # [m, d]
         if is_query:
-            return torch._softmax_backward_data(dphi, phi, -1, phi.dtype, grad_input=dphi) @ w
+            return softmax_backward_(dphi, phi, phi.dtype) @ w
         dz = dphi.mul_(phi)
         row = dz.sum(-1, keepdim=True).mul_(self.scale * self.scale)  # [..., 1]
         return (dz @ w).sub_(x * row)

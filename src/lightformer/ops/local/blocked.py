@@ -47,6 +47,8 @@ from torch import Tensor
 
 from lightformer.ops.local.naive import window_bounds
 
+from ..softmax.inplace import softmax_, softmax_backward_
+
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
 _GROUP_SCORES = 2 ** 22  # scores per group of blocks (all batches and heads): 16 MiB in float32
 
@@ -203,7 +205,7 @@ class _SlidingWindowAttention(torch.autograd.Function):
             # P in place, in the input dtype: torch's fused softmax computes in float32 inside for 16-bit inputs and
             # rounds once (as the 16-bit oracle does), and its exp is not slowed by the -inf band entries (a plain
             # exp_ of masked scores leaves the vector path: docs/architecture.md, CPU facts)
-            torch._softmax(s, -1, False, out=s)
+            softmax_(s)
             if lse is not None:  # P = 1 / Σ exp(s − max) at the row's maximum, so lse = max − log max(P)
                 lse_g = lse[:, i0:i1]
                 lse_g.copy_(row_max)
@@ -267,7 +269,7 @@ class _SlidingWindowAttention(torch.autograd.Function):
                 _scores_into(ds[j], dop[j, i0:i1], _spans(vp[j], i0, g, bq, span), span_buf)
             # dS = P ⊙ (dP − rowsum(P ⊙ dP)) by torch's fused softmax backward, in place, in the input dtype
             # (float32 inside for 16-bit inputs, rounded once)
-            torch._softmax_backward_data(ds, p, -1, dtype, grad_input=ds)
+            softmax_backward_(ds, p, dtype)
             if dl is not None:
                 ds.addcmul_(p, dl[:, i0:i1])
             for j in range(bh):

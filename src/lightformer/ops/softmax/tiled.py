@@ -326,21 +326,33 @@ class _Buffers:
 # lazy rescaling: keep a row's running max until a block exceeds it by more than this (exp(8) ≈ 3e3 cannot
 # overflow fp32 sums), so most blocks skip rescaling the output accumulator; exact either way
 _RESCALE_THRESHOLD = 8.0
+#: devices where a block's "did any row max move" is read on the host to skip the rescale (see _forward)
+LAZY_RESCALE_DEVICES: tuple[str, ...] = ("cpu",)
+
+
+def _denormals_flushed() -> bool:
+    """Whether this thread already flushes denormals (torch has no getter for the flag: a denormal input reads as
+    zero when it does)."""
+    return bool(torch.tensor(1e-39, dtype=torch.float32).mul(1.0) == 0)
 
 
 @contextlib.contextmanager
-def flush_denormals():
-    """Flush denormal floats to zero while the kernel runs. Far-away keys under ALiBi (or padding-free rows with a
-    wide score range) give ``exp`` results below fp32's smallest normal (1.2e-38); CPUs handle those denormals in
-    microcode, which made the ALiBi path ~4x slower. Values that small are below fp32 rounding of every row sum
-    (>= 1), so flushing them changes no result beyond rounding. The flag is thread-global; it is restored to off
-    (PyTorch's default) afterwards."""
-    supported = torch.set_flush_denormal(True)
+def flush_denormals(device: torch.device):
+    """Flush denormal floats to zero while the kernel runs, on CPU only. Far-away keys under ALiBi give ``exp``
+    results below fp32's smallest normal (1.2e-38); CPUs handle those in microcode. ``_Plan.exp_`` floors the
+    scores where no row can be empty, which removes them there; rows that may be empty (padding, Tq > Tk causal)
+    keep exact zeros and so no floor, and the flag covers them. Values that small are below fp32 rounding of every
+    row sum (>= 1), so flushing changes no result beyond rounding.
+
+    The flag is a CPU thread's floating-point mode (MXCSR/FPCR), not a device setting: other devices skip it. A
+    caller that already flushes keeps its setting; otherwise it is switched off again afterwards."""
+    if device.type != "cpu" or _denormals_flushed() or not torch.set_flush_denormal(True):
+        yield
+        return
     try:
         yield
     finally:
-        if supported:
-            torch.set_flush_denormal(False)
+        torch.set_flush_denormal(False)
 
 
 def _forward(plan: _Plan, q3: Tensor, k3: Tensor, v3: Tensor) -> tuple[Tensor, Tensor]:
@@ -368,7 +380,9 @@ def _forward(plan: _Plan, q3: Tensor, k3: Tensor, v3: Tensor) -> tuple[Tensor, T
                 m = bm
             else:
                 m_new = torch.where(bm > m + _RESCALE_THRESHOLD, bm, m)
-                rescale = bool((m_new != m).any())
+                # skipping a block's rescale needs its answer on the host: free on CPU, a stall per key block on
+                # an accelerator, which rescales every block instead (alpha = 1 where the max stayed: exact)
+                rescale = bool((m_new != m).any()) if dev.type in LAZY_RESCALE_DEVICES else True
                 if rescale:
                     alpha = (m - m_new).exp_() if not plan.may_empty else \
                         (m - torch.where(m_new == -math.inf, zero, m_new)).exp_()
@@ -486,7 +500,7 @@ class _TiledAttention(torch.autograd.Function):
         q3 = q.reshape(b * h, tq, d)
         k3 = k.reshape(b * h, tk, d)
         v3 = v.reshape(b * h, tk, d)
-        with flush_denormals():
+        with flush_denormals(q.device):
             out3, lse = _forward(plan, q3, k3, v3)
         ctx.save_for_backward(q3, k3, v3, out3, lse)
         if plan.low:
@@ -502,7 +516,7 @@ class _TiledAttention(torch.autograd.Function):
         qshape, kshape = ctx.shapes
         plan = ctx.plan
         do3 = do.to(q3.dtype).reshape(q3.shape)
-        with flush_denormals():
+        with flush_denormals(q3.device):
             dq, dk, dv, drel = _backward(plan, q3, k3, v3, out3, lse, do3, rel_grad=ctx.needs_input_grad[6])
         if drel is not None:
             drel = drel.to(ctx.rel_dtype)

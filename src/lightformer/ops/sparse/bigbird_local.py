@@ -34,6 +34,7 @@ from torch import Tensor
 
 # _GROUP_SCORES: scores per group of blocks (all batches and heads), the sliding-window kernel's (16 MiB in float32)
 from ..local.blocked import _GROUP_SCORES, _LOW_PRECISION, _lead, _padded
+from ..softmax.inplace import softmax_, softmax_backward_
 from .longformer import _global_rows_backward, _global_rows_forward
 
 
@@ -150,7 +151,7 @@ class _BigBird(torch.autograd.Function):
             for j in range(bh):
                 torch.bmm(qp[j, n0:n1], kg[j].transpose(1, 2), out=s[j])
             _mask_(s, plan, n0, n1)
-            torch._softmax(s, -1, False, out=s)  # P (16-bit inputs: float32 inside the kernel, rounded once)
+            softmax_(s)  # P (16-bit inputs: float32 inside the kernel, rounded once)
             if keep:
                 probs.append(s)
             for j in range(bh):
@@ -202,7 +203,7 @@ class _BigBird(torch.autograd.Function):
             for j in range(bh):  # dP = dO·Vᵀ
                 torch.bmm(dop[j, n0:n1], vg[j].transpose(1, 2), out=ds[j])
             # dS = P ⊙ (dP − rowsum(P ⊙ dP)), in place (16-bit inputs: float32 inside the kernel, rounded once)
-            torch._softmax_backward_data(ds, p, -1, dtype, grad_input=ds)
+            softmax_backward_(ds, p, dtype)
             for j in range(bh):  # dQ = dS·K
                 torch.bmm(ds[j], kg[j], out=dq[j, n0:n1])
             for acc, weights, src in ((dkp, ds, qp), (dvp, p, dop)):  # dK = dSᵀ·Q, dV = Pᵀ·dO per block

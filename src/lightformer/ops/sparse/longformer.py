@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from ..local.blocked import sliding_window_attention
+from ..softmax.inplace import softmax_, softmax_backward_
 from .naive import window_bounds
 
 #: query rows per chunk of the merge with the global keys, for every (batch, head) at once (temporaries of
@@ -75,7 +76,7 @@ def _global_rows_forward(q: Tensor, k: Tensor, v: Tensor, hide: Tensor | None, g
             s.masked_fill_(mask, -math.inf)
         if empty is not None:
             s.masked_fill_(empty, 0.0)  # keep the softmax finite
-        torch._softmax(s, -1, False, out=s)
+        softmax_(s)
         if empty is not None:
             s.masked_fill_(empty, 0.0)  # a row that sees nothing: 0
         torch.mm(s, v[r][:kg], out=out[r])
@@ -99,7 +100,7 @@ def _global_rows_backward(probs: list[Tensor], dout: Tensor, q: Tensor, k: Tenso
     for p, r in zip(probs, itertools.product(range(q.shape[0]), range(q.shape[1]))):
         do = dout[r].to(dt)
         torch.mm(do, v[r][:kg].t(), out=ds)  # dP
-        torch._softmax_backward_data(ds, p, -1, dt, grad_input=ds)
+        softmax_backward_(ds, p, dt)
         _scaled_mm(ds, k[r][:kg], scale, out=dq[r])
         _scaled_mm(ds.t(), q[r][:g], scale, out=dk[r][:kg])
         torch.mm(p.t(), do, out=dv[r][:kg])
