@@ -15,6 +15,7 @@ import platform
 import shutil
 
 import pytest
+import torch
 
 from lightformer.bench import capacity as capacity_mod
 from lightformer.bench import runner as runner_mod
@@ -657,3 +658,33 @@ def test_header_gives_each_setting_of_a_task_its_own_line():
         "(68,000–68,608 parameters); batch 16; budget ≤ 3 steps per learning rate, lr ∈ {0.01} chosen on "
         "validation (32 examples); seeds [0] — runs **lr 1e-2**"]
     assert header_lines([a])[2].endswith("seeds [0]")  # one setting: no run list
+
+
+# -- devices ----------------------------------------------------------------------------------------------------
+def test_device_is_recorded_and_keys_only_non_cpu_cells():
+    cell, = mqar_cells(["sliding_window"])
+    assert cell.device == "cpu"
+    assert "device" not in json.loads(cell.key)  # keys of the records measured before --device are unchanged
+    assert json.loads(dataclasses.replace(cell, device="cuda").key)["device"] == "cuda"
+    rec = run(cell)
+    assert rec["status"] == "ok", rec["reason"]
+    assert rec["device"] == "cpu"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_suite_device_cuda_without_cuda_names_the_flag(tmp_path, capsys):
+    from lightformer.cli import main
+
+    argv = ["suite", "--tasks", "mqar", "--mixers", "softmax", "--max-steps", "1", "--device", "cuda",
+            "--out", str(tmp_path / "cap.jsonl"), "--no-progress"]
+    assert main(argv) == 2
+    assert "--device cuda: torch sees no CUDA device" in capsys.readouterr().err
+    assert not (tmp_path / "cap.jsonl").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_a_cuda_cell_trains_and_evaluates_on_the_gpu():
+    cell, = mqar_cells(["sliding_window"], device="cuda")
+    rec = run(cell)
+    assert rec["status"] == "ok", rec["reason"]
+    assert rec["device"] == "cuda" and 0.0 <= rec["value"] <= 1.0

@@ -54,6 +54,8 @@ class CapacityCell:
         max_memory_mib: address-space headroom after imports (MiB), ``None`` = unlimited.
         label: a name for the run's variant (``suite --label``), kept in the record and the key, so the same task
             and architecture with another block, FFN or norm is another cell and another leaderboard row.
+        device: ``"cpu"`` or ``"cuda"`` (resolved by ``suite --device``); part of the key when not ``"cpu"``, so
+            a GPU run of a cell is another cell.
     """
 
     task: str
@@ -70,6 +72,7 @@ class CapacityCell:
     max_memory_mib: float | None = None
     plugins: tuple[str, ...] = field(default=())
     label: str = ""
+    device: str = "cpu"
 
     @property
     def key(self) -> str:
@@ -119,6 +122,8 @@ def capacity_key(record: dict[str, Any]) -> str:
     key = {k: (list(record[k]) if k == "lrs" else record[k]) for k in KEY_FIELDS}
     if record.get("label"):
         key["label"] = record["label"]
+    if record.get("device", "cpu") != "cpu":
+        key["device"] = record["device"]
     return json.dumps(key, sort_keys=True)
 
 
@@ -158,7 +163,7 @@ def run(cell: CapacityCell) -> dict[str, Any]:
             train = TrainConfig(**{**cell.train, "lr": lr, "min_lr": lr / 10, "seed": cell.seed,
                                    "eval_interval": cell.train.get("eval_interval", 10**9),
                                    "eval_iters": max(1, cell.eval_n // cell.train.get("batch_size", 16))})
-            trainer = Trainer(RunConfig(model, train, task_spec), task=task, log=lambda s: None)
+            trainer = Trainer(RunConfig(model, train, task_spec), task=task, log=lambda s: None, device=cell.device)
             result = trainer.fit(progress_bar=False)
             value = result.metrics[f"val_{metric}"]
             # a non-finite validation value without a non-finite training loss diverged by that evaluation
@@ -180,7 +185,7 @@ def run(cell: CapacityCell) -> dict[str, Any]:
             return rec
         trainer, value, result, lr = best
         test = evaluate(trainer.model, task, "test", n=cell.eval_n, batch_size=trainer.config.train.batch_size,
-                        bf16=trainer.bf16)
+                        bf16=trainer.bf16, device=trainer.device)
         rec.update(status="ok", value=test[metric], val_value=value,
                    metrics={f"test_{k}": v for k, v in test.items() if k != "count"}, lr=lr,
                    steps=result.steps, seconds=result.seconds, total_seconds=time.monotonic() - t0,

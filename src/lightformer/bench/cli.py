@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .grid import DTYPES, MODEL_MODES, MODES, Grid, parse_option
+from .grid import DEVICES, DTYPES, MODEL_MODES, MODES, Grid, parse_option, resolve_device
 from .units import parse_size_mib
 
 DEFAULT_RESULTS = "results/bench.jsonl"
@@ -471,6 +471,9 @@ def add_suite_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, help="validate every N steps, so the report's learning curves have "
                                                   "points (default: once, at the end)")
     p.add_argument("--threads", type=int, help="torch threads per cell (default: all cores)")
+    p.add_argument("--device", default="cpu", choices=DEVICES, help="where cells train and evaluate (default cpu; "
+                                                                    "auto = cuda when available); recorded, and "
+                                                                    "part of a non-CPU cell's key")
     p.add_argument("--timeout", type=float, help="seconds per cell (default 1.5 x the cell's budget + 10 min)")
     p.add_argument("--max-memory", type=_size, help="address-space cap per cell, e.g. 8GiB (status oom)")
     p.add_argument("--out", default="results/capacity.jsonl", help="results JSON-lines file")
@@ -558,7 +561,7 @@ def run_suite_cmd(args: argparse.Namespace) -> int:
                             max_steps=args.max_steps, lrs=args.lrs, task_options=task_options,
                             model_overrides=model, mixer_options=mixer_options, eval_n=args.eval_n,
                             threads=args.threads, timeout_s=args.timeout, max_memory_mib=args.max_memory,
-                            label=args.label, eval_every=args.eval_every)
+                            label=args.label, eval_every=args.eval_every, device=resolve_device(args.device))
         records = run_suite(cells, args.out, force=args.force, progress=not args.no_progress,
                             log=lambda s: print(s, file=sys.stderr))
         counts: dict[str, int] = {}

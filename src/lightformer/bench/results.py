@@ -133,7 +133,7 @@ def capacity_record(cell: Any, machine: dict[str, str], *, status: str, reason: 
             "val_value": None, "metrics": {}, "lr": None, "lr_grid": [], "steps": None, "seconds": None,
             "total_seconds": None, "tokens": None, "scored": None, "seq_len": None, "params": None,
             "state_size": None, "state_size_total": None, "state_size_reason": None, "diverged_at": None,
-            "threads": cell.threads,
+            "threads": cell.threads, "device": getattr(cell, "device", "cpu"),
             **{k: machine.get(k, "unknown") for k in ("cpu", "torch", "python", "git_commit", "timestamp")}}
 
 

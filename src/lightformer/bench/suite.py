@@ -58,7 +58,7 @@ def build_cells(tasks: list[str], mixers: list[str] | None, seeds: list[int], *,
                 model_overrides: dict[str, Any] | None = None, mixer_options: dict[str, dict[str, Any]] | None = None,
                 eval_n: int | None = None, threads: int | None = None, timeout_s: float | None = None,
                 max_memory_mib: float | None = None, label: str = "",
-                eval_every: int | None = None) -> list[CapacityCell]:
+                eval_every: int | None = None, device: str = "cpu") -> list[CapacityCell]:
     """The cells of a sweep (task-major, then mixer, then seed).
 
     Args:
@@ -76,6 +76,7 @@ def build_cells(tasks: list[str], mixers: list[str] | None, seeds: list[int], *,
             ``STEP_ONLY_TIMEOUT_S`` when only ``max_steps`` is given).
 
         label: the variant's name, stored in every record and part of every cell's key (``""``: none).
+        device: ``"cpu"`` or ``"cuda"`` (already resolved, ``grid.resolve_device``).
 
     Raises:
         ValueError: an unknown task, mixer, preset or model field, no budget or a non-positive one, a model
@@ -130,7 +131,7 @@ def build_cells(tasks: list[str], mixers: list[str] | None, seeds: list[int], *,
                                           model=model, train=train, lrs=grid, seed=seed,
                                           eval_n=eval_n or rec.eval_n, threads=threads or _all_cores(),
                                           timeout_s=timeout_s or per_cell,
-                                          max_memory_mib=max_memory_mib, label=label.strip()))
+                                          max_memory_mib=max_memory_mib, label=label.strip(), device=device))
     return cells
 
 
