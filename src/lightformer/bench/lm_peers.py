@@ -114,7 +114,7 @@ def x_transformers_lm(model: Any) -> LMPeer:
 
 
 def load_module(path: str | Path, name: str = "nanogpt_model") -> Any:
-    """Import the Python file ``path`` as a module named ``name`` (not added to ``sys.modules`` for good).
+    """Import the Python file ``path`` as a module named ``name`` (kept in ``sys.modules``: torch.compile needs it).
 
     Raises:
         ValueError: ``path`` is not a file (the message names ``--peer``).
@@ -126,12 +126,14 @@ def load_module(path: str | Path, name: str = "nanogpt_model") -> Any:
     if spec is None or spec.loader is None:
         raise ValueError(f"--peer nanogpt:{path}: cannot be imported as a Python module")
     module = importlib.util.module_from_spec(spec)
-    # dataclasses look their module up in sys.modules while the file executes
+    # registered for good: dataclasses look the module up while the file executes, and TorchDynamo when it traces
+    # the model's forward
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
-    finally:
+    except BaseException:
         sys.modules.pop(name, None)
+        raise
     return module
 
 

@@ -202,7 +202,8 @@ def _measure(cell: Cell, rec: dict[str, Any]) -> dict[str, Any]:
     vocab, clip = cell.options["model"]["vocab_size"], cell.options["optimizer"]["grad_clip"]
     tokens = torch.randint(vocab, (cell.batch, cell.seq_len + 1), generator=torch.Generator().manual_seed(0))
     tokens = tokens.to(cell.device)
-    idx, targets = tokens[:, :-1], tokens[:, 1:]
+    # contiguous, as a trainer's batches are (nanoGPT's loss calls .view on its targets)
+    idx, targets = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
     loss_fn = torch.compile(module) if cell.compile else module
     module.train()
 
