@@ -214,10 +214,11 @@ class Transformer(nn.Module):
     def _check_ids(self, idx: Tensor) -> None:
         if idx.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"idx must be integer token ids, got {idx.dtype}")
-        # the range check reads the ids on the host: free on CPU, a stall per forward on an accelerator, where the
-        # embedding's own bounds check fails instead (a device-side assert, not a silent wrong row)
-        if idx.device.type == "cpu" and idx.numel() and (int(idx.min()) < 0 or
-                                                          int(idx.max()) >= self.config.vocab_size):
+        # the range check reads the ids on the host: free on CPU, a stall per forward on an accelerator, and a graph
+        # break under torch.compile; there the embedding's own bounds check fails instead (IndexError on CPU, a
+        # device-side assert on CUDA), never a silent wrong row
+        if idx.device.type == "cpu" and not torch.compiler.is_compiling() and idx.numel() and (
+                int(idx.min()) < 0 or int(idx.max()) >= self.config.vocab_size):
             raise ValueError(f"idx has ids outside [0, vocab_size={self.config.vocab_size})")
 
     def _positions(self, start: int, length: int, device: torch.device) -> Tensor | None:
