@@ -71,7 +71,7 @@ class BigBird(AttentionMixer):
 
     def __init__(self, config: BigBirdConfig) -> None:
         super().__init__(config)
-        self.register_buffer("random_seed", torch.randint(0, 2**31 - 1, ()), persistent=True)
+        self.register_buffer("random_seed", torch.randint(0, 2**31 - 1, (), device="cpu"), persistent=True)
         self._tables: dict[tuple, Tensor] = {}
 
     def random_blocks(self, t: int, key_padding_mask: Tensor | None, device: torch.device) -> Tensor:

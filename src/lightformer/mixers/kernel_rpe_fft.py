@@ -62,7 +62,7 @@ class KernelRpeFFT(AttentionMixer):
 
     def __init__(self, config: KernelRpeConfig) -> None:
         super().__init__(config)
-        seed = int(torch.randint(0, 2**62, ()))
+        seed = int(torch.randint(0, 2**62, (), device="cpu"))
         w = orthogonal_gaussian(config.num_features, config.head_dim, torch.Generator().manual_seed(seed))
         self.register_buffer("projection", w)  # [m, d]
         self.rpe_logits = nn.Parameter(torch.zeros(config.num_heads, 2 * config.max_len - 1))

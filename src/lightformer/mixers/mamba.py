@@ -44,6 +44,7 @@ from ..nn.state import State
 from ..ops.selective_scan import chunked, naive, recurrent
 from ..ops.selective_scan.naive import state_dtype
 from .base import MIXERS, Capabilities, Mixer, MixerConfig
+from ..ops.amp import no_autocast
 
 
 @dataclass(frozen=True)
@@ -161,7 +162,7 @@ class Mamba(Mixer):
         """Δ = softplus(dt_proj(Δ_r)) in float32 (float64 for float64): under autocast a bf16 dt bias (about
         −7 for Δ = 1e-3) would be off by 3 % of Δ; the projection is small (R·E per token)."""
         acc = state_dtype(dt_r.dtype)
-        with torch.autocast(device_type=dt_r.device.type, enabled=False):
+        with no_autocast(dt_r.device):
             return F.softplus(F.linear(dt_r.to(acc), self.dt_proj.weight.to(acc), self.dt_proj.bias.to(acc)))
 
     def _ssm_inputs(self, u: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -45,6 +45,7 @@ from ..nn.short_conv import ShortConv
 from ..nn.state import State
 from ..ops.mlstm import chunked, naive, recurrent
 from .base import MIXERS, Capabilities, Mixer, MixerConfig
+from ..ops.amp import no_autocast
 
 
 @dataclass(frozen=True)
@@ -309,7 +310,7 @@ class MLSTM(Mixer):
     def _output(self, h_tilde: Tensor, x_c: Tensor, z: Tensor) -> Tensor:
         """h̃ ``[B, H, T, d]`` -> proj_down((LN_head(h̃) ⊙ w + skip ⊙ x_c) ⊙ SiLU(z)) ``[B, T, D]`` (fused)."""
         h = rearrange(h_tilde, "b h t d -> b t h d")
-        with torch.autocast(device_type=x_c.device.type, enabled=False):
+        with no_autocast(x_c.device):
             out = _OutputGate.apply(h, x_c, z.to(x_c.dtype), self.outnorm_weight, self.learnable_skip,
                                     self.config.norm_eps)
         return self.proj_down(out)

@@ -73,7 +73,7 @@ class Performer(KernelAttentionMixer):
 
     def __init__(self, config: PerformerConfig) -> None:
         super().__init__(config)
-        seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
+        seed = int(torch.randint(0, 2**62, (), dtype=torch.int64, device="cpu"))
         self._generator = torch.Generator().manual_seed(seed)
         self.register_buffer("projection", orthogonal_gaussian(config.num_features, config.head_dim,
                                                                self._generator))  # [m, d]

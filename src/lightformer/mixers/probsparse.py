@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
+from ..ops.amp import no_autocast
 from ..ops.probsparse import naive, sparse
 from .attention import RotaryConfig, AttentionMixer, repeat_kv
 from .base import MIXERS, Capabilities, plain_linear
@@ -64,7 +65,7 @@ class ProbSparseAttention(AttentionMixer):
 
     def __init__(self, config: ProbSparseConfig) -> None:
         super().__init__(config)
-        self.register_buffer("sample_seed", torch.randint(0, 2**31, ()))
+        self.register_buffer("sample_seed", torch.randint(0, 2**31, (), device="cpu"))
 
     def select(self, q: Tensor, k: Tensor, key_padding_mask: Tensor | None) -> tuple[Tensor, Tensor]:
         """The active queries (``naive.select_queries``): idx, valid ``[B, H, A]``."""
@@ -80,11 +81,12 @@ class ProbSparseAttention(AttentionMixer):
         swap near-tied queries in and out of the active set; the selection then uses float32 projections of x, so
         autocast changes the outputs only by rounding, never by a different choice of queries (costs one float32
         projection of q, k under autocast only; of the whole ``qkv`` layer when it is quantised or factorised)."""
-        if not (torch.is_autocast_enabled("cpu") and q.dtype in (torch.bfloat16, torch.float16)):
+        if not (torch.amp.is_autocast_available(q.device.type) and torch.is_autocast_enabled(q.device.type)
+                and q.dtype in (torch.bfloat16, torch.float16)):
             return q, k
         cfg = self.config
         n_qk = (cfg.num_heads + cfg.kv_heads) * cfg.head_dim
-        with torch.autocast("cpu", enabled=False), torch.no_grad():
+        with no_autocast(q.device), torch.no_grad():
             # the q, k rows of the weight when it is a plain one (qkv ran in project(); no hook changes q, k)
             if plain_linear(self.qkv, allow_hooks=True):
                 bias = None if self.qkv.bias is None else self.qkv.bias[:n_qk].float()

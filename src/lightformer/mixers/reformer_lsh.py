@@ -82,7 +82,7 @@ class ReformerLSH(Mixer):
         super().__init__(config)
         self.qk_v = nn.Linear(config.dim, 2 * config.dim, bias=config.bias)
         self.out = nn.Linear(config.dim, config.dim, bias=config.bias)
-        self.register_buffer("hash_seed", torch.randint(0, 2 ** 62, (1,)), persistent=True)
+        self.register_buffer("hash_seed", torch.randint(0, 2 ** 62, (1,), device="cpu"), persistent=True)
 
     def _project(self, x: Tensor, key_padding_mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
         cfg = self.config

@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..ops.amp import no_autocast
+
 #: ε of the norm and of both quantisers (the FAQ's ``clamp_(min=1e-5)``)
 EPS = 1e-5
 #: Q_b: the largest magnitude of an 8-bit activation (b = 8: 2^(b-1) − 1)
@@ -139,7 +141,7 @@ def ternary_linear(x: Tensor, ternary: Tensor, gamma: Tensor, bias: Tensor | Non
     The products of 8-bit codes and ternary weights are integers, summed exactly in float32 while ``127 · in < 2²⁴``
     (any ``in`` below 132,104), so only the final scaling rounds. Computed in float32 (float64 for a float64 ``x``)
     with autocast off: a bf16 matmul would round those integer sums to 8 significant bits. No gradient flows."""
-    with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
+    with torch.no_grad(), no_autocast(x.device):
         # the normed input is a fresh buffer: quantised in place
         q, scale = absmax_int8(rms_norm(x.to(torch.promote_types(x.dtype, torch.float32))), inplace=True)
         y = F.linear(q, ternary.to(q.dtype)).mul_(gamma.to(q.dtype) / scale)

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...ops.amp import no_autocast
 from ..base import FFN, FFNS, FFNConfig
 from .mlp import MLP
 
@@ -177,7 +178,7 @@ class MoE(FFN):
         """Route tokens ``x [N, D]``: top-k experts, their combine weights and (training mode) the capacity cut."""
         cfg = self.config
         dtype = torch.promote_types(x.dtype, torch.float32)
-        with torch.autocast(x.device.type, enabled=False):
+        with no_autocast(x.device):
             logits = F.linear(x.to(dtype), self.router.weight.to(dtype))  # [N, E]
         probs = logits.softmax(-1)
         top_logits, experts = logits.topk(cfg.top_k, dim=-1)  # [N, k], best first

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .simple import causal_prefix, finite_or_zero, first_rows, mask_keys, ratio_of_halves, stat_dtype
+from ..amp import no_autocast
 
 
 def default_block(window: int) -> int:
@@ -243,7 +244,7 @@ def aft_local(q: Tensor, k: Tensor, v: Tensor, w_band: Tensor, window: int, *, c
     sd = stat_dtype(q)
     e3, base = band_blocks(w_band, window, t, lb, causal, sd)
     if not causal:
-        with torch.autocast(device_type=q.device.type, enabled=False):
+        with no_autocast(q.device):
             return _AftLocalBidirectional.apply(q, k, v, e3, base, key_padding_mask)
     kf = mask_keys(k.to(sd), key_padding_mask)
     x, g_nd, m = causal_prefix(kf, v.to(sd), lb)  # x, g_nd [B, nb, L, 2C]; m [B, nb, C]

@@ -46,6 +46,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from .naive import state_dtype
+from ..amp import no_autocast
 
 #: elements of one [B, H, L, max(d_k, d_v, C)] tensor per checkpointed group of L tokens (2^22 float32 = 16 MiB)
 GROUP_ELEMENTS = 2 ** 22
@@ -146,7 +147,7 @@ def chunk_delta_rule(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor | 
     scale = dk ** -0.5 if scale is None else scale
     c = min(chunk_size, t)
     pad = -t % c
-    with torch.autocast(device_type=q.device.type, enabled=False):
+    with no_autocast(q.device):
         if pad:  # β = 0, g = 0 tokens: no write, no decay (module docstring)
             q, k, v = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
             beta = F.pad(beta, (0, pad))

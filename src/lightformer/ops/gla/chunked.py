@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
+from ..amp import no_autocast
 
 #: elements of one [B, H, L, max(d_k, d_v, C)] tensor per group (2^21 float32 = 8 MiB)
 GROUP_ELEMENTS = 2 ** 21
@@ -251,7 +252,7 @@ def chunk_gla(q: Tensor, k: Tensor, v: Tensor, g: Tensor, *, scale: float = 1.0,
     if initial_state is not None and initial_state.shape != (b, h, dk, dv):
         raise ValueError(f"initial_state must be [B, H, d_k, d_v]={(b, h, dk, dv)}, got {tuple(initial_state.shape)}")
     c = min(chunk_size, 1 << (t - 1).bit_length())
-    with torch.autocast(device_type=q.device.type, enabled=False):  # dtypes are chosen here (module docstring)
+    with no_autocast(q.device):  # dtypes are chosen here (module docstring)
         mm = v.dtype
         qs = q.to(mm) * scale if scale != 1.0 else q.to(mm)
         ks, gs = k.to(mm), g.to(acc)

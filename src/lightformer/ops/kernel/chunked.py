@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
+from ..amp import no_autocast
 
 FeatureMap = Callable[[Tensor, bool], Tensor]  # (x [B, H, C, dk] float32/64, is_query) -> φ [B, H, C, m]
 
@@ -293,7 +294,7 @@ def kernel_product(q: Tensor, k: Tensor, va: Tensor, feature_map: FeatureMap, *,
     if pad:  # padded keys have V̄ = 0 (no contribution); padded queries are cut off below
         q, k, va = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, va))
     group = group_size(b, h, m, c, t + pad)
-    with torch.autocast(device_type=q.device.type, enabled=False):  # dtypes are chosen here (module docstring)
+    with no_autocast(q.device):  # dtypes are chosen here (module docstring)
         n, s = _KernelProduct.apply(q, k, va, initial_state, feature_map, causal, c, group, m)
     return (n[:, :, :t] if pad else n), s
 

@@ -98,9 +98,12 @@ class _Plan:
         self.table = table.expand(h, bq, self.span) if table.dim() == 2 else table
         self.table = self.table.unsqueeze(1)  # [H, 1, Bq, S], broadcast over B and the blocks
         bm = 1 if key_padding_mask is None else b
-        valid = torch.zeros(bm, self.length, dtype=torch.bool, device=device)
+        # the block structure below drives Python control flow, so it is read on the host: without padding it
+        # depends on the shapes alone and is built on the CPU (no device sync); a padding mask is read once per call
+        host = torch.device("cpu") if key_padding_mask is None else device
+        valid = torch.zeros(bm, self.length, dtype=torch.bool, device=host)
         valid[:, left:left + t] = True if key_padding_mask is None else key_padding_mask
-        self.valid = valid  # [Bm, L]
+        self.valid = valid.to(device)  # [Bm, L]
         self.key_bias = None  # [B, L]: a per-key score bias (ToMe's log size) over the padded key rows
         if key_bias is not None:
             self.key_bias = torch.zeros(b, self.length, dtype=dtype, device=device)
@@ -109,9 +112,10 @@ class _Plan:
         self.block_masked = (~valid.unfold(1, self.span, bq).all(-1)).any(0).tolist()  # [nb]
         # a query sees no key iff its window holds no valid key: prefix sums over the padded key rows
         csum = torch.nn.functional.pad(valid.cumsum(1), (1, 0))
-        rows = torch.arange(self.nb * bq, device=device)
-        self.empty = (csum[:, rows + left + right + 1] - csum[:, rows]) == 0  # [Bm, nb·Bq]
-        self.block_empty = self.empty.view(bm, self.nb, bq).any(-1).any(0).tolist()  # [nb]
+        rows = torch.arange(self.nb * bq, device=host)
+        empty = (csum[:, rows + left + right + 1] - csum[:, rows]) == 0  # [Bm, nb·Bq]
+        self.block_empty = empty.view(bm, self.nb, bq).any(-1).any(0).tolist()  # [nb]
+        self.empty = empty.to(device)
 
     def groups(self):
         """Yields ``(i0, i1)``: the query blocks ``[i0, i1)`` processed together, for every batch and head."""

@@ -13,16 +13,11 @@ the product never overflows, unlike exp(a)·exp(−b) over arbitrary spans.
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 
 import torch
 from torch import Tensor
 
-
-@contextmanager
-def no_autocast(device: torch.device):
-    with torch.autocast(device_type=device.type, enabled=False):
-        yield
+from ..amp import no_autocast  # noqa: F401  (kernels.no_autocast is used by fft.py)
 
 
 def cexp(z: Tensor) -> Tensor:

@@ -22,6 +22,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from ..amp import no_autocast
 
 from .naive import iterative_pinv
 
@@ -93,7 +94,7 @@ def nystrom_attention(q: Tensor, k: Tensor, v: Tensor, *, num_landmarks: int, pi
     f1 = _softmax(q @ (k_land * scale).transpose(-1, -2), valid, dt)  # [B, H, T, m]
     f3 = _softmax((q_land * scale) @ k.transpose(-1, -2), keys, dt)  # [B, H, m, T]
     f3v = f3 @ v  # [B, H, m, d]
-    with torch.autocast(q.device.type, enabled=False):
+    with no_autocast(q.device):
         ql, kl = q_land.to(small), k_land.to(small)
         a_s = torch.softmax((ql @ kl.transpose(-1, -2) * scale).masked_fill(~valid, float("-inf")), dim=-1)
         a_s = a_s * valid.transpose(-1, -2).to(small)  # zero rows of empty landmarks

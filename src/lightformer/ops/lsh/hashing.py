@@ -24,6 +24,7 @@ import math
 
 import torch
 from torch import Tensor
+from ..amp import no_autocast
 
 _BLOCK = 16
 _LOW = (torch.bfloat16, torch.float16)
@@ -67,7 +68,7 @@ def lsh_buckets(x: Tensor, *, seed: int, n_hashes: int, bucket_size: int,
     sentinel = n_buckets(t, bucket_size)
     rot = rotations(seed, n_hashes, h, d, max(halves), dtype=dt, device=x.device)  # [R, H, d, half_max]
     out = torch.empty(b, h, n_hashes, t, dtype=torch.long, device=x.device)
-    with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
+    with torch.no_grad(), no_autocast(x.device):
         for half in sorted(set(halves)):
             rows = [i for i, hv in enumerate(halves) if hv == half]
             xs = x[rows].to(dt)  # [b', H, T, d]

@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from ..amp import no_autocast
 
 CHUNK_SIZE = 64
 #: chunks per group of the carry computation (``_carries``)
@@ -73,7 +74,7 @@ def context_pool(x: Tensor, weight: Tensor, *, causal: bool, key_padding_mask: T
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
-    with torch.autocast(device_type=x.device.type, enabled=False):
+    with no_autocast(x.device):
         return _context_pool(x, weight, causal, key_padding_mask, initial_state, output_final_state, chunk_size)
 
 
@@ -164,7 +165,7 @@ def context_pool_step(x_t: Tensor, weight: Tensor, state: ContextState) -> tuple
     dtype. The state is not modified."""
     m, l, u = state
     xs = x_t.to(u.dtype)
-    with torch.autocast(device_type=x_t.device.type, enabled=False):
+    with no_autocast(x_t.device):
         a = xs @ weight.to(u.dtype)  # [B]
     m, l, u = _merge(m, l, u, a, torch.ones_like(a), xs)
     return u / _safe(l)[:, None], (m, l, u)

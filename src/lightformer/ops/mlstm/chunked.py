@@ -52,6 +52,7 @@ from einops import rearrange
 from torch import Tensor
 
 from .naive import MLSTMState
+from ..amp import no_autocast
 
 #: floats of one group's [B, H, G, d, d] chunk-state tensor (2^22 float32 = 16 MiB: G = 16 chunks at B = 1,
 #: H = 4, d = 256).
@@ -360,6 +361,6 @@ def mlstm_chunked(q: Tensor, k: Tensor, v: Tensor, i_pre: Tensor, f_pre: Tensor,
         c0, n0, m0 = c0.to(acc), n0.to(acc), m0.to(acc)
     v = v.to(q.dtype)
     k = k.to(q.dtype)
-    with torch.autocast(device_type=q.device.type, enabled=False):  # dtypes are chosen here (module docstring)
+    with no_autocast(q.device):  # dtypes are chosen here (module docstring)
         out, c_t, n_t, m_t = _MLSTMChunked.apply(q, k, v, i_pre, f_pre, c0, n0, m0, min(chunk_size, t), float(scale))
     return out, ((c_t, n_t, m_t) if output_final_state else None)

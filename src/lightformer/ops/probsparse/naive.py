@@ -37,6 +37,8 @@ import math
 import torch
 from torch import Tensor
 
+from ..amp import no_autocast
+
 GROUP = 64
 
 
@@ -62,10 +64,17 @@ def sample_ranks(n: int, s: int, causal: bool, seed: int) -> Tensor:
 
 
 @torch.no_grad()
-@torch.autocast("cpu", enabled=False)  # the measure decides a discrete choice: keep it in float32 under autocast
 def sparsity_measure(q: Tensor, k: Tensor, *, key_padding_mask: Tensor | None, sample_factor: float, causal: bool,
                      seed: int) -> Tensor:
     """M̄ of every query ``[B, H, T]`` (float32, or float64 for float64 inputs); −∞ at padded queries."""
+    # the measure decides a discrete choice: keep it in float32 under autocast, on whatever device q is
+    with no_autocast(q.device):
+        return _sparsity_measure(q, k, key_padding_mask=key_padding_mask, sample_factor=sample_factor,
+                                 causal=causal, seed=seed)
+
+
+def _sparsity_measure(q: Tensor, k: Tensor, *, key_padding_mask: Tensor | None, sample_factor: float,
+                      causal: bool, seed: int) -> Tensor:
     b, h, t, d = q.shape
     cd = torch.float64 if q.dtype == torch.float64 else torch.float32
     out = torch.full((b, h, t), float("-inf"), dtype=cd, device=q.device)

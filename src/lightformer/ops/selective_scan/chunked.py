@@ -42,6 +42,7 @@ import torch
 from torch import Tensor
 
 from .naive import state_dtype
+from ..amp import no_autocast
 
 #: tokens per chunk (16, 32 and 64 measured the same at D = 512, B = 1, one thread: module docstring)
 CHUNK_SIZE = 64
@@ -193,7 +194,7 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
                          f"delta {tuple(delta.shape)}, A {tuple(A.shape)}, B {tuple(B.shape)}, C {tuple(C.shape)}")
     if initial_state is not None and initial_state.shape != (b, e, n):
         raise ValueError(f"initial_state must be [B, E, N]={(b, e, n)}, got {tuple(initial_state.shape)}")
-    with torch.autocast(device_type=u.device.type, enabled=False):
+    with no_autocast(u.device):
         y, h = _SelectiveScan.apply(u, delta, A, B, C, initial_state, min(chunk_size, t))
         if D is not None:
             y = y + D.to(y.dtype) * u.to(y.dtype)

@@ -36,6 +36,7 @@ from torch import Tensor
 from ..local.blocked import _GROUP_SCORES, _LOW_PRECISION, _lead, _padded
 from ..softmax.inplace import softmax_, softmax_backward_
 from .longformer import _global_rows_backward, _global_rows_forward
+from ..amp import no_autocast
 
 
 class LocalPlan:
@@ -237,5 +238,5 @@ def blocks_attention(q: Tensor, k: Tensor, v: Tensor, plan: LocalPlan, scale: fl
     the dtype of q, differentiable in q, k, v. Rows ``< G`` see every key (``longformer._global_rows_forward``), the
     others their local pattern (see the module docstring)."""
     hide = None if key_padding_mask is None else ~key_padding_mask
-    with torch.autocast(device_type=q.device.type, enabled=False):
+    with no_autocast(q.device):
         return _BigBird.apply(q, k, v, plan, scale, hide)

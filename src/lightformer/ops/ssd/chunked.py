@@ -41,6 +41,7 @@ from torch import Tensor
 
 from .naive import expand_groups
 from .segsum import segsum
+from ..amp import no_autocast
 
 #: upper bound on B·H·L·max(C, d_k, d_v) for a group of L tokens (bounds the working memory of a group)
 GROUP_ELEMENTS = 1 << 22
@@ -210,7 +211,7 @@ def chunked_ssd(q: Tensor, k: Tensor, v: Tensor, g: Tensor, *, chunk_size: int =
         raise ValueError(f"initial_state must be [B, H, d_k, d_v]={(b, h, dk, dv)}, "
                          f"got {tuple(initial_state.shape)}")
     acc, mm = _acc(v.dtype), v.dtype
-    with torch.autocast(device_type=v.device.type, enabled=False):  # dtypes are chosen here (module docstring)
+    with no_autocast(v.device):  # dtypes are chosen here (module docstring)
         q, k, v = q.to(mm).contiguous(), k.to(mm).contiguous(), v.contiguous()
         c = min(chunk_size, t)
         pad = -t % c
