@@ -334,6 +334,7 @@ def _check(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None, ali
         raise ValueError(f"block_size must be a positive int or None, got {block_size!r}")
 
 
+@torch.compiler.disable  # a hand-written kernel: runs eagerly inside a compiled model (docs/architecture.md)
 def sliding_window_attention(q: Tensor, k: Tensor, v: Tensor, *, window: int, causal: bool,
                              key_padding_mask: Tensor | None = None, alibi_slopes: Tensor | None = None,
                              scale: float | None = None, block_size: int | None = None,

@@ -4,8 +4,8 @@ On CPU these call ATen's fused kernels with ``out=`` (``torch._softmax`` / ``tor
 pass, no second ``[.., n, k]`` buffer, float32 inside for 16-bit inputs and rounded once, and an ``exp`` that is
 not slowed by ``-inf`` entries (docs/architecture.md, CPU facts). Those are private ATen entry points, so they are
 used on CPU only, where the kernels were measured, and only on contiguous buffers (a non-contiguous ``out=`` gives
-wrong results). Every other device takes the public ops, computed in float32 and copied back: a temporary per
-call, the same values up to rounding.
+wrong results), and not under ``torch.compile``. Every other device takes the public ops, computed in float32 and
+copied back: a temporary per call, the same values up to rounding.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ FUSED_DEVICES: tuple[str, ...] = ("cpu",)
 
 
 def _fused(t: Tensor) -> bool:
-    return t.device.type in FUSED_DEVICES and t.is_contiguous()
+    # under torch.compile the public ops are traced instead: Inductor plans its own buffers, and tracing the
+    # private out= call failed in Inductor (KeyError 'buf1', torch 2.13, sliding_window and longformer)
+    return t.device.type in FUSED_DEVICES and t.is_contiguous() and not torch.compiler.is_compiling()
 
 
 def softmax_(s: Tensor) -> Tensor:

@@ -523,6 +523,7 @@ class _TiledAttention(torch.autograd.Function):
         return dq.view(qshape), dk.view(kshape), dv.view(kshape), None, None, None, drel, None, None, None, None
 
 
+@torch.compiler.disable  # a hand-written kernel: runs eagerly inside a compiled model (docs/architecture.md)
 def tiled_attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False, key_padding_mask: Tensor | None = None,
                     alibi_slopes: Tensor | None = None, rel_bias: Tensor | None = None,
                     rel_bucket: BucketFn | None = None, scale: float | None = None,

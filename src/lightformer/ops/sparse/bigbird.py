@@ -102,6 +102,7 @@ def local_pattern(t: int, *, block_size: int, num_global: int, random: Tensor, c
     return BlockPattern(block_size=block_size, key_index=pos.flatten(2), band=band, q_offset=g * block_size)
 
 
+@torch.compiler.disable  # a hand-written kernel: runs eagerly inside a compiled model (docs/architecture.md)
 def bigbird_attention(q: Tensor, k: Tensor, v: Tensor, *, block_size: int, num_global: int, random_blocks: Tensor,
                       causal: bool, key_padding_mask: Tensor | None = None, scale: float | None = None) -> Tensor:
     """BigBird-ITC block-sparse attention, see the module docstring.

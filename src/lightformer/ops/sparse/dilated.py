@@ -22,6 +22,7 @@ from ..local.blocked import sliding_window_attention
 from .naive import window_bounds
 
 
+@torch.compiler.disable  # a hand-written kernel: runs eagerly inside a compiled model (docs/architecture.md)
 def dilated_window_attention(q: Tensor, k: Tensor, v: Tensor, *, window: int, dilation: int, causal: bool,
                              key_padding_mask: Tensor | None = None, scale: float | None = None,
                              block_size: int | None = None) -> Tensor:

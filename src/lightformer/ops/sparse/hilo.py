@@ -45,6 +45,7 @@ def pool_windows(x: Tensor, window: int, key_padding_mask: Tensor | None) -> tup
     return (total / count.clamp_min(1)[:, None, :, None].to(acc)).to(x.dtype), count > 0
 
 
+@torch.compiler.disable  # a hand-written kernel: runs eagerly inside a compiled model (docs/architecture.md)
 def hilo_attention(q: Tensor, k: Tensor, v: Tensor, *, window: int, num_lofi: int, causal: bool,
                    key_padding_mask: Tensor | None = None, scale: float | None = None) -> Tensor:
     """HiLo attention, see the module docstring.

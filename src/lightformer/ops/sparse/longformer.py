@@ -230,6 +230,7 @@ class _GlobalTokens(torch.autograd.Function):
         return dq, dk, dv, do_w, dlse, None, None, None, None
 
 
+@torch.compiler.disable  # a hand-written kernel: runs eagerly inside a compiled model (docs/architecture.md)
 def longformer_attention(q: Tensor, k: Tensor, v: Tensor, *, window: int, num_global: int, causal: bool,
                          key_padding_mask: Tensor | None = None, scale: float | None = None,
                          block_size: int | None = None) -> Tensor:
