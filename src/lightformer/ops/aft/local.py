@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .simple import causal_prefix, finite_or_zero, first_rows, mask_keys, ratio_of_halves, stat_dtype
 from ..amp import no_autocast
+from .simple import causal_prefix, finite_or_zero, first_rows, mask_keys, ratio_of_halves, stat_dtype
 
 
 def default_block(window: int) -> int:

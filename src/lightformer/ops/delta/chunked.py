@@ -45,8 +45,8 @@ from einops import rearrange
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from .naive import state_dtype
 from ..amp import no_autocast
+from .naive import state_dtype
 
 #: elements of one [B, H, L, max(d_k, d_v, C)] tensor per checkpointed group of L tokens (2^22 float32 = 16 MiB)
 GROUP_ELEMENTS = 2 ** 22

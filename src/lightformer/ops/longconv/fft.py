@@ -25,6 +25,7 @@ import math
 import torch
 from torch import Tensor
 
+from ..amp import no_autocast
 from . import kernels
 
 
@@ -96,7 +97,7 @@ class _FFTConv(torch.autograd.Function):
         y = torch.empty(*lead, c, t, dtype=u.dtype, device=u.device)
         kf = torch.empty(c, n // 2 + 1, dtype=torch.complex128 if cd == torch.float64 else torch.complex64,
                          device=u.device)
-        with kernels.no_autocast(u.device):
+        with no_autocast(u.device):
             uf_shared = _rfft(u, n, cd) if shared else None  # [..., 1, n/2+1]
             for c0, c1 in _blocks(c, math.prod(lead), n):
                 kf[c0:c1] = _rfft(k[c0:c1], n, cd)
@@ -116,7 +117,7 @@ class _FFTConv(torch.autograd.Function):
         need_u, need_k = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         cd = kf.real.dtype
         du = dk = None
-        with kernels.no_autocast(g.device):
+        with no_autocast(g.device):
             if need_u:
                 du = None if shared else torch.empty(ushape, dtype=udtype, device=g.device)
                 du_acc = 0.0  # shared input: Σ over the kernels of G·conj(K̂), one inverse FFT at the end
@@ -165,12 +166,12 @@ def diag_ssm(u: Tensor, dtA: Tensor, b_bar: Tensor, c: Tensor, *, initial_state:
 
     Returns ``(y [..., C, T] in u's dtype, x_T [..., C, N] complex or None)``."""
     t = u.shape[-1]
-    with kernels.no_autocast(u.device):
+    with no_autocast(u.device):
         k = kernels.vandermonde(c * b_bar, dtA, t)  # [C, T]
     y = causal_conv(u, k)
     if initial_state is None and not output_final_state:
         return y, None
-    with kernels.no_autocast(u.device):
+    with no_autocast(u.device):
         if initial_state is not None:
             free = kernels.vandermonde(c * kernels.cexp(dtA) * initial_state, dtA, t)  # [..., C, T]
             y = (y + free).to(u.dtype)
@@ -196,6 +197,6 @@ def lti_memory(u: Tensor, ab: Tensor, bb: Tensor, *, impulse: Tensor | None = No
         impulse = kernels.lti_impulse(ab, bb, t)
     m = causal_conv(u[..., None, :], impulse[:, :t])  # [B, M, d, T]
     if initial_state is not None:
-        with kernels.no_autocast(u.device):
+        with no_autocast(u.device):
             m = (m + kernels.lti_free_response(initial_state, ab, t)).to(u.dtype)
     return m, m[..., -1].to(ab.dtype)

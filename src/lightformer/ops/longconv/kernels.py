@@ -17,7 +17,7 @@ import math
 import torch
 from torch import Tensor
 
-from ..amp import no_autocast  # noqa: F401  (kernels.no_autocast is used by fft.py)
+from ..amp import no_autocast
 
 
 def cexp(z: Tensor) -> Tensor:

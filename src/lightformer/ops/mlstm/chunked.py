@@ -51,8 +51,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
-from .naive import MLSTMState
 from ..amp import no_autocast
+from .naive import MLSTMState
 
 #: floats of one group's [B, H, G, d, d] chunk-state tensor (2^22 float32 = 16 MiB: G = 16 chunks at B = 1,
 #: H = 4, d = 256).

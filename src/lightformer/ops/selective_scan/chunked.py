@@ -41,8 +41,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .naive import state_dtype
 from ..amp import no_autocast
+from .naive import state_dtype
 
 #: tokens per chunk (16, 32 and 64 measured the same at D = 512, B = 1, one thread: module docstring)
 CHUNK_SIZE = 64

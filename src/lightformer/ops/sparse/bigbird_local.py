@@ -32,11 +32,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..amp import no_autocast
 # _GROUP_SCORES: scores per group of blocks (all batches and heads), the sliding-window kernel's (16 MiB in float32)
 from ..local.blocked import _GROUP_SCORES, _LOW_PRECISION, _lead, _padded
 from ..softmax.inplace import softmax_, softmax_backward_
 from .longformer import _global_rows_backward, _global_rows_forward
-from ..amp import no_autocast
 
 
 class LocalPlan:

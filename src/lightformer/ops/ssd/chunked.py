@@ -39,9 +39,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..amp import no_autocast
 from .naive import expand_groups
 from .segsum import segsum
-from ..amp import no_autocast
 
 #: upper bound on B·H·L·max(C, d_k, d_v) for a group of L tokens (bounds the working memory of a group)
 GROUP_ELEMENTS = 1 << 22
