@@ -18,8 +18,8 @@ FUSED_DEVICES: tuple[str, ...] = ("cpu",)
 
 
 def _fused(t: Tensor) -> bool:
-    # under torch.compile the public ops are traced instead: Inductor plans its own buffers, and tracing the
-    # private out= call failed in Inductor (KeyError 'buf1', torch 2.13, sliding_window and longformer)
+    # under torch.compile the public ops are traced instead, so Inductor plans the buffers (the block kernels that
+    # call these run eagerly, torch.compiler.disable; FAVOR+'s query features are traced)
     return t.device.type in FUSED_DEVICES and t.is_contiguous() and not torch.compiler.is_compiling()
 
 
