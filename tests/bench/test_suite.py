@@ -149,6 +149,16 @@ def test_overrides_win_over_the_recipe():
     assert CapacityCell.from_json(cell.to_json()) == cell
 
 
+def test_h3_trains_at_zoologys_head_dim_unless_overridden():
+    h3, sm = build_cells(["mqar"], ["h3", "softmax"], [0], budget_s=10.0)
+    assert (h3.model["dim"], h3.model["num_heads"]) == (64, 32)  # head_dim 2
+    assert sm.model["num_heads"] == recipe("mqar").model["num_heads"]
+    h3 = build_cells(["mqar"], ["h3"], [0], budget_s=10.0, model_overrides={"num_heads": 4, "dim": 32})[0]
+    assert (h3.model["dim"], h3.model["num_heads"]) == (32, 4)
+    h3 = build_cells(["mqar"], ["h3"], [0], budget_s=10.0, model_overrides={"dim": 32})[0]
+    assert h3.model["num_heads"] == 16
+
+
 @pytest.mark.parametrize("kw, match", [
     (dict(budget_s=None, max_steps=None), "budget"),
     (dict(budget_s=-1.0), "budget must be positive, got -1"),

@@ -111,12 +111,24 @@ def sized_options(mixer: str, seq_len: int, dim: int) -> dict[str, Any]:
     return {k: v for k, v in sorted(options.items()) if k in valid}
 
 
-def model_for(recipe_: Recipe, mixer: str, seq_len: int) -> dict[str, Any]:
-    """The recipe's model fields for ``mixer``: ``position`` resolved and ``max_len`` = the task's length."""
+#: The head dimension a mixer's paper trains it at, where the recipe's (dim / num_heads) does not suit it. H3 builds
+#: a head_dim² outer-product state per head, so its cost grows as head_dim² (at the probes' head_dim 32 an MQAR cell
+#: does not finish in an hour); Zoology's MQAR configurations (Arora et al. 2023, Figure 2) train H3 at head_dim 2.
+HEAD_DIM: dict[str, int] = {"h3": 2}
+
+
+def model_for(recipe_: Recipe, mixer: str, seq_len: int, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The recipe's model fields for ``mixer`` with ``overrides`` (``suite --model``) on top: ``position`` resolved,
+    ``max_len`` = the task's length, and ``num_heads = dim // HEAD_DIM[mixer]`` for a mixer trained at its paper's
+    head dimension (unless ``overrides`` sets ``num_heads``)."""
+    overrides = overrides or {}
     model = dict(recipe_.model)
     if model.get("position", "auto") == "auto":
         model["position"] = best_position(mixer)
     model["max_len"] = seq_len
+    model.update(overrides)
+    if base_mixer(mixer) in HEAD_DIM and "dim" in model and "num_heads" not in overrides:
+        model["num_heads"] = max(1, model["dim"] // HEAD_DIM[base_mixer(mixer)])
     return model
 
 

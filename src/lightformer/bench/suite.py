@@ -120,7 +120,7 @@ def build_cells(tasks: list[str], mixers: list[str] | None, seeds: list[int], *,
             if preset and "schedule" in model_overrides:
                 raise ValueError(f"a schedule model override ({model_overrides['schedule']!r}) and the schedule "
                                  f"preset {mixer!r} both set the layers; give one of them")
-            model = {**model_for(rec, mixer, seq_len), **model_overrides}
+            model = model_for(rec, mixer, seq_len, model_overrides)
             own = (mixer_options or {}).get(mixer, {})
             base = (mixer_options or {}).get(base_mixer(mixer), {}) if preset else {}
             m_opts = {**sized_options(mixer, seq_len, model.get("dim", 64)), **base, **own}
