@@ -84,3 +84,14 @@ def test_error_budget_against_softmax_with_rpe_bias():
             bias = bias.masked_fill(i[None, :] > i[:, None], float("-inf"))
         exact = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d) + bias, dim=-1) @ v
         assert (z - exact).abs().max() < 0.03 * v.abs().max(), (z - exact).abs().max()
+
+
+def test_circular_weights_place_each_offset_at_its_index_mod_n():
+    t, n = 4, 9  # 2T − 1 = 7 <= n: two zero columns between the positive and the negative offsets
+    b_rel = torch.arange(1.0, 2 * t).reshape(1, -1)  # offset δ at column δ + T − 1 holds δ + T
+    w = fft.circular_weights(b_rel, t, causal=False, n=n)
+    assert w.tolist() == [[4.0, 5.0, 6.0, 7.0, 0.0, 0.0, 1.0, 2.0, 3.0]]
+    assert fft.circular_weights(b_rel, t, causal=True, n=n).tolist() == [[4.0, 5.0, 6.0, 7.0] + [0.0] * 5]
+    assert fft.circular_weights(b_rel, t, causal=False).shape == (1, 2 * t)
+    with pytest.raises(ValueError, match="n must be >= 2T - 1 = 7"):
+        fft.circular_weights(b_rel, t, causal=False, n=6)
