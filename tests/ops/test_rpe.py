@@ -1,7 +1,8 @@
-"""Kernelized attention with RPE (Luo et al. 2021): the FFT fast path (``ops/rpe/fft.py``) against the dense Toeplitz
-oracle (``ops/rpe/naive.py``), outputs and gradients (features, values and position weights), float32/bf16, odd
-lengths, feature chunks smaller than m, causal and padded; and the error budget against exact softmax attention
-with the RPE bias log b."""
+"""Kernelized attention with RPE (Luo et al. 2021): the FFT fast path (``ops/rpe/fft.py``) and the dense one for
+short sequences (``ops/rpe/dense.py``) against the dense Toeplitz oracle (``ops/rpe/naive.py``), outputs and
+gradients (features, values and position weights), float32/bf16, odd lengths, feature chunks smaller than m, causal
+and padded; the mixer's choice between the two; and the error budget against exact softmax attention with the RPE
+bias log b."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import pytest
 import torch
 
 from lightformer.ops.kernel.features import favor_key_shift, favor_plus, orthogonal_gaussian
-from lightformer.ops.rpe import fft, naive
+from lightformer.mixers import MIXERS
+from lightformer.mixers import kernel_rpe_fft as mixer_mod
+from lightformer.ops.rpe import dense, fft, naive
 
 B, H, M, D = 2, 2, 6, 4
 LENGTHS = (1, 7, 63, 257)
@@ -34,27 +37,56 @@ def run(fn, tensors, grad_out, **kw):
     return [y] + list(torch.autograd.grad(y, leaves, grad_out.to(y.dtype)))
 
 
+def fast_path(name: str):
+    """The op under test: the FFT form in feature chunks smaller than m, or the dense form."""
+    if name == "fft":
+        return lambda *xs, **kw: fft.kernel_rpe_attention(*xs, feature_chunk=4, **kw)
+    return dense.kernel_rpe_attention
+
+
+@pytest.mark.parametrize("path", ["fft", "dense"])
 @pytest.mark.parametrize("t", LENGTHS)
 @pytest.mark.parametrize("causal", [False, True])
-def test_fft_matches_oracle_float64(t, causal):
+def test_fast_paths_match_oracle_float64(path, t, causal):
     *xs, mask = make(t)
     g = torch.randn(B, H, t, D, dtype=torch.float64)
     for km in (None, mask):
-        for a, b in zip(run(fft.kernel_rpe_attention, xs, g, causal=causal, key_padding_mask=km, feature_chunk=4),
+        for a, b in zip(run(fast_path(path), xs, g, causal=causal, key_padding_mask=km),
                         run(naive.kernel_rpe_attention, xs, g, causal=causal, key_padding_mask=km)):
             torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
 
 
+def test_mixer_runs_dense_up_to_dense_max_len_and_fft_beyond(monkeypatch):
+    """Both forms inside the mixer equal its oracle, and the mixer calls the one its length selects."""
+    torch.manual_seed(0)
+    mixer = MIXERS.create("kernel_rpe_fft", dim=16, num_heads=2, causal=True, max_len=40, num_features=8).double()
+    with torch.no_grad():
+        mixer.rpe_logits.normal_(0.0, 0.5)
+    x = torch.randn(2, 33, 16, dtype=torch.float64)
+    calls = []
+    for name in ("dense", "fft"):
+        module = getattr(mixer_mod, name)
+        op = module.kernel_rpe_attention
+        monkeypatch.setattr(module, "kernel_rpe_attention", lambda *a, _op=op, _n=name, **k: calls.append(_n) or
+                            _op(*a, **k))
+    for limit, expect in ((33, "dense"), (32, "fft")):
+        monkeypatch.setattr(mixer_mod, "DENSE_MAX_LEN", limit)
+        calls.clear()
+        torch.testing.assert_close(mixer(x), mixer.oracle(x), rtol=1e-9, atol=1e-11)
+        assert calls == [expect]
+
+
+@pytest.mark.parametrize("path", ["fft", "dense"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("causal", [False, True])
-def test_low_precision_error_within_twice_naive(dtype, causal):
+def test_low_precision_error_within_twice_naive(path, dtype, causal):
     t = 257
     *xs, mask = make(t, seed=1)
     g = torch.randn(B, H, t, D, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     exact = run(naive.kernel_rpe_attention, xs, g, causal=causal, key_padding_mask=mask)
     low = [x.to(dtype) for x in xs]
     floor = 1e-6 if dtype == torch.float32 else 1e-3
-    fast = run(fft.kernel_rpe_attention, low, g, causal=causal, key_padding_mask=mask, feature_chunk=4)
+    fast = run(fast_path(path), low, g, causal=causal, key_padding_mask=mask)
     ref = run(naive.kernel_rpe_attention, low, g, causal=causal, key_padding_mask=mask)
     for a, n, e in zip(fast, ref, exact):
         err_fast, err_naive = (a.double() - e).abs().max().item(), (n.double() - e).abs().max().item()
