@@ -670,6 +670,26 @@ def test_header_gives_each_setting_of_a_task_its_own_line():
     assert header_lines([a])[2].endswith("seeds [0]")  # one setting: no run list
 
 
+def test_a_seed_rerun_at_another_configuration_replaces_the_old_record():
+    old = dict(cap("mqar", "softmax", 0, status="timeout"), timestamp="2026-01-01T00:00:00+00:00")
+    new = dict(cap("mqar", "softmax", 0, 0.9), model={**MODEL, "num_heads": 32},
+               timestamp="2026-01-02T00:00:00+00:00")
+    other = dict(cap("mqar", "softmax", 1, 0.7), timestamp="2025-12-31T00:00:00+00:00")
+    sm = entries([new, old, other])["mqar"]["softmax"]  # file order is not time order
+    assert sorted(sm.values) == [0.7, 0.9] and sorted(sm.statuses) == ["ok", "ok"]
+
+
+def test_header_names_what_a_label_and_an_architecture_change():
+    a, b = cap("mqar", "softmax", 0, 0.9), cap("mqar", "linear", 0, 0.5)
+    h3 = dict(cap("mqar", "softmax", 0, 0.3), mixer="h3", model={**MODEL, "num_heads": 32})
+    pm = dict(cap("mqar", "softmax", 0, 0.3), mixer="persistent_memory")
+    pm16 = dict(pm, mixer_options={"num_memory": 16}, label="N=16")
+    lines = header_lines([a, b, h3, pm, pm16])
+    assert "  - label **N=16**: option.num_memory=16" in lines  # against its own unlabelled runs, not h3's heads
+    assert "  - h3: num_heads=32" in lines
+    assert not any(line.startswith("  - softmax") or line.startswith("  - linear") for line in lines)
+
+
 # -- devices ----------------------------------------------------------------------------------------------------
 def test_device_is_recorded_and_keys_only_non_cpu_cells():
     cell, = mqar_cells(["sliding_window"])

@@ -91,10 +91,21 @@ def _curves(r: dict[str, Any], metric: str) -> list[Curve]:
     return out
 
 
+def latest_per_seed(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The latest capacity record of every (task, row, seed), by timestamp: a row's seeds are its values, so a cell
+    re-run at another configuration (e.g. after the recipe changed a mixer's heads) replaces the older record of
+    that seed instead of counting as one more seed."""
+    latest: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for r in sorted(capacity_records(records), key=lambda r: str(r.get("timestamp", ""))):
+        latest[(r["task"], r["mixer"], r.get("label") or None, r.get("seed"))] = r
+    return list(latest.values())
+
+
 def entries(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Entry]]:
-    """``{task: {row: Entry}}`` from the latest capacity record of every cell (rows: ``Entry.row``)."""
+    """``{task: {row: Entry}}`` from the latest capacity record of every seed of every row (``latest_per_seed``;
+    rows: ``Entry.row``)."""
     out: dict[str, dict[str, Entry]] = {}
-    for r in capacity_records(records):
+    for r in latest_per_seed(records):
         task, mixer, label = r["task"], r["mixer"], r.get("label") or None
         probe = Entry(task, mixer, "", label=label)
         e = out.setdefault(task, {}).get(probe.row)
@@ -203,20 +214,46 @@ def _variant_lines(caps: list[dict[str, Any]]) -> list[str]:
     for r in caps:
         by_label.setdefault(r.get("label") or None, []).append(r)
     if len(by_label) > 1 or None not in by_label:
-        common = {lab: set.intersection(*({(k, json.dumps(v, sort_keys=True)) for k, v in r["model"].items()
-                                           if k not in ("position", "max_len")} for r in recs))
-                  for lab, recs in by_label.items()}
+        common = {lab: set.intersection(*(_fields(r) for r in recs)) for lab, recs in by_label.items()}
         for lab, items in sorted(common.items(), key=lambda kv: (kv[0] is not None, kv[0] or "")):
-            own = sorted(items - set.intersection(*common.values()))
+            # a labelled run is compared with the unlabelled runs of its own architectures when there are any
+            # (the recipe sets some fields per architecture, e.g. h3's heads), else with every other run
+            mixers = {r["mixer"] for r in by_label[lab]}
+            peers = [r for r in by_label.get(None, []) if r["mixer"] in mixers] if lab is not None else []
+            base = set.intersection(*(_fields(r) for r in peers)) if peers else set.intersection(*common.values())
             changed = ", ".join(f"{k}={v if not isinstance(json.loads(v), str) else json.loads(v)}"
-                                for k, v in own) or "the recipe's model"
+                                for k, v in sorted(items - base)) or "the recipe's model"
             lines.append(f"  - {f'label **{lab}**' if lab else 'no label'}: {changed}")
+    lines += _architecture_lines([r for r in caps if not r.get("label")])
     schedules = {}
     for r in caps:
         if r.get("schedule") and len(set(r["schedule"])) > 1:
             schedules.setdefault(r["mixer"], r["schedule"])
     lines += [f"  - {name}: layers {' · '.join(layers)}" for name, layers in sorted(schedules.items())]
     return lines
+
+
+def _architecture_lines(caps: list[dict[str, Any]]) -> list[str]:
+    """Per architecture whose model differs from the one most of these records share (the recipe trains some at
+    their paper's setting, ``bench.recipes.HEAD_DIM``), the fields that differ."""
+    models = [json.dumps({k: v for k, v in r["model"].items() if k not in ("position", "max_len")}, sort_keys=True)
+              for r in caps]
+    if not models:
+        return []
+    usual = json.loads(max(set(models), key=models.count))
+    out = {}
+    for r in caps:
+        own = {k: v for k, v in r["model"].items() if k not in ("position", "max_len") and usual.get(k) != v}
+        if own:
+            out[r["mixer"]] = ", ".join(f"{k}={v}" for k, v in sorted(own.items()))
+    return [f"  - {mixer}: {changed}" for mixer, changed in sorted(out.items())]
+
+
+def _fields(r: dict[str, Any]) -> set[tuple[str, str]]:
+    """A record's model fields (without ``position`` and ``max_len``, which the recipe sets per architecture) and
+    mixer options (as ``option.KEY``), as comparable (name, JSON value) pairs."""
+    items = {(k, json.dumps(v, sort_keys=True)) for k, v in r["model"].items() if k not in ("position", "max_len")}
+    return items | {(f"option.{k}", json.dumps(v, sort_keys=True)) for k, v in (r.get("mixer_options") or {}).items()}
 
 
 def markdown_table(table: dict[str, dict[str, Entry]]) -> list[str]:
