@@ -21,8 +21,8 @@ from lightformer.bench import capacity as capacity_mod
 from lightformer.bench import runner as runner_mod
 from lightformer.bench import suite as suite_mod
 from lightformer.bench.capacity import CapacityCell, run
-from lightformer.bench.leaderboard import (Entry, best_and_ties, entries, header_lines, mean_accuracy, mean_ranks,
-                                          write_leaderboard)
+from lightformer.bench.leaderboard import (CHAR_W, LABEL_DX, LABEL_DY, LABEL_H, Entry, best_and_ties, entries,
+                                          header_lines, label_offsets, mean_accuracy, mean_ranks, write_leaderboard)
 from lightformer.bench.results import capacity_record, capacity_records, load_records
 from lightformer.bench.recipes import recipe
 from lightformer.bench.state_size import state_size
@@ -688,6 +688,19 @@ def test_header_names_what_a_label_and_an_architecture_change():
     assert "  - label **N=16**: option.num_memory=16" in lines  # against its own unlabelled runs, not h3's heads
     assert "  - h3: num_heads=32" in lines
     assert not any(line.startswith("  - softmax") or line.startswith("  - linear") for line in lines)
+
+
+def test_point_labels_of_a_cluster_do_not_overlap():
+    anchors = [(100.0, 200.0), (102.0, 200.0), (101.0, 199.0), (300.0, 50.0), (103.0, 201.0)]
+    texts = ["softmax", "deltanet", "gated_deltanet", "poolformer", "mlstm"]
+    offsets = label_offsets(anchors, texts)
+    assert offsets[3] == (LABEL_DX, LABEL_DY)  # alone: the default place
+    boxes = [(x + dx, y + dy, x + dx + CHAR_W * len(t), y + dy + LABEL_H)
+             for (x, y), (dx, dy), t in zip(anchors, offsets, texts)]
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not (a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]), (a, b)
+    assert len({dy for _, dy in offsets[:3] + offsets[4:]}) == 4  # the cluster's labels on four lines
 
 
 # -- devices ----------------------------------------------------------------------------------------------------

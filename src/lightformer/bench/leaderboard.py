@@ -325,6 +325,29 @@ def mean_ranks(table: dict[str, dict[str, Entry]]) -> dict[str, float]:
     return {m: statistics.fmean(r) for m, r in ranks.items()}
 
 
+LABEL_DX, LABEL_DY, LABEL_H, CHAR_W = 5.0, 3.0, 8.5, 3.9  # points, for 7-pt labels
+
+
+def label_offsets(anchors: Any, texts: list[str]) -> list[tuple[float, float]]:
+    """Offsets (points) of point labels so that no two overlap: each label starts up and to the right of its point
+    and, where it would cover a label already placed, moves down or up in steps of one line until it is clear.
+    ``anchors``: the points' positions in points, ``[n, 2]``; label boxes are estimated from their length."""
+    placed: list[tuple[float, float, float, float]] = []
+    out = []
+    for i in sorted(range(len(texts)), key=lambda i: (-anchors[i][1], anchors[i][0])):
+        x0 = anchors[i][0] + LABEL_DX
+        width = CHAR_W * len(texts[i])
+        for step in range(41):
+            dy = LABEL_DY + LABEL_H * ((step + 1) // 2) * (-1 if step % 2 else 1)
+            y0 = anchors[i][1] + dy
+            if not any(x0 < bx1 and bx0 < x0 + width and y0 < by1 and by0 < y0 + LABEL_H
+                       for bx0, by0, bx1, by1 in placed):
+                break
+        placed.append((x0, y0, x0 + width, y0 + LABEL_H))
+        out.append((i, (LABEL_DX, dy)))
+    return [offset for _, offset in sorted(out)]
+
+
 def plot_state(table: dict[str, dict[str, Entry]], task: str, path: Path) -> bool:
     """The task's metric against state size (floats per layer and sequence, log x), one point per mixer with
     its seed spread as an error bar. False when no mixer has both."""
@@ -337,11 +360,16 @@ def plot_state(table: dict[str, dict[str, Entry]], task: str, path: Path) -> boo
     if not pts:
         return False
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=100)
-    for i, e in enumerate(sorted(pts, key=lambda e: e.row)):
+    pts = sorted(pts, key=lambda e: e.row)
+    for i, e in enumerate(pts):
         ax.errorbar(e.state_size, e.mean, yerr=e.spread, fmt="o", color=plt.get_cmap("tab20").colors[i % 20],
                     capsize=3, label=e.row)
-        ax.annotate(e.row, (e.state_size, e.mean), textcoords="offset points", xytext=(5, 3), fontsize=7)
     ax.set_xscale("log")
+    ax.autoscale_view()
+    anchors = ax.transData.transform([(e.state_size, e.mean) for e in pts]) * 72.0 / fig.dpi  # in points
+    for e, (x, y), (dx, dy) in zip(pts, anchors, label_offsets(anchors, [e.row for e in pts])):
+        ax.annotate(e.row, (e.state_size, e.mean), textcoords="offset points", xytext=(dx, dy), fontsize=7,
+                    arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.6"} if dy != LABEL_DY else None)
     ax.set_xlabel("state size per layer and sequence (floats, log)")
     ax.set_ylabel(f"test {pts[0].metric}")
     ax.set_title(f"{task}: {pts[0].metric} against the state a mixer keeps", fontsize=10)
