@@ -7,9 +7,10 @@ the denominator in the same pass),
 
     C_i = Σ_j b_{i−j} M_j,        z_i = (φ(q_i)ᵀ C_i)[:d] / (φ(q_i)ᵀ C_i)[d]
 
-and a Toeplitz product is a linear convolution: with M zero-padded to 2T along the sequence and the weights laid
-out circularly (b_δ at index δ mod 2T, δ in [−(T−1), T−1]; 0 for δ < 0 when causal), C = irfft(rfft(M)·rfft(b))
-restricted to the first T positions (no wrap-around reaches them since |δ| < T). The m features are processed in
+and a Toeplitz product is a linear convolution: with M zero-padded to n >= 2T − 1 along the sequence (n the next
+2^a·3^b·5^c size) and the weights laid out circularly (b_δ at index δ mod n, δ in [−(T−1), T−1]; 0 for δ < 0 when
+causal), C = irfft(rfft(M)·rfft(b)) restricted to the first T positions (no wrap-around reaches them since
+|δ| < T <= n − T + 1). The m features are processed in
 chunks so that only ``[B, H, m_c, d + 1, T]`` lives at once in the forward pass (autograd keeps each chunk's
 spectra for the backward pass, O(T·m·d) in total). Same semantics as ``naive.kernel_rpe_attention``.
 Dtypes: float64 runs in float64; bidirectional float32/bf16 in float32 (the FFT has no bf16 kernel on CPU);
@@ -55,7 +56,7 @@ def kernel_rpe_attention(phi_q: Tensor, phi_k: Tensor, v: Tensor, b_rel: Tensor,
         phi_k = phi_k * key_padding_mask[:, None, :, None].to(cd)
     v1 = F.pad(v.to(cd), (0, 1), value=1.0)  # [B, H, T, d + 1]
     # a linear convolution needs n >= 2T − 1 points; 2T itself can have a large prime factor (T=31: 62 = 2·31),
-    # which made pocketfft ~3x slower than at the next 2^a·3^b·5^c size
+    # which pocketfft transforms far more slowly than the next 2^a·3^b·5^c size
     n = fast_size(2 * t - 1)
     bf = torch.fft.rfft(circular_weights(b_rel.to(cd), t, causal, n), dim=-1)  # [H, n/2 + 1]
     bf = bf[None, :, None, None, :]  # [1, H, 1, 1, n/2 + 1]
