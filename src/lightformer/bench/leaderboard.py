@@ -233,26 +233,30 @@ def _variant_lines(caps: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _model(r: dict[str, Any]) -> dict[str, Any]:
+    """A record's model fields without ``position`` and ``max_len``, which the recipe sets per architecture."""
+    return {k: v for k, v in r["model"].items() if k not in ("position", "max_len")}
+
+
 def _architecture_lines(caps: list[dict[str, Any]]) -> list[str]:
     """Per architecture whose model differs from the one most of these records share (the recipe trains some at
     their paper's setting, ``bench.recipes.HEAD_DIM``), the fields that differ."""
-    models = [json.dumps({k: v for k, v in r["model"].items() if k not in ("position", "max_len")}, sort_keys=True)
-              for r in caps]
+    models = [json.dumps(_model(r), sort_keys=True) for r in caps]
     if not models:
         return []
     usual = json.loads(max(set(models), key=models.count))
     out = {}
     for r in caps:
-        own = {k: v for k, v in r["model"].items() if k not in ("position", "max_len") and usual.get(k) != v}
+        own = {k: v for k, v in _model(r).items() if usual.get(k) != v}
         if own:
             out[r["mixer"]] = ", ".join(f"{k}={v}" for k, v in sorted(own.items()))
     return [f"  - {mixer}: {changed}" for mixer, changed in sorted(out.items())]
 
 
 def _fields(r: dict[str, Any]) -> set[tuple[str, str]]:
-    """A record's model fields (without ``position`` and ``max_len``, which the recipe sets per architecture) and
-    mixer options (as ``option.KEY``), as comparable (name, JSON value) pairs."""
-    items = {(k, json.dumps(v, sort_keys=True)) for k, v in r["model"].items() if k not in ("position", "max_len")}
+    """A record's model fields (``_model``) and mixer options (as ``option.KEY``), as comparable (name, JSON
+    value) pairs."""
+    items = {(k, json.dumps(v, sort_keys=True)) for k, v in _model(r).items()}
     return items | {(f"option.{k}", json.dumps(v, sort_keys=True)) for k, v in (r.get("mixer_options") or {}).items()}
 
 
@@ -367,7 +371,7 @@ def plot_state(table: dict[str, dict[str, Entry]], task: str, path: Path) -> boo
     ax.set_xscale("log")
     ax.autoscale_view()
     anchors = ax.transData.transform([(e.state_size, e.mean) for e in pts]) * 72.0 / fig.dpi  # in points
-    for e, (x, y), (dx, dy) in zip(pts, anchors, label_offsets(anchors, [e.row for e in pts])):
+    for e, (dx, dy) in zip(pts, label_offsets(anchors, [e.row for e in pts])):
         ax.annotate(e.row, (e.state_size, e.mean), textcoords="offset points", xytext=(dx, dy), fontsize=7,
                     arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.6"} if dy != LABEL_DY else None)
     ax.set_xlabel("state size per layer and sequence (floats, log)")
