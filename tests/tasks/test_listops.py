@@ -225,6 +225,37 @@ def test_cache_round_trip(tmp_path, monkeypatch):
     assert not small.cache_path().exists()
 
 
+def test_group_by_length(tmp_path, monkeypatch):
+    monkeypatch.setenv("LIGHTFORMER_CACHE", str(tmp_path))
+    monkeypatch.setattr(lo, "CACHE_MIN_TREES", 100)
+    options = dict(SMALL, min_length=20, max_length=400, num_train=2000)
+    plain, grouped = create_task("listops", **options), create_task("listops", **options, group_by_length=True)
+    # the same pools, from the same cache file; evaluation batches and unseeded draws unchanged
+    assert grouped.cache_path() == plain.cache_path()
+    for split, seed in (("train", None), ("val", None), ("val", 3), ("test", 5)):
+        assert all(torch.equal(x, y) for x, y in zip(plain.sample(split, 40, seed=seed),
+                                                     grouped.sample(split, 40, seed=seed)))
+    lengths = {tuple(r[m].tolist()): int(m.sum()) for r, m in zip(*plain.sample("train", 2000)[:2])}
+    order = sorted(lengths.values())
+    counts: dict[tuple[int, ...], int] = {}
+    for k in range(2000):
+        inputs, mask, labels = grouped.sample("train", 25, seed=k)
+        drawn = [tuple(r[m].tolist()) for r, m in zip(inputs, mask)]
+        assert len(set(drawn)) == 25 and set(drawn) <= lengths.keys()
+        for row in drawn:
+            counts[row] = counts.get(row, 0) + 1
+        # one bucket of GROUP_BATCHES·n = 200 neighbouring lengths of the sorted pool (10 buckets)
+        b = order.index(min(lengths[r] for r in drawn)) // 200
+        assert max(lengths[r] for r in drawn) <= order[min(len(order), 200 * (b + 2)) - 1]
+        assert mask.shape[1] == max(lengths[r] for r in drawn)
+    assert all(torch.equal(x, y) for x, y in zip(grouped.sample("train", 25, seed=9),
+                                                 grouped.sample("train", 25, seed=9)))
+    # every tree is drawn with chance n / N = 1/80 per batch: 25 times in 2000 batches (binomial sd ~4.9)
+    assert len(counts) == 2000
+    values = np.array(list(counts.values()))
+    assert abs(values.mean() - 25) < 1e-9 and 3.5 < values.std() < 6.5 and values.min() >= 3
+
+
 def test_vocab_and_example():
     task = create_task("listops", **SMALL)
     assert task.vocab[0] == "<pad>" and task.vocab_size == 16 and task.num_classes == 10
@@ -235,7 +266,7 @@ def test_vocab_and_example():
 
 @pytest.mark.parametrize("option, value", [
     ("min_length", -1), ("max_length", 21), ("max_depth", 0), ("max_args", 1), ("num_train", 0),
-    ("num_val", 1.5), ("num_test", True), ("seed", -2)])
+    ("num_val", 1.5), ("num_test", True), ("seed", -2), ("group_by_length", 1)])
 def test_option_errors(option, value):
     with pytest.raises(ValueError, match=option):
         create_task("listops", **dict(SMALL, **{option: value}))

@@ -56,7 +56,8 @@ RECIPES: dict[str, Recipe] = {
     "compression": Recipe({}, _PROBE_MODEL, _PROBE_TRAIN, (1e-3, 3e-3), 512),
     "memorization": Recipe({}, _PROBE_MODEL, _PROBE_TRAIN, (1e-3, 3e-3), 256),
     "icl_regression": Recipe({}, _PROBE_MODEL, _PROBE_TRAIN, (1e-3, 3e-3), 512),
-    "listops": Recipe({}, _LRA_MODEL, _LRA_TRAIN, (5e-4, 1e-3, 2e-3), 1000),
+    #: batches of neighbouring lengths pad 0.2 % of their tokens instead of 45 % (tasks/listops.py)
+    "listops": Recipe({"group_by_length": True}, _LRA_MODEL, _LRA_TRAIN, (5e-4, 1e-3, 2e-3), 1000),
     "image": Recipe({}, _LRA_MODEL, _LRA_TRAIN, (5e-4, 1e-3, 2e-3), 1000),
     "pathfinder": Recipe({}, _LRA_MODEL, _LRA_TRAIN, (5e-4, 1e-3, 2e-3), 1000),
     "text": Recipe({}, _LRA_MODEL, _LRA_TRAIN, (5e-4, 1e-3, 2e-3), 500),

@@ -37,6 +37,11 @@ Where this differs from LRA, and why:
   ~250/s), so the default 100,000-tree pool takes ~15 s once and then loads from the cache in ~0.4 s.
 - Batches are padded to their longest example (mask True = real token), not to ``max_length``: cheaper on a CPU.
   ``seq_len`` is ``max_length - 1``, the longest possible example.
+- ``group_by_length=True`` (off by default; the suite's recipe turns it on) draws each training batch from one
+  bucket of ``GROUP_BATCHES`` batches' worth of trees of neighbouring lengths (the bucket picked with probability
+  proportional to its size, the trees without replacement inside it), so every tree is still drawn with probability
+  ``n / num_train`` but a batch of 32 at LRA's lengths pads 0.2 % of its tokens instead of 45 % (measured over 200
+  batches: padded to 1,059 tokens on average instead of 1,883). Validation and test batches are unchanged.
 
 The pools are generated once per task and cached as ``.npz`` under ``cache_dir()`` (``$LIGHTFORMER_CACHE/tasks`` or
 ``~/.cache/lightformer/tasks``), named by the task's fingerprint and written atomically; pools of fewer than
@@ -77,6 +82,8 @@ VOCAB = ("<pad>",) + tuple("[" + op for op in OPERATORS) + ("]",) + tuple(str(v)
 GENERATOR_VERSION = 1
 #: pools with fewer trees than this (all splits together) are not written to the disk cache
 CACHE_MIN_TREES = 10_000
+#: a ``group_by_length`` bucket holds this many batches' worth of training trees of neighbouring lengths
+GROUP_BATCHES = 8
 #: roots grown per numpy round (fixed, so a pool of m trees is the first m of any larger pool)
 ROUND_ROOTS = 8192
 
@@ -248,6 +255,8 @@ class ListOpsConfig(TaskConfig):
         max_depth: levels of a tree, the root being level 1 [10].
         max_args: the most children of an operator (at least 2) [10].
         num_train, num_val, num_test: pool sizes [96000, 2000, 2000].
+        group_by_length: draw each training batch from trees of neighbouring lengths (not in LRA; the pools do not
+            change, only which trees share a training batch; see the module docstring).
     """
 
     min_length: int = 500
@@ -257,6 +266,7 @@ class ListOpsConfig(TaskConfig):
     num_train: int = 96000
     num_val: int = 2000
     num_test: int = 2000
+    group_by_length: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -265,6 +275,8 @@ class ListOpsConfig(TaskConfig):
         check_int(self, "max_depth", low=1)
         check_int(self, "max_args", low=2)
         check_int(self, "num_train", "num_val", "num_test")
+        if not isinstance(self.group_by_length, bool):
+            raise ValueError(f"group_by_length must be a bool, got {self.group_by_length!r}")
         if not feasible(self.min_length, self.max_length, self.max_depth, self.max_args):
             raise ValueError(f"min_length={self.min_length}, max_length={self.max_length}: no tree with "
                              f"max_depth={self.max_depth}, max_args={self.max_args} has a length strictly between")
@@ -290,6 +302,7 @@ class ListOps(ClassificationTask):
     def __init__(self, config: ListOpsConfig) -> None:
         super().__init__(config)
         self._pools: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
+        self._length_order: np.ndarray | None = None  # the training pool's indices sorted by length
 
     @property
     def seq_len(self) -> int:
@@ -303,8 +316,15 @@ class ListOps(ClassificationTask):
         return getattr(self.config, "num_" + split)
 
     # -- pools -------------------------------------------------------------------------------------------------
+    def pool_options(self) -> dict:
+        """The options that fix the pools (every option but ``group_by_length``): the cache's name and check."""
+        options = dataclasses.asdict(self.config)
+        del options["group_by_length"]
+        return options
+
     def cache_path(self) -> pathlib.Path:
-        return cache_dir() / f"listops-v{GENERATOR_VERSION}-{self.fingerprint()}.npz"
+        digest = hashlib.sha256(json.dumps(self.pool_options(), sort_keys=True).encode()).hexdigest()[:16]
+        return cache_dir() / f"listops-v{GENERATOR_VERSION}-{digest}.npz"
 
     def pools(self) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Every split's pool ``{split: (tokens uint8, offsets int64, labels int64)}``, from memory, the disk cache
@@ -332,7 +352,7 @@ class ListOps(ClassificationTask):
         return {split: pools[split] for split in SPLITS}
 
     def _meta(self) -> str:
-        return json.dumps({"version": GENERATOR_VERSION, **dataclasses.asdict(self.config)}, sort_keys=True)
+        return json.dumps({"version": GENERATOR_VERSION, **self.pool_options()}, sort_keys=True)
 
     def _load(self, path: pathlib.Path) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] | None:
         try:
@@ -359,9 +379,27 @@ class ListOps(ClassificationTask):
         if n > size:
             raise ValueError(f"n={n} is more than the {split} pool holds (num_{split}={size})")
         tokens, offsets, labels = self.pools()[split]
-        index = np.arange(n) if seed is None else self.rng(split, seed).choice(size, n, replace=False)
+        if seed is None:
+            index = np.arange(n)
+        elif split == "train" and self.config.group_by_length:
+            index = self._grouped_draw(self.rng(split, seed), offsets, n)
+        else:
+            index = self.rng(split, seed).choice(size, n, replace=False)
         starts, lengths = offsets[index], offsets[index + 1] - offsets[index]
         mask = np.arange(int(lengths.max()))[None, :] < lengths[:, None]  # [n, T]
         inputs = np.zeros(mask.shape, np.int64)
         inputs[mask] = np.concatenate([tokens[a:a + b] for a, b in zip(starts, lengths)])
         return torch.from_numpy(inputs), torch.from_numpy(mask), torch.from_numpy(labels[index].copy())
+
+    def _grouped_draw(self, rng: np.random.Generator, offsets: np.ndarray, n: int) -> np.ndarray:
+        """``n`` distinct training trees of neighbouring lengths: the pool sorted by length is cut into
+        ``m = max(1, N // (GROUP_BATCHES·n))`` buckets of nearly equal size (each ``>= n``), one bucket is picked
+        with probability ``size / N`` and ``n`` of its trees without replacement, so each tree's chance is
+        ``n / N``."""
+        if self._length_order is None:
+            self._length_order = np.argsort(np.diff(offsets), kind="stable")
+        size = len(self._length_order)
+        m = max(1, size // (GROUP_BATCHES * n))
+        bounds = np.arange(m + 1) * size // m
+        b = rng.choice(m, p=np.diff(bounds) / size)
+        return rng.choice(self._length_order[bounds[b]:bounds[b + 1]], n, replace=False)
