@@ -135,13 +135,14 @@ def test_overrides_win_over_the_recipe():
                        task_options={"mqar": {"seq_len": 64, "num_kv_pairs": 2}, "listops": {"max_length": 9}},
                        mixer_options={"sliding_window": {"window": 4}, "softmax": {"bogus": 1}},
                        model_overrides={"dim": 32, "num_layers": 1}, eval_n=64, threads=1, timeout_s=12.5,
-                       max_memory_mib=256.0)[0]
+                       max_memory_mib=256.0, train_overrides={"batch_size": 8, "warmup_steps": 0})[0]
     assert cell.task_options == {"seq_len": 64, "num_kv_pairs": 2}
     assert cell.mixer_options == {"window": 4}
     assert cell.model == {**recipe("mqar").model, "dim": 32, "num_layers": 1, "position": "rope", "max_len": 64}
     assert cell.model["max_len"] == 64
     assert cell.lrs == (0.01,) and cell.eval_n == 64 and cell.seed == 3
-    assert cell.train["max_steps"] == 7
+    assert cell.train == {**recipe("mqar").train, "max_steps": 7, "batch_size": 8, "warmup_steps": 0}
+    assert dataclasses.replace(cell, train={**cell.train, "batch_size": 16}).key != cell.key
     assert (cell.threads, cell.timeout_s, cell.max_memory_mib) == (1, 12.5, 256.0)
     # threads, timeout and the memory cap are not part of what is measured: same key
     assert dataclasses.replace(cell, threads=2, timeout_s=1.0, max_memory_mib=None).key == cell.key
@@ -165,6 +166,8 @@ def test_h3_trains_at_zoologys_head_dim_unless_overridden():
     (dict(budget_s=0.0), "budget must be positive"),
     (dict(budget_s=1.0, tasks=["nope"]), "unknown task 'nope'"),
     (dict(budget_s=1.0, mixers=["nope"]), "unknown mixer 'nope'"),
+    (dict(budget_s=1.0, train_overrides={"batchsize": 8}), r"training field\(s\) \['batchsize'\] unknown"),
+    (dict(budget_s=1.0, train_overrides={"lr": 0.1, "seed": 2}), r"lr \(give --lrs\), seed \(give --seeds\)"),
 ])
 def test_bad_arguments_are_named(kw, match):
     tasks = kw.pop("tasks", ["mqar"])
@@ -538,7 +541,8 @@ def test_suite_cli_prints_the_records(tmp_path, capsys):
     argv = ["suite", "--tasks", "mqar", "--mixers", "linformer", "--seeds", "0,1", "--max-steps", "3",
             "--task-option", "mqar.seq_len=32", "--task-option", "mqar.vocab_size=32", "--model", "dim=32",
             "--option", "linformer.proj_len=8", "--lrs", "0.001,0.01", "--eval-n", "32", "--threads", "1",
-            "--out", str(out), "--no-progress", "--json", "--report-dir", str(tmp_path / "lb")]
+            "--train", "batch_size=16", "--out", str(out), "--no-progress", "--json",
+            "--report-dir", str(tmp_path / "lb")]
     assert main(argv) == 0
     captured = capsys.readouterr()
     lines = captured.out.splitlines()
@@ -551,6 +555,7 @@ def test_suite_cli_prints_the_records(tmp_path, capsys):
     assert r["task_options"] == {"seq_len": 32, "vocab_size": 32} and r["model"]["dim"] == 32
     assert r["model"]["max_len"] == 32 and r["mixer_options"]["proj_len"] == 8
     assert r["lrs"] == [0.001, 0.01] and r["eval_n"] == 32 and r["train"]["max_steps"] == 3
+    assert r["train"]["batch_size"] == 16
     assert load_records(out) == recs
     assert "mqar / linformer / seed 0: unsupported" in captured.err
     assert (tmp_path / "lb" / "capacity.md").exists()
@@ -562,6 +567,8 @@ def test_suite_cli_prints_the_records(tmp_path, capsys):
     (["--tasks", "mqar"], "--budget"),
     (["--tasks", "mqar", "--budget", "soon"], "'soon'"),
     (["--tasks", "mqar", "--max-steps", "3", "--model", "dim"], "--model 'dim'"),
+    (["--tasks", "mqar", "--max-steps", "3", "--train", "batch_size"], "--train 'batch_size'"),
+    (["--tasks", "mqar", "--max-steps", "3", "--train", "max_steps=4"], "max_steps (give --max-steps)"),
 ])
 def test_suite_cli_bad_input_exits_2(tmp_path, capsys, extra, named):
     from lightformer.cli import main

@@ -464,6 +464,10 @@ def add_suite_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="model field for every task, repeatable, e.g. dim=128, block=deepnorm, ffn=swiglu, "
                         "value_residual=true, schedule='softmax@0', or one option of a table: "
                         "ffn_options.num_experts=4")
+    p.add_argument("--train", action="append", default=[], metavar="KEY=VALUE",
+                   help="training field for every task on top of its recipe, repeatable, e.g. batch_size=256, "
+                        "warmup_steps=0 (learning rates, budget, seeds, --eval-every and threads have their own "
+                        "flags)")
     p.add_argument("--label", default="", help="name of this run's variant (e.g. the --model changes), stored in "
                                                "every record and part of the cell key: one leaderboard row per "
                                                "(architecture, label)")
@@ -513,12 +517,28 @@ def parse_model_overrides(texts: list[str]) -> dict[str, Any]:
     return model
 
 
+def parse_train_overrides(texts: list[str]) -> dict[str, Any]:
+    """``["batch_size=256", "warmup_steps=0"]`` -> ``{"batch_size": 256, "warmup_steps": 0}`` (values as JSON where
+    they parse, else strings).
+
+    Raises:
+        ValueError: not ``KEY=VALUE``."""
+    train: dict[str, Any] = {}
+    for text in texts:
+        key, sep, value = text.partition("=")
+        if not sep or not key.strip() or "." in key:
+            raise ValueError(f"--train {text!r}: expected KEY=VALUE, e.g. batch_size=256")
+        train[key.strip()] = parse_option(f"t.{key.strip()}={value}")[2]
+    return train
+
+
 def _suite_checkpoints(args: argparse.Namespace) -> int:
     """``suite --checkpoints``: see ``lightformer.bench.checkpoint_capacity``."""
     from .checkpoint_capacity import run_checkpoints
 
     given = [flag for flag, value in (("--tasks", args.tasks), ("--mixers", args.mixers), ("--budget", args.budget),
                                       ("--max-steps", args.max_steps), ("--lrs", args.lrs), ("--model", args.model),
+                                      ("--train", args.train),
                                       ("--option", args.option), ("--task-option", args.task_option),
                                       ("--eval-every", args.eval_every)) if value]
     if given:
@@ -561,7 +581,8 @@ def run_suite_cmd(args: argparse.Namespace) -> int:
                             max_steps=args.max_steps, lrs=args.lrs, task_options=task_options,
                             model_overrides=model, mixer_options=mixer_options, eval_n=args.eval_n,
                             threads=args.threads, timeout_s=args.timeout, max_memory_mib=args.max_memory,
-                            label=args.label, eval_every=args.eval_every, device=resolve_device(args.device))
+                            label=args.label, eval_every=args.eval_every, device=resolve_device(args.device),
+                            train_overrides=parse_train_overrides(args.train))
         records = run_suite(cells, args.out, force=args.force, progress=not args.no_progress,
                             log=lambda s: print(s, file=sys.stderr))
         counts: dict[str, int] = {}

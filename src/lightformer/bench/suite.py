@@ -28,6 +28,7 @@ from ..mixers import MIXERS
 from ..models.architecture import architecture_capabilities, base_mixer, is_architecture, meet
 from ..models.config import ModelConfig
 from ..tasks import TASKS
+from ..train.config import TrainConfig
 from .capacity import CapacityCell, capacity_key
 from .machine import machine_info
 from .recipes import model_for, recipe, sized_options
@@ -35,6 +36,9 @@ from .results import RETRIED, append_record, capacity_record, capacity_records, 
 from .runner import run_module
 
 
+#: ``TrainConfig`` fields a sweep sets through its own arguments, so ``train_overrides`` may not (the CLI flag).
+TRAIN_FIELDS_WITH_FLAGS = {"lr": "--lrs", "max_time": "--budget", "max_steps": "--max-steps", "seed": "--seeds",
+                           "eval_interval": "--eval-every", "threads": "--threads"}
 #: Per-cell timeout (s) of a sweep with a step budget and no time budget.
 STEP_ONLY_TIMEOUT_S = 4 * 3600.0
 
@@ -58,7 +62,8 @@ def build_cells(tasks: list[str], mixers: list[str] | None, seeds: list[int], *,
                 model_overrides: dict[str, Any] | None = None, mixer_options: dict[str, dict[str, Any]] | None = None,
                 eval_n: int | None = None, threads: int | None = None, timeout_s: float | None = None,
                 max_memory_mib: float | None = None, label: str = "",
-                eval_every: int | None = None, device: str = "cpu") -> list[CapacityCell]:
+                eval_every: int | None = None, device: str = "cpu",
+                train_overrides: dict[str, Any] | None = None) -> list[CapacityCell]:
     """The cells of a sweep (task-major, then mixer, then seed).
 
     Args:
@@ -72,6 +77,8 @@ def build_cells(tasks: list[str], mixers: list[str] | None, seeds: list[int], *,
         model_overrides: ``ModelConfig`` fields applied to every task's model (e.g. ``{"dim": 128}``,
             ``{"block": "deepnorm"}``, ``{"ffn": "moe", "ffn_options": {"num_experts": 4}}``); not ``mixer`` or
             ``mixer_options`` (those are ``mixers`` and ``mixer_options``).
+        train_overrides: ``TrainConfig`` fields applied to every task's training on top of the recipe's (e.g.
+            ``{"batch_size": 256}``); not the fields that have their own argument (``TRAIN_FIELDS_WITH_FLAGS``).
         timeout_s: per cell (default: 1.5 × the grid's time budget + 10 minutes for data and evaluation;
             ``STEP_ONLY_TIMEOUT_S`` when only ``max_steps`` is given).
 
@@ -79,8 +86,9 @@ def build_cells(tasks: list[str], mixers: list[str] | None, seeds: list[int], *,
         device: ``"cpu"`` or ``"cuda"`` (already resolved, ``grid.resolve_device``).
 
     Raises:
-        ValueError: an unknown task, mixer, preset or model field, no budget or a non-positive one, a model
-            override of ``mixer``/``mixer_options``, or a ``schedule`` override together with a preset.
+        ValueError: an unknown task, mixer, preset, model or training field, no budget or a non-positive one, a
+            model override of ``mixer``/``mixer_options``, a training override of a field with its own argument,
+            or a ``schedule`` override together with a preset.
     """
     if budget_s is None and max_steps is None:
         raise ValueError("budget: give a time budget (--budget) and/or --max-steps")
@@ -94,6 +102,15 @@ def build_cells(tasks: list[str], mixers: list[str] | None, seeds: list[int], *,
     if {"mixer", "mixer_options"} & set(model_overrides):
         raise ValueError("model overrides may not set mixer or mixer_options: name architectures with mixers "
                          "(--mixers) and their options with mixer_options (--option MIXER.KEY=VALUE)")
+    train_overrides = dict(train_overrides or {})
+    unknown = sorted(set(train_overrides) - set(TrainConfig.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"training field(s) {unknown} unknown; valid fields: "
+                         f"{sorted(set(TrainConfig.__dataclass_fields__) - set(TRAIN_FIELDS_WITH_FLAGS))}")
+    flagged = {k: TRAIN_FIELDS_WITH_FLAGS[k] for k in train_overrides if k in TRAIN_FIELDS_WITH_FLAGS}
+    if flagged:
+        raise ValueError("training field(s) " + ", ".join(f"{k} (give {flag})" for k, flag in flagged.items())
+                         + " have their own argument")
     if not isinstance(label, str):
         raise ValueError(f"label must be a string, got {label!r}")
     cells = []
@@ -104,7 +121,7 @@ def build_cells(tasks: list[str], mixers: list[str] | None, seeds: list[int], *,
         instance = TASKS.create(task, **{k: v for k, v in options.items()}) if task != "lm" else None
         seq_len = instance.seq_len if instance is not None else options.get("block_size", 256)
         grid = tuple(lrs or rec.lrs)
-        train = dict(rec.train)
+        train = {**rec.train, **train_overrides}
         if budget_s is not None:  # the recipe's max_steps stays a cap
             train["max_time"] = budget_s
         if max_steps is not None:
