@@ -51,6 +51,32 @@ def test_chunked_equals_recurrence(t, chunk, with_h0):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=lambda m: f"{name} (T={t}): {m}")
 
 
+@pytest.mark.parametrize("t,chunk,working_set", [(63, 16, 100), (257, 64, 200), (9, 4, 1)])
+def test_sub_chunks_equal_recurrence(monkeypatch, t, chunk, working_set):
+    """float64, with ``WORKING_SET`` shrunk so that chunks split into sub-chunks of 3, 6 and 2 tokens (one token's
+    slice is B·N·E = 30 elements): outputs, h_T and every gradient still equal the naive loop."""
+    monkeypatch.setattr(chunked, "WORKING_SET", working_set)
+    assert chunked.sub_chunk(chunk, 2 * N * E) == max(2, working_set // 30)
+    xs = scan_inputs(2, t)
+    g = torch.Generator().manual_seed(6)
+    gy = torch.randn(2, t, E, generator=g, dtype=torch.float64)
+    gh = torch.randn(2, E, N, generator=g, dtype=torch.float64)
+    want = run(naive.selective_scan, xs, gy, gh)
+    got = run(lambda *a, **k: chunked.selective_scan(*a, chunk_size=chunk, **k), xs, gy, gh)
+    for name, a, b in zip(["y", "h_T", "du", "dΔ", "dA", "dB", "dC", "dD", "dh0"], got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=lambda m: f"{name} (T={t}): {m}")
+
+
+def test_sub_chunk_size():
+    """A chunk is split only when its buffer would exceed WORKING_SET elements; never below 2 tokens, never above
+    the chunk."""
+    ws = chunked.WORKING_SET
+    assert chunked.sub_chunk(64, 1 * 16 * 1024) == 64  # Mamba at D = 512, B = 1: whole chunks
+    assert chunked.sub_chunk(64, 256 * 16 * 128) == 2  # the probes' B = 256, E = 128
+    assert chunked.sub_chunk(64, 32 * 16 * 128) == ws // (32 * 16 * 128) == 16
+    assert chunked.sub_chunk(64, ws * 8) == 2 and chunked.sub_chunk(1, ws * 8) == 1 and chunked.sub_chunk(3, 1) == 3
+
+
 def test_float32_and_bf16_inputs_keep_a_float32_scan():
     """float32 inputs: within 2x the oracle's own float32 error (+ floor) of the float64 oracle; bf16 inputs give
     bf16 outputs and a float32 final state."""

@@ -21,6 +21,15 @@ full-size passes and their temporaries). The elementwise exp (as exp2, ~1 Gelem/
 most expensive pass; the scan costs ~20 passes over [T, E, N] in all (5 forward, 15 backward), ~0.45 s fwd+bwd at
 T = 4096, E = 1024, N = 16, B = 1 on one thread. Chunks of 16, 32 and 64 tokens measured the same within noise.
 
+Sub-chunks. At a large batch one token's slice is itself large (B·N·E = 524K floats at the probes' B = 256,
+E = 128, N = 16), and a chunk of 64 such tokens (134 MB per buffer) makes every elementwise pass a trip to memory.
+The loops therefore run over sub-chunks of ``sub_chunk(L, B·N·E)`` tokens (at most ``WORKING_SET`` elements per
+buffer), while the states kept for the backward stay one per chunk of L: the backward first recomputes the state
+entering each sub-chunk of a chunk (one extra forward pass over the chunk, into a ``[L/l, B, N, E]`` temporary no
+larger than one chunk-sized buffer), then runs the steps below per sub-chunk. Measured fwd+bwd, one thread, B = 256,
+T = 64, E = 128, N = 16, with whole chunks of 64, 16, 8, 4, 2, 1 tokens: 978, 535, 427, 271, 221, 421 ms; at
+B = 32, T = 256: 278 ms (64), 141 (16), 127 (8); at B = 1, T = 4096, E = 1024: 576 ms (64), 529 (16), 850 (4).
+
 Backward (a hand-written ``torch.autograd.Function``; chunks in reverse order, each recomputed from its saved
 entering state): with dh_t the gradient of the loss w.r.t. h_t through everything after it,
 
@@ -46,6 +55,15 @@ from .naive import state_dtype
 
 #: tokens per chunk (16, 32 and 64 measured the same at D = 512, B = 1, one thread: module docstring)
 CHUNK_SIZE = 64
+#: the most elements a sub-chunk buffer ``[l, B, N, E]`` holds (4 MiB of float32): the working set of a sub-chunk
+#: (two buffers forward, three backward) then stays in cache at any batch (module docstring)
+WORKING_SET = 1 << 20
+
+
+def sub_chunk(chunk: int, slice_elems: int) -> int:
+    """Tokens per sub-chunk: ``chunk`` unless ``chunk`` tokens of ``slice_elems = B·N·E`` elements each exceed
+    ``WORKING_SET``; then as many as fit, but at least 2 (one token per call is overhead-bound)."""
+    return max(1, min(chunk, max(2, WORKING_SET // slice_elems)))
 
 _LOG2E = 1.4426950408889634  # exp(x) = exp2(x·log2 e): torch's exp2 is ~1.5x faster than its exp on AVX2
 
@@ -95,15 +113,19 @@ class _SelectiveScan(torch.autograd.Function):
             hs[0].zero_()
         else:
             hs[0].copy_(h0.transpose(1, 2))
-        a_buf = torch.empty(chunk, b, n, e, dtype=acc, device=dev)
+        sub = sub_chunk(chunk, b * n * e)
+        a_buf = torch.empty(sub, b, n, e, dtype=acc, device=dev)
         x_buf = torch.empty_like(a_buf)
         for c, lo in enumerate(starts):
-            hi = min(lo + chunk, t)
-            l = hi - lo
-            a = _decays(a_buf[:l], dT[lo:hi], A2)
-            x = _states(x_buf[:l], a, du[lo:hi], BT[lo:hi], hs[c])
-            torch.matmul(CT[lo:hi].view(l * b, 1, n), x.view(l * b, n, e), out=y[lo:hi].view(l * b, 1, e))
-            hs[c + 1].copy_(x[l - 1])
+            h = hs[c]
+            for s0 in range(lo, min(lo + chunk, t), sub):
+                s1 = min(s0 + sub, lo + chunk, t)
+                l = s1 - s0
+                a = _decays(a_buf[:l], dT[s0:s1], A2)
+                x = _states(x_buf[:l], a, du[s0:s1], BT[s0:s1], h)
+                torch.matmul(CT[s0:s1].view(l * b, 1, n), x.view(l * b, n, e), out=y[s0:s1].view(l * b, 1, e))
+                h = hs[c + 1]  # the carry: the next sub-chunk's _states overwrites x_buf before reading it
+                h.copy_(x[l - 1])
         ctx.save_for_backward(uT, dT, A2, BT, CT, hs)
         ctx.chunk, ctx.has_h0 = chunk, h0 is not None
         ctx.dtypes = (u.dtype, delta.dtype, A.dtype, Bm.dtype, Cm.dtype, None if h0 is None else h0.dtype)
@@ -128,36 +150,49 @@ class _SelectiveScan(torch.autograd.Function):
         dC = torch.empty(t, b, n, dtype=acc, device=dev)
         dA2 = torch.zeros(n, e, dtype=acc, device=dev)  # Σ_t q ⊙ Δ, i.e. dA (transposed)
         A_ = A2 / _LOG2E
-        a_buf = torch.empty(chunk, b, n, e, dtype=acc, device=dev)
+        sub = sub_chunk(chunk, b * n * e)
+        a_buf = torch.empty(sub, b, n, e, dtype=acc, device=dev)
         x_buf, g_buf = torch.empty_like(a_buf), torch.empty_like(a_buf)
         starts = list(range(0, t, chunk))
         for c in reversed(range(len(starts))):
             lo = starts[c]
-            hi = min(lo + chunk, t)
-            l = hi - lo
-            lb = l * b
-            a = _decays(a_buf[:l], dT[lo:hi], A2)
-            x = _states(x_buf[:l], a, du[lo:hi], BT[lo:hi], hs[c])
-            # a row vector times the transposed state: MKL's batched gemv with 16 rows is ~9x slower than this
-            torch.matmul(dyT[lo:hi].view(lb, 1, e), x.view(lb, n, e).transpose(1, 2), out=dC[lo:hi].view(lb, 1, n))
-            # dh_t, in place: the reverse recurrence from the carry g = dL/dh at the chunk's last token
-            gh = g_buf[:l]
-            torch.mul(dyT[lo:hi, :, None, :], CT[lo:hi, :, :, None], out=gh)
-            gh[l - 1].add_(g)
-            gs, as_ = gh.unbind(0), a.unbind(0)
-            for i in range(l - 2, -1, -1):
-                gs[i].addcmul_(as_[i + 1], gs[i + 1])
-            torch.mul(a[0], gh[0], out=g)  # dL/dh entering this chunk
-            torch.matmul(BT[lo:hi].view(lb, 1, n), gh.view(lb, n, e), out=d_du[lo:hi].view(lb, 1, e))
-            torch.matmul(du[lo:hi].view(lb, 1, e), gh.view(lb, n, e).transpose(1, 2), out=dB[lo:hi].view(lb, 1, n))
-            # q_t = dh_t ⊙ a_t ⊙ h_{t−1}, in the decay buffer
-            q = a.mul_(gh)
-            q[1:].mul_(x[:l - 1])
-            q[0].mul_(hs[c])
-            scratch = torch.mul(q, A_, out=x)
-            torch.sum(scratch, dim=-2, out=d_delta[lo:hi])
-            torch.mul(q, dT[lo:hi, :, None, :], out=scratch)
-            dA2.add_(scratch.view(lb, n, e).sum(0))
+            subs = list(range(lo, min(lo + chunk, t), sub))
+            # the state entering each sub-chunk, recomputed from the chunk's saved entering state
+            h_in = torch.empty(len(subs), b, n, e, dtype=acc, device=dev)
+            h_in[0].copy_(hs[c])
+            for j in range(1, len(subs)):
+                s0, s1 = subs[j - 1], subs[j]
+                x = _states(x_buf[:s1 - s0], _decays(a_buf[:s1 - s0], dT[s0:s1], A2), du[s0:s1], BT[s0:s1], h_in[j - 1])
+                h_in[j].copy_(x[s1 - s0 - 1])
+            for j in reversed(range(len(subs))):
+                s0 = subs[j]
+                s1 = min(s0 + sub, lo + chunk, t)
+                l = s1 - s0
+                lb = l * b
+                a = _decays(a_buf[:l], dT[s0:s1], A2)
+                x = _states(x_buf[:l], a, du[s0:s1], BT[s0:s1], h_in[j])
+                # a row vector times the transposed state: MKL's batched gemv with 16 rows is ~9x slower than this
+                torch.matmul(dyT[s0:s1].view(lb, 1, e), x.view(lb, n, e).transpose(1, 2),
+                             out=dC[s0:s1].view(lb, 1, n))
+                # dh_t, in place: the reverse recurrence from the carry g = dL/dh at the sub-chunk's last token
+                gh = g_buf[:l]
+                torch.mul(dyT[s0:s1, :, None, :], CT[s0:s1, :, :, None], out=gh)
+                gh[l - 1].add_(g)
+                gs, as_ = gh.unbind(0), a.unbind(0)
+                for i in range(l - 2, -1, -1):
+                    gs[i].addcmul_(as_[i + 1], gs[i + 1])
+                torch.mul(a[0], gh[0], out=g)  # dL/dh entering this sub-chunk
+                torch.matmul(BT[s0:s1].view(lb, 1, n), gh.view(lb, n, e), out=d_du[s0:s1].view(lb, 1, e))
+                torch.matmul(du[s0:s1].view(lb, 1, e), gh.view(lb, n, e).transpose(1, 2),
+                             out=dB[s0:s1].view(lb, 1, n))
+                # q_t = dh_t ⊙ a_t ⊙ h_{t−1}, in the decay buffer
+                q = a.mul_(gh)
+                q[1:].mul_(x[:l - 1])
+                q[0].mul_(h_in[j])
+                scratch = torch.mul(q, A_, out=x)
+                torch.sum(scratch, dim=-2, out=d_delta[s0:s1])
+                torch.mul(q, dT[s0:s1, :, None, :], out=scratch)
+                dA2.add_(scratch.view(lb, n, e).sum(0))
         d_delta.addcmul_(d_du, uT)
         d_u = d_du.mul_(dT)
         grads = (d_u.transpose(0, 1), d_delta.transpose(0, 1), dA2.T, dB.transpose(0, 1), dC.transpose(0, 1))
@@ -176,8 +211,9 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
         u: ``[B, T, E]``; delta: ``[B, T, E]`` (Δ >= 0); A: ``[E, N]``; B, C: ``[B, T, N]``; D: ``[E]`` or None.
         initial_state: ``[B, E, N]`` h_0 (None = zeros); gradients flow into it.
         output_final_state: also return h_T ``[B, E, N]`` (float32; float64 for float64), differentiable.
-        chunk_size: tokens per chunk L (>= 1): bounds the working set (two ``[L, B, N, E]`` buffers in the
-            forward, three in the backward) and sets how many states are kept for the backward (T/L).
+        chunk_size: tokens per chunk L (>= 1): sets how many states are kept for the backward (T/L) and bounds
+            the working set (two ``[l, B, N, E]`` buffers in the forward, three in the backward, with
+            ``l = sub_chunk(L, B·N·E) <= L``).
 
     Returns:
         ``(y [B, T, E] in the dtype of u, h_T or None)``.
