@@ -66,6 +66,31 @@ def test_time_budget_stops_training(stdlib):
     assert result.steps > 1
 
 
+@pytest.mark.parametrize("task, stop_at, steps", [
+    ("lm", 100.0, 4),   # bpc (lower is better) <= 100 at the first evaluation
+    ("lm", -1.0, 12),   # never: the whole budget
+    ("memorization", 0.0, 4),  # accuracy (higher is better) >= 0 at once
+    ("memorization", 1.01, 12),
+])
+def test_stop_at_ends_training_at_the_first_evaluation_that_reaches_it(stdlib, task, stop_at, steps):
+    logs: list[str] = []
+    overrides = [("train.max_steps", 12), ("train.eval_interval", 4), ("train.eval_iters", 1),
+                 ("train.stop_at", stop_at)]
+    if task != "lm":
+        overrides += [("task.name", task), ("task.options.vocab_size", 16), ("task.options.seq_len", 8)]
+    trainer = Trainer(build_run_config("tiny", overrides=overrides), corpus=stdlib if task == "lm" else None,
+                      log=logs.append)
+    result = trainer.fit(progress_bar=False)
+    assert result.steps == steps and [row["step"] for row in trainer.history] == list(range(4, steps + 1, 4))
+    assert any(f"reached stop_at={stop_at}, stopping" in line for line in logs) == (steps == 4)
+
+
+@pytest.mark.parametrize("bad", [True, "0.99", float("nan"), float("inf")])
+def test_stop_at_must_be_a_finite_number(bad):
+    with pytest.raises(ValueError, match="stop_at must be a finite number"):
+        tiny(stop_at=bad)
+
+
 def test_schedule_warmup_then_cosine():
     cfg = tiny(lr=1e-3, min_lr=1e-4, warmup_steps=10).train
     assert lr_at(cfg, 0, 0.0) == pytest.approx(1e-4)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import re
 import sys
 from dataclasses import dataclass, field
@@ -71,6 +72,10 @@ class TrainConfig:
             0.5 by default, the equal mix of the paper's speech experiment (a weight of 0.5 on the hard targets).
         compile: run the training forward and backward through ``torch.compile`` (``train/compiled.py``; refused
             for a mixer whose ``capabilities.compile`` says why it cannot); evaluation and checkpoints stay eager.
+        stop_at: stop once the task's primary validation metric reaches this value (``>=`` for a metric where
+            higher is better, such as accuracy; ``<=`` for one where lower is better, such as bpc), checked at each
+            evaluation (every ``eval_interval`` steps); ``None`` = train the whole budget. Zoology (Arora et al.
+            2023) stops its MQAR runs at 0.99 accuracy.
     """
 
     data: str = "stdlib"
@@ -99,6 +104,7 @@ class TrainConfig:
     distill_temperature: float = DISTILL_TEMPERATURE
     distill_alpha: float = DISTILL_ALPHA
     compile: bool = False
+    stop_at: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "block_size", "grad_accum", "eval_interval", "eval_iters"):
@@ -119,6 +125,9 @@ class TrainConfig:
             raise ValueError(f"bf16 must be true, false or 'auto', got {self.bf16!r}")
         if self.warmup_steps < 0 or self.grad_clip < 0 or self.checkpoint_interval < 0 or self.threads < 0:
             raise ValueError("warmup_steps, grad_clip, checkpoint_interval and threads must be >= 0")
+        if self.stop_at is not None and (isinstance(self.stop_at, bool) or not isinstance(self.stop_at, (int, float))
+                                         or not math.isfinite(self.stop_at)):
+            raise ValueError(f"stop_at must be a finite number or unset, got {self.stop_at!r}")
         self._check_distillation()
 
     def _check_distillation(self) -> None:

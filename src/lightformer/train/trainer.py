@@ -19,7 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..blocks import collect_aux_loss, collect_aux_stats
-from ..tasks.base import Loss, Task, batch_to
+from ..tasks.base import Loss, Task, batch_to, direction
 from ..tasks.text import Corpus
 from . import checkpoint
 from .compiled import compile_for_training
@@ -338,6 +338,8 @@ class Trainer:
                 break
             if self.step % tc.eval_interval == 0:
                 last = self._record(train_loss)  # evaluation time counts against the budget
+                if self._reached(last):
+                    break
             if tc.checkpoint_interval and self.step % tc.checkpoint_interval == 0:
                 self.save()
         bar.close()
@@ -352,6 +354,17 @@ class Trainer:
                            history=self.history, checkpoint=path, diverged_at=diverged_at,
                            teacher=None if self.teacher is None else self.teacher.record,
                            world_size=self.dist.world_size, grad_accum=tc.grad_accum)
+
+    def _reached(self, metrics: dict[str, float]) -> bool:
+        """Whether the primary validation metric has reached ``stop_at`` (logged when it has)."""
+        target, name = self.config.train.stop_at, self.task.primary_metric
+        if target is None:
+            return False
+        value = metrics[name]
+        done = value >= target if direction(name) == "max" else value <= target
+        if done:
+            self.log(f"step {self.step}: val {name} {value:.4f} reached stop_at={target}, stopping")
+        return done
 
     def _train_step(self, start: float) -> tuple[float, bool]:
         """One optimizer step over this rank's ``grad_accum`` micro-batches; updates ``step``, ``tokens``,
