@@ -150,6 +150,17 @@ def test_overrides_win_over_the_recipe():
     assert CapacityCell.from_json(cell.to_json()) == cell
 
 
+def test_a_recipe_with_steps_is_its_own_budget():
+    """Without --budget and --max-steps each task trains its recipe's steps; a flag still wins."""
+    ind, sc = build_cells(["induction", "selective_copy"], ["softmax"], [0], budget_s=None)
+    assert (ind.train["max_steps"], sc.train["max_steps"]) == (recipe("induction").steps, 1600)
+    assert ind.train["stop_at"] == 0.99 and "max_time" not in ind.train
+    assert build_cells(["induction"], ["softmax"], [0], budget_s=None, max_steps=5)[0].train["max_steps"] == 5
+    # MQAR's cells keep the key they had when the sweep passed --max-steps 800
+    assert build_cells(["mqar"], ["softmax"], [0], budget_s=None)[0].key == \
+        build_cells(["mqar"], ["softmax"], [0], budget_s=None, max_steps=800)[0].key
+
+
 def test_h3_trains_at_zoologys_head_dim_unless_overridden():
     h3, sm = build_cells(["mqar"], ["h3", "softmax"], [0], budget_s=10.0)
     assert (h3.model["dim"], h3.model["num_heads"]) == (64, 32)  # head_dim 2
@@ -161,7 +172,7 @@ def test_h3_trains_at_zoologys_head_dim_unless_overridden():
 
 
 @pytest.mark.parametrize("kw, match", [
-    (dict(budget_s=None, max_steps=None), "budget"),
+    (dict(budget_s=None, max_steps=None, tasks=["mqar", "listops"]), "the recipes of listops set no step budget"),
     (dict(budget_s=-1.0), "budget must be positive, got -1"),
     (dict(budget_s=0.0), "budget must be positive"),
     (dict(budget_s=1.0, tasks=["nope"]), "unknown task 'nope'"),
@@ -564,7 +575,7 @@ def test_suite_cli_prints_the_records(tmp_path, capsys):
 @pytest.mark.parametrize("extra, named", [
     (["--tasks", "nope", "--max-steps", "3"], "unknown task 'nope'"),
     (["--tasks", "mqar", "--mixers", "nope", "--max-steps", "3"], "unknown mixer 'nope'"),
-    (["--tasks", "mqar"], "--budget"),
+    (["--tasks", "listops"], "--budget"),
     (["--tasks", "mqar", "--budget", "soon"], "'soon'"),
     (["--tasks", "mqar", "--max-steps", "3", "--model", "dim"], "--model 'dim'"),
     (["--tasks", "mqar", "--max-steps", "3", "--train", "batch_size"], "--train 'batch_size'"),

@@ -30,6 +30,8 @@ class Recipe:
             from ``lightformer suite --budget``).
         lrs: the learning-rate grid (the best on validation is kept).
         eval_n: validation and test examples.
+        steps: the recipe's step budget per learning rate, used by a sweep given neither a time budget nor a step
+            cap (``lightformer suite`` without ``--budget``/``--max-steps``); ``None`` = the sweep must give one.
     """
 
     task_options: dict[str, Any] = field(default_factory=dict)
@@ -37,6 +39,7 @@ class Recipe:
     train: dict[str, Any] = field(default_factory=dict)
     lrs: tuple[float, ...] = (1e-3, 3e-3)
     eval_n: int = 512
+    steps: int | None = None
 
 
 _PROBE_MODEL = {"dim": 64, "num_layers": 2, "num_heads": 2, "position": "auto", "ffn_mult": 2.0}
@@ -53,24 +56,24 @@ _STOP = {"stop_at": 0.99, "eval_interval": 100}
 _FRESH = {"num_train_examples": 0}
 
 RECIPES: dict[str, Recipe] = {
-    "mqar": Recipe({}, _PROBE_MODEL, {**_MQAR_TRAIN, "max_steps": 800}, (1e-3, 3e-3), 512),
+    "mqar": Recipe({}, _PROBE_MODEL, {**_MQAR_TRAIN, "max_steps": 800}, (1e-3, 3e-3), 512, 800),
     #: softmax: 99.8 % at step 200, 100 % from 300 (train_targets "all" was at chance after 2,828 steps)
     "induction": Recipe({**_FRESH, "train_targets": "probe"}, _PROBE_MODEL,
-                        {**_PROBE_TRAIN, **_STOP, "max_steps": 800}, (1e-3, 3e-3), 512),
+                        {**_PROBE_TRAIN, **_STOP}, (1e-3, 3e-3), 512, 800),
     "fuzzy_recall": Recipe({}, _PROBE_MODEL, _PROBE_TRAIN, (1e-3, 3e-3), 512),
     "noisy_recall": Recipe({}, _PROBE_MODEL, _PROBE_TRAIN, (1e-3, 3e-3), 512),
     #: T = 64 and 8 tokens to copy (MAD: 256 and 16); softmax 93.8 % at step 500, 99.0 % at 1,600
     "selective_copy": Recipe({**_FRESH, "seq_len": 64, "num_tokens_to_copy": 8}, _PROBE_MODEL,
-                             {**_PROBE_TRAIN, **_STOP, "max_steps": 1600}, (1e-3, 3e-3), 512),
+                             {**_PROBE_TRAIN, **_STOP}, (1e-3, 3e-3), 512, 1600),
     #: MAD's baseline; softmax 46 % at step 1,600 and 60 % at 3,463, still rising (a capacity measure: no width-64
     #: model is expected to rebuild 31 tokens of 4 bits from one 64-float state)
-    "compression": Recipe(_FRESH, _PROBE_MODEL, {**_PROBE_TRAIN, **_STOP, "max_steps": 1600}, (1e-3, 3e-3), 512),
+    "compression": Recipe(_FRESH, _PROBE_MODEL, {**_PROBE_TRAIN, **_STOP}, (1e-3, 3e-3), 512, 1600),
     #: MAD's baseline; softmax 100 % from step 100
-    "memorization": Recipe({}, _PROBE_MODEL, {**_PROBE_TRAIN, **_STOP, "max_steps": 800}, (1e-3, 3e-3), 256),
+    "memorization": Recipe({}, _PROBE_MODEL, {**_PROBE_TRAIN, **_STOP}, (1e-3, 3e-3), 256, 800),
     #: d = 4, 9 points; softmax nmse 0.49 at step 1,000 (one GD step 0.63, least squares 0.30); at lr 3e-3 (d = 8)
     #: it stayed at the zero predictor
     "icl_regression": Recipe({"dim": 4, "num_points": 9}, _PROBE_MODEL,
-                             {**_PROBE_TRAIN, "eval_interval": 100, "max_steps": 1600}, (3e-4, 1e-3), 512),
+                             {**_PROBE_TRAIN, "eval_interval": 100}, (3e-4, 1e-3), 512, 1600),
     #: batches of neighbouring lengths pad 0.2 % of their tokens instead of 45 % (tasks/listops.py)
     "listops": Recipe({"group_by_length": True}, _LRA_MODEL, _LRA_TRAIN, (5e-4, 1e-3, 2e-3), 1000),
     "image": Recipe({}, _LRA_MODEL, _LRA_TRAIN, (5e-4, 1e-3, 2e-3), 1000),

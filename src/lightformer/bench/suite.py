@@ -67,7 +67,8 @@ def build_cells(tasks: list[str], mixers: list[str] | None, seeds: list[int], *,
     """The cells of a sweep (task-major, then mixer, then seed).
 
     Args:
-        budget_s: training time per learning rate (s); max_steps: step cap per learning rate (either or both).
+        budget_s: training time per learning rate (s); max_steps: step cap per learning rate (either or both;
+            neither = each recipe's ``steps``).
         lrs: the learning-rate grid (default: each recipe's).
         mixers: registered mixers and schedule presets (default: ``default_mixers``, the registered mixers).
         task_options / mixer_options: per task / per mixer option overrides (win over the recipe and the
@@ -86,12 +87,16 @@ def build_cells(tasks: list[str], mixers: list[str] | None, seeds: list[int], *,
         device: ``"cpu"`` or ``"cuda"`` (already resolved, ``grid.resolve_device``).
 
     Raises:
-        ValueError: an unknown task, mixer, preset, model or training field, no budget or a non-positive one, a
+        ValueError: an unknown task, mixer, preset, model or training field, no budget (where a recipe has no
+            ``steps``) or a non-positive one, a
             model override of ``mixer``/``mixer_options``, a training override of a field with its own argument,
             or a ``schedule`` override together with a preset.
     """
     if budget_s is None and max_steps is None:
-        raise ValueError("budget: give a time budget (--budget) and/or --max-steps")
+        unbudgeted = [t for t in tasks if t in TASKS and recipe(t).steps is None]
+        if unbudgeted:
+            raise ValueError(f"budget: give a time budget (--budget) and/or --max-steps (the recipes of "
+                             f"{', '.join(unbudgeted)} set no step budget)")
     if budget_s is not None and budget_s <= 0:
         raise ValueError(f"budget must be positive, got {budget_s}")
     model_overrides = dict(model_overrides or {})
@@ -126,6 +131,8 @@ def build_cells(tasks: list[str], mixers: list[str] | None, seeds: list[int], *,
             train["max_time"] = budget_s
         if max_steps is not None:
             train["max_steps"] = max_steps
+        elif budget_s is None:
+            train["max_steps"] = rec.steps  # the recipe's own step budget
         if eval_every is not None:  # a learning curve: validation every eval_every steps (part of the cell key)
             if eval_every <= 0:
                 raise ValueError(f"eval_every must be a positive number of steps, got {eval_every!r}")
