@@ -686,6 +686,10 @@ def test_header_gives_each_setting_of_a_task_its_own_line():
         "(68,000–68,608 parameters); batch 16; budget ≤ 3 steps per learning rate, lr ∈ {0.01} chosen on "
         "validation (32 examples); seeds [0] — runs **lr 1e-2**"]
     assert header_lines([a])[2].endswith("seeds [0]")  # one setting: no run list
+    stopped = cap("mqar", "softmax", 0, 0.9)
+    stopped["train"] = {**stopped["train"], "stop_at": 0.99, "eval_interval": 100}
+    assert "budget ≤ 3 steps per learning rate (stopped once validation reaches 0.99, checked every 100 steps), " \
+        "lr ∈" in header_lines([stopped])[2]
 
 
 def test_a_seed_rerun_at_another_configuration_replaces_the_old_record():

@@ -181,8 +181,12 @@ def header_lines(records: list[dict[str, Any]]) -> list[str]:
 
 
 def _budget(tr: dict[str, Any]) -> str:
+    """The training budget per learning rate, with the early stop (``stop_at``) when the run has one."""
+    stop = f" (stopped once validation reaches {tr['stop_at']:g}, checked every {tr.get('eval_interval')} steps)" \
+        if tr.get("stop_at") is not None else ""
     return (f"{tr['max_time']:g} s" if tr.get("max_time") else "") + \
-        (f"{' / ' if tr.get('max_time') else ''}≤ {tr['max_steps']} steps" if tr.get("max_steps") else "")
+        (f"{' / ' if tr.get('max_time') else ''}≤ {tr['max_steps']} steps" if tr.get("max_steps") else "") + \
+        " per learning rate" + stop
 
 
 def _settings(r: dict[str, Any]) -> str:
@@ -200,7 +204,7 @@ def _settings_line(task: str, group: list[dict[str, Any]]) -> str:
         f"{params[0]:,}–{params[-1]:,} parameters"
     seeds = sorted({x["seed"] for x in group})
     return (f"- **{task}** ({opts}): {m.get('num_layers')} layers × width {m.get('dim')}, {m.get('num_heads')} "
-            f"heads ({size}); batch {tr.get('batch_size')}; budget {_budget(tr)} per learning rate, lr ∈ "
+            f"heads ({size}); batch {tr.get('batch_size')}; budget {_budget(tr)}, lr ∈ "
             f"{{{', '.join(f'{x:g}' for x in r['lrs'])}}} chosen on validation ({r['eval_n']} examples); seeds "
             f"{seeds}")
 
