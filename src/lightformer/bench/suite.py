@@ -87,10 +87,9 @@ def build_cells(tasks: list[str], mixers: list[str] | None, seeds: list[int], *,
         device: ``"cpu"`` or ``"cuda"`` (already resolved, ``grid.resolve_device``).
 
     Raises:
-        ValueError: an unknown task, mixer, preset, model or training field, no budget (where a recipe has no
-            ``steps``) or a non-positive one, a
-            model override of ``mixer``/``mixer_options``, a training override of a field with its own argument,
-            or a ``schedule`` override together with a preset.
+        ValueError: an unknown task, mixer, preset, model or training field; no budget (where a recipe has no
+            ``steps``) or a non-positive one; a model override of ``mixer``/``mixer_options``; a training override
+            of a field with its own argument; or a ``schedule`` override together with a preset.
     """
     if budget_s is None and max_steps is None:
         unbudgeted = [t for t in tasks if t in TASKS and recipe(t).steps is None]
