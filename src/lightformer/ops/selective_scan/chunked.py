@@ -68,6 +68,11 @@ def sub_chunk(chunk: int, slice_elems: int) -> int:
 _LOG2E = 1.4426950408889634  # exp(x) = exp2(x·log2 e): torch's exp2 is ~1.5x faster than its exp on AVX2
 
 
+def _spans(lo: int, hi: int, sub: int) -> list[tuple[int, int]]:
+    """The sub-chunks ``[(s0, s1), ...]`` of ``sub`` tokens (the last one shorter) covering tokens ``lo .. hi - 1``."""
+    return [(s0, min(s0 + sub, hi)) for s0 in range(lo, hi, sub)]
+
+
 def _time_major(x: Tensor, acc: torch.dtype) -> Tensor:
     """``[B, T, ...] -> [T, B, ...]`` contiguous in ``acc``."""
     return x.transpose(0, 1).to(acc).contiguous()
@@ -118,8 +123,7 @@ class _SelectiveScan(torch.autograd.Function):
         x_buf = torch.empty_like(a_buf)
         for c, lo in enumerate(starts):
             h = hs[c]
-            for s0 in range(lo, min(lo + chunk, t), sub):
-                s1 = min(s0 + sub, lo + chunk, t)
+            for s0, s1 in _spans(lo, min(lo + chunk, t), sub):
                 l = s1 - s0
                 a = _decays(a_buf[:l], dT[s0:s1], A2)
                 x = _states(x_buf[:l], a, du[s0:s1], BT[s0:s1], h)
@@ -155,18 +159,16 @@ class _SelectiveScan(torch.autograd.Function):
         x_buf, g_buf = torch.empty_like(a_buf), torch.empty_like(a_buf)
         starts = list(range(0, t, chunk))
         for c in reversed(range(len(starts))):
-            lo = starts[c]
-            subs = list(range(lo, min(lo + chunk, t), sub))
+            spans = _spans(starts[c], min(starts[c] + chunk, t), sub)
             # the state entering each sub-chunk, recomputed from the chunk's saved entering state
-            h_in = torch.empty(len(subs), b, n, e, dtype=acc, device=dev)
+            h_in = torch.empty(len(spans), b, n, e, dtype=acc, device=dev)
             h_in[0].copy_(hs[c])
-            for j in range(1, len(subs)):
-                s0, s1 = subs[j - 1], subs[j]
-                x = _states(x_buf[:s1 - s0], _decays(a_buf[:s1 - s0], dT[s0:s1], A2), du[s0:s1], BT[s0:s1], h_in[j - 1])
-                h_in[j].copy_(x[s1 - s0 - 1])
-            for j in reversed(range(len(subs))):
-                s0 = subs[j]
-                s1 = min(s0 + sub, lo + chunk, t)
+            for j, (s0, s1) in enumerate(spans[:-1]):
+                l = s1 - s0
+                x = _states(x_buf[:l], _decays(a_buf[:l], dT[s0:s1], A2), du[s0:s1], BT[s0:s1], h_in[j])
+                h_in[j + 1].copy_(x[l - 1])
+            for j in reversed(range(len(spans))):
+                s0, s1 = spans[j]
                 l = s1 - s0
                 lb = l * b
                 a = _decays(a_buf[:l], dT[s0:s1], A2)
