@@ -502,11 +502,7 @@ def parse_model_overrides(texts: list[str]) -> dict[str, Any]:
         ValueError: not ``KEY=VALUE``, or a dotted key whose first part is not an option table."""
     model: dict[str, Any] = {}
     for text in texts:
-        key, sep, value = text.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ValueError(f"--model {text!r}: expected KEY=VALUE, e.g. dim=128")
-        value = parse_option(f"m.{key}={value}")[2]
+        key, value = _key_value("--model", text, "dim=128")
         table, dot, option = key.partition(".")
         if not dot:
             model[key] = value
@@ -525,11 +521,23 @@ def parse_train_overrides(texts: list[str]) -> dict[str, Any]:
         ValueError: not ``KEY=VALUE``."""
     train: dict[str, Any] = {}
     for text in texts:
-        key, sep, value = text.partition("=")
-        if not sep or not key.strip() or "." in key:
+        key, value = _key_value("--train", text, "batch_size=256")
+        if "." in key:
             raise ValueError(f"--train {text!r}: expected KEY=VALUE, e.g. batch_size=256")
-        train[key.strip()] = parse_option(f"t.{key.strip()}={value}")[2]
+        train[key] = value
     return train
+
+
+def _key_value(flag: str, text: str, example: str) -> tuple[str, Any]:
+    """``"KEY=VALUE"`` -> ``(KEY, VALUE parsed as JSON where it parses, else the string)``.
+
+    Raises:
+        ValueError: not ``KEY=VALUE`` (naming ``flag`` and an ``example``)."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ValueError(f"{flag} {text!r}: expected KEY=VALUE, e.g. {example}")
+    return key, parse_option(f"x.{key}={value}")[2]
 
 
 def _suite_checkpoints(args: argparse.Namespace) -> int:
