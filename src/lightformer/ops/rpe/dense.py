@@ -1,9 +1,9 @@
 """Kernelized attention with RPE (Luo et al. 2021, Sec. 3, Eq. 6-9) in its dense form, the fast path for short
 sequences: O(T²·(m + d)) time and O(T²) memory per head, against the FFT form's O(T·log T·m·d) (``fft.py``).
 
-The FFT form runs m·(d + 1) convolutions of n >= 2T − 1 points per head, so its cost per token is ~m·(d + 1)·log T whatever
-the length (in float64 when causal, on complex buffers m·(d + 1) times the size of v), while the dense form's is
-~T·(m + d) in real float32 matmuls: below a few thousand tokens the dense form does far less work (measured in
+The FFT form runs m·(d + 1) convolutions of n >= 2T − 1 points per head, so its cost per token is
+~m·(d + 1)·log T whatever the length (in float64 when causal, on complex buffers m·(d + 1) times the size of v),
+while the dense form's is ~T·(m + d) in real float32 matmuls: below a few thousand tokens the dense form does far less work (measured in
 ``docs/results/kernel_rpe_dense/``). Same semantics as ``naive.kernel_rpe_attention``, computed leaner:
 
 * the causal mask is folded into the Toeplitz weights (b_δ = 0 for δ < 0), so it costs nothing;
