@@ -3,8 +3,9 @@ sequences: O(T²·(m + d)) time and O(T²) memory per head, against the FFT form
 
 The FFT form runs m·(d + 1) convolutions of n >= 2T − 1 points per head, so its cost per token is
 ~m·(d + 1)·log T whatever the length (in float64 when causal, on complex buffers m·(d + 1) times the size of v),
-while the dense form's is ~T·(m + d) in real float32 matmuls: below a few thousand tokens the dense form does far less work (measured in
-``docs/results/kernel_rpe_dense/``). Same semantics as ``naive.kernel_rpe_attention``, computed leaner:
+while the dense form's is ~T·(m + d) in real float32 matmuls: below a few thousand tokens the dense form does far
+less work (measured in ``docs/results/kernel_rpe_dense/``). Same semantics as ``naive.kernel_rpe_attention``,
+computed leaner:
 
 * the causal mask is folded into the Toeplitz weights (b_δ = 0 for δ < 0), so it costs nothing;
 * numerator and denominator come from one matmul against [v, 1] (``[B, H, T, d + 1]``);
