@@ -38,7 +38,7 @@ BATCH = 16
 
 
 def tiny(cells: list[CapacityCell], **changes) -> list[CapacityCell]:
-    """The cells with a small batch, fp32 and a 1-step warm-up (the recipe's batch 256 in bf16 is for real runs)."""
+    """The cells with a small batch and a 1-step warm-up (the recipe's batch of 256 is for real runs)."""
     return [dataclasses.replace(c, train={**c.train, "batch_size": BATCH, "bf16": False, "warmup_steps": 1},
                                 **changes) for c in cells]
 

@@ -43,12 +43,14 @@ class Recipe:
 
 
 _PROBE_MODEL = {"dim": 64, "num_layers": 2, "num_heads": 2, "position": "auto", "ffn_mult": 2.0}
-_PROBE_TRAIN = {"batch_size": 128, "warmup_steps": 100, "weight_decay": 0.1, "bf16": "auto", "max_steps": 20000}
+#: fp32 on every host: with ``bf16="auto"`` the grid's precision (so its numbers) would depend on the host a cell
+#: ran on (the AVX2 host trains fp32, an AVX-512 BF16 or AMX host bf16); at width 64 bf16 saves little time
+_PROBE_TRAIN = {"batch_size": 128, "warmup_steps": 100, "weight_decay": 0.1, "bf16": False, "max_steps": 20000}
 #: MQAR needs large batches to leave the plateau at accuracy ~1/K (Zoology uses 512 at T <= 128); see
 #: docs/capacity.md for the recipe's measurements
 _MQAR_TRAIN = {**_PROBE_TRAIN, "batch_size": 256}
 _LRA_MODEL = {"dim": 64, "num_layers": 2, "num_heads": 2, "position": "auto", "ffn_mult": 2.0, "dropout": 0.1}
-_LRA_TRAIN = {"batch_size": 32, "warmup_steps": 100, "weight_decay": 0.01, "bf16": "auto", "max_steps": 20000}
+_LRA_TRAIN = {"batch_size": 32, "warmup_steps": 100, "weight_decay": 0.01, "bf16": False, "max_steps": 20000}
 
 #: The other probes: fresh training draws, scored where evaluation scores, validation every 100 steps and Zoology's
 #: early stop at 0.99 (``TrainConfig.stop_at``); how each was chosen: docs/results/probe_recipe/README.md
