@@ -171,6 +171,16 @@ def test_h3_trains_at_zoologys_head_dim_unless_overridden():
     assert h3.model["num_heads"] == 16
 
 
+@pytest.mark.parametrize("task", ["mqar", "listops"])
+def test_hilo_keeps_a_local_and_a_pooled_head(task):
+    """At the recipes' two heads the paper's alpha = 0.9 would make both heads Lo-Fi (pooled windows only)."""
+    from lightformer.mixers.hilo import HiLoConfig
+
+    cell = build_cells([task], ["hilo"], [0], budget_s=10.0)[0]
+    cfg = HiLoConfig(dim=cell.model["dim"], num_heads=cell.model["num_heads"], alpha=cell.mixer_options["alpha"])
+    assert (cfg.num_heads - cfg.num_lofi, cfg.num_lofi) == (1, 1)
+
+
 @pytest.mark.parametrize("kw, match", [
     (dict(budget_s=None, max_steps=None, tasks=["mqar", "listops"]), "the recipes of listops set no step budget"),
     (dict(budget_s=-1.0), "budget must be positive, got -1"),
