@@ -120,9 +120,10 @@ def test_recipe_values_are_carried_into_the_cells():
 
 
 def test_bidirectional_recipe_sizes_by_the_task_length():
-    T = TASKS.create("listops").seq_len
-    lin, sw = build_cells(["listops"], ["linformer", "sliding_window"], [0], budget_s=10.0)
     rec = recipe("listops")
+    T = TASKS.create("listops", **rec.task_options).seq_len
+    assert T == 255  # the CPU-sized lengths (64, 256), not LRA's (500, 2000)
+    lin, sw = build_cells(["listops"], ["linformer", "sliding_window"], [0], budget_s=10.0)
     assert lin.model == {**rec.model, "position": "learned", "max_len": T}
     assert lin.lrs == rec.lrs and lin.eval_n == rec.eval_n and lin.train == {**rec.train, "max_time": 10.0}
     assert lin.mixer_options == {"max_len": T, "proj_len": max(8, min(256, T // 4))}
@@ -182,7 +183,8 @@ def test_hilo_keeps_a_local_and_a_pooled_head(task):
 
 
 @pytest.mark.parametrize("kw, match", [
-    (dict(budget_s=None, max_steps=None, tasks=["mqar", "listops"]), "the recipes of listops set no step budget"),
+    (dict(budget_s=None, max_steps=None, tasks=["mqar", "noisy_recall"]),
+     "the recipes of noisy_recall set no step budget"),
     (dict(budget_s=-1.0), "budget must be positive, got -1"),
     (dict(budget_s=0.0), "budget must be positive"),
     (dict(budget_s=1.0, tasks=["nope"]), "unknown task 'nope'"),
@@ -585,7 +587,7 @@ def test_suite_cli_prints_the_records(tmp_path, capsys):
 @pytest.mark.parametrize("extra, named", [
     (["--tasks", "nope", "--max-steps", "3"], "unknown task 'nope'"),
     (["--tasks", "mqar", "--mixers", "nope", "--max-steps", "3"], "unknown mixer 'nope'"),
-    (["--tasks", "listops"], "--budget"),
+    (["--tasks", "noisy_recall"], "--budget"),
     (["--tasks", "mqar", "--budget", "soon"], "'soon'"),
     (["--tasks", "mqar", "--max-steps", "3", "--model", "dim"], "--model 'dim'"),
     (["--tasks", "mqar", "--max-steps", "3", "--train", "batch_size"], "--train 'batch_size'"),
