@@ -92,7 +92,8 @@ RECIPES: dict[str, Recipe] = {
     #: 14 x 14 = 196 pixels (LRA: 32 x 32); softmax 66.2 % after 600 steps at lr 1e-3, 0.12 s per step
     "image": Recipe({"downsample": 2}, _LRA_MODEL, _LRA_TRAIN, _LRA_LRS, 1000, _LRA_STEPS),
     #: 20 x 20 = 400 pixels at Pathfinder's easiest contour, 6 paddles (LRA: 32 x 32 at 14); at 16 x 16 the target
-    #: snakes do not fit (contour 6), or not in every image of a 20,000-image pool (contour 5, origins 4 apart)
+    #: snakes do not fit (contour 6), or not in every image of a 20,000-image pool (contour 5, origins 4 apart);
+    #: softmax is still at chance after 3,000 steps (49.6 %), so this recipe measures nothing yet
     "pathfinder": Recipe({"image_size": 20, "contour_length": 6}, _LRA_MODEL, _LRA_TRAIN, _LRA_LRS, 1000,
                          _LRA_STEPS),
     #: 256 bytes (LRA: 4096); softmax 53.4 % after 600 steps (1024 bytes: 64.4 %, at 1.5 s per step, not 0.18)
