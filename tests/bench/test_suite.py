@@ -183,8 +183,8 @@ def test_hilo_keeps_a_local_and_a_pooled_head(task):
 
 
 @pytest.mark.parametrize("kw, match", [
-    (dict(budget_s=None, max_steps=None, tasks=["mqar", "noisy_recall"]),
-     "the recipes of noisy_recall set no step budget"),
+    (dict(budget_s=None, max_steps=None, tasks=["mqar", "lm"]),
+     "the recipes of lm set no step budget"),
     (dict(budget_s=-1.0), "budget must be positive, got -1"),
     (dict(budget_s=0.0), "budget must be positive"),
     (dict(budget_s=1.0, tasks=["nope"]), "unknown task 'nope'"),
@@ -587,7 +587,7 @@ def test_suite_cli_prints_the_records(tmp_path, capsys):
 @pytest.mark.parametrize("extra, named", [
     (["--tasks", "nope", "--max-steps", "3"], "unknown task 'nope'"),
     (["--tasks", "mqar", "--mixers", "nope", "--max-steps", "3"], "unknown mixer 'nope'"),
-    (["--tasks", "noisy_recall"], "--budget"),
+    (["--tasks", "lm"], "--budget"),
     (["--tasks", "mqar", "--budget", "soon"], "'soon'"),
     (["--tasks", "mqar", "--max-steps", "3", "--model", "dim"], "--model 'dim'"),
     (["--tasks", "mqar", "--max-steps", "3", "--train", "batch_size"], "--train 'batch_size'"),
